@@ -1,0 +1,43 @@
+//! Errors that the registry state machine returns for a command.
+//!
+//! They travel inside Raft responses (and across the wire to the node that proposed the
+//! command), so they are plain serialisable values with messages that say what to do.
+
+use serde::{Deserialize, Serialize};
+
+/// Why the registry refused a command. A refused command changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum RegistryError {
+    #[error("the cluster is not initialised yet; run `membrane init` on the first node and start its agent")]
+    NotBootstrapped,
+    #[error("the cluster is already initialised (cluster {name:?}, id {id})")]
+    AlreadyBootstrapped { id: u8, name: String },
+    #[error("join token {id:?} does not exist; create one with `membrane token create`")]
+    TokenNotFound { id: String },
+    #[error("join token {id:?} has expired; create a new one with `membrane token create`")]
+    TokenExpired { id: String },
+    #[error("join token {id:?} has been revoked; create a new one with `membrane token create`")]
+    TokenRevoked { id: String },
+    #[error("join token {id:?} has been used {uses} time(s), its limit; create a new one with `membrane token create`")]
+    TokenUsedUp { id: String, uses: u32 },
+    #[error("the secret of join token {id:?} is wrong; copy the whole ID.SECRET printed by `membrane token create`")]
+    TokenSecretMismatch { id: String },
+    #[error("a join token with id {id:?} already exists")]
+    TokenExists { id: String },
+    #[error("invalid token settings: {0}")]
+    InvalidToken(String),
+    #[error("node name {name:?} is already taken by node {id}; pick another name or remove node {id} first")]
+    NodeNameTaken { name: String, id: u64 },
+    #[error("node {id} is not in the registry")]
+    NodeNotFound { id: u64 },
+    #[error("the pod CIDR pool {pool} has no free /{prefix} block left; remove dead nodes or re-create the cluster with a larger --pod-cidr")]
+    PodCidrExhausted { pool: String, prefix: u8 },
+    #[error("invalid labels: {0}")]
+    InvalidLabels(String),
+    #[error("no identity has the labels {labels}")]
+    IdentityNotFound { labels: String },
+    #[error("all {count} identity numbers of cluster {cluster_id} are in use; release unused identities")]
+    IdentitySpaceExhausted { cluster_id: u8, count: u32 },
+    #[error("invalid cluster settings: {0}")]
+    InvalidClusterConfig(String),
+}

@@ -1,0 +1,197 @@
+//! Security identities: a label set maps to one number, unique and stable while referenced.
+//!
+//! Numbering follows Cilium's layout: 1-255 are reserved (1 host, 2 world, 3 unmanaged,
+//! 4 health, 5 init, 6 remote-node), the cluster id sits in bits 16-23, and the low 16 bits
+//! count from 256. Numbers are handed out from a moving cursor rather than "lowest free" so
+//! that a number released a moment ago is not given to other labels while datapaths on
+//! other nodes may still hold it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{LabelSet, RegistryError};
+
+/// First locally allocated number (low 16 bits).
+pub const IDENTITY_FIRST_LOCAL: u32 = 256;
+/// Last locally allocated number (low 16 bits).
+pub const IDENTITY_MAX_LOCAL: u32 = 0xFFFF;
+
+/// One allocated identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub id: u32,
+    pub labels: LabelSet,
+    /// How many holders (endpoints, API clients) use it; removed at zero.
+    pub references: u64,
+}
+
+/// The identity table with its label index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "TableRepr", into = "TableRepr")]
+pub struct IdentityTable {
+    cluster_id: u8,
+    by_id: BTreeMap<u32, IdentityRecord>,
+    by_labels: BTreeMap<LabelSet, u32>,
+    /// Next local number to try.
+    cursor: u32,
+}
+
+/// Serialised form: records only; the label index is rebuilt on load.
+#[derive(Serialize, Deserialize)]
+struct TableRepr {
+    cluster_id: u8,
+    records: Vec<IdentityRecord>,
+    cursor: u32,
+}
+
+impl From<TableRepr> for IdentityTable {
+    fn from(r: TableRepr) -> Self {
+        let by_labels = r.records.iter().map(|rec| (rec.labels.clone(), rec.id)).collect();
+        let by_id = r.records.into_iter().map(|rec| (rec.id, rec)).collect();
+        IdentityTable { cluster_id: r.cluster_id, by_id, by_labels, cursor: r.cursor }
+    }
+}
+
+impl From<IdentityTable> for TableRepr {
+    fn from(t: IdentityTable) -> Self {
+        TableRepr { cluster_id: t.cluster_id, records: t.by_id.into_values().collect(), cursor: t.cursor }
+    }
+}
+
+impl IdentityTable {
+    pub fn new(cluster_id: u8) -> Self {
+        IdentityTable { cluster_id, cursor: IDENTITY_FIRST_LOCAL, ..Default::default() }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &IdentityRecord> {
+        self.by_id.values()
+    }
+
+    pub fn get(&self, id: u32) -> Option<&IdentityRecord> {
+        self.by_id.get(&id)
+    }
+
+    pub fn by_labels(&self, labels: &LabelSet) -> Option<&IdentityRecord> {
+        self.by_labels.get(labels).and_then(|id| self.by_id.get(id))
+    }
+
+    /// Returns the identity of `labels`, creating it if needed, and takes a reference.
+    pub fn allocate(&mut self, labels: LabelSet) -> Result<(IdentityRecord, bool), RegistryError> {
+        if let Some(id) = self.by_labels.get(&labels) {
+            let rec = self.by_id.get_mut(id).expect("label index points at a record");
+            rec.references += 1;
+            return Ok((rec.clone(), false));
+        }
+        let local = self.next_free_local()?;
+        let id = (u32::from(self.cluster_id) << 16) | local;
+        self.cursor = if local == IDENTITY_MAX_LOCAL { IDENTITY_FIRST_LOCAL } else { local + 1 };
+        let rec = IdentityRecord { id, labels: labels.clone(), references: 1 };
+        self.by_labels.insert(labels, id);
+        self.by_id.insert(id, rec.clone());
+        Ok((rec, true))
+    }
+
+    /// Drops one reference; the identity is removed when none is left.
+    /// Returns the id and the references left.
+    pub fn release(&mut self, labels: &LabelSet) -> Result<(u32, u64), RegistryError> {
+        let id = *self
+            .by_labels
+            .get(labels)
+            .ok_or_else(|| RegistryError::IdentityNotFound { labels: labels.to_string() })?;
+        let rec = self.by_id.get_mut(&id).expect("label index points at a record");
+        rec.references = rec.references.saturating_sub(1);
+        let left = rec.references;
+        if left == 0 {
+            self.by_id.remove(&id);
+            self.by_labels.remove(labels);
+        }
+        Ok((id, left))
+    }
+
+    fn next_free_local(&self) -> Result<u32, RegistryError> {
+        let count = IDENTITY_MAX_LOCAL - IDENTITY_FIRST_LOCAL + 1;
+        let base = u32::from(self.cluster_id) << 16;
+        let start = self.cursor.clamp(IDENTITY_FIRST_LOCAL, IDENTITY_MAX_LOCAL);
+        (0..count)
+            .map(|step| IDENTITY_FIRST_LOCAL + (start - IDENTITY_FIRST_LOCAL + step) % count)
+            .find(|local| !self.by_id.contains_key(&(base | local)))
+            .ok_or(RegistryError::IdentitySpaceExhausted { cluster_id: self.cluster_id, count })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(s: &str) -> LabelSet {
+        LabelSet::parse(&s.split(',').collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn ids_carry_the_cluster_id_and_start_at_256() {
+        let mut t = IdentityTable::new(3);
+        let (rec, created) = t.allocate(labels("app=web")).unwrap();
+        assert!(created);
+        assert_eq!(rec.id, (3 << 16) | 256);
+    }
+
+    #[test]
+    fn same_labels_same_id_and_references_count() {
+        let mut t = IdentityTable::new(1);
+        let (a, _) = t.allocate(labels("app=web,tier=fe")).unwrap();
+        let (b, created) = t.allocate(labels("tier=fe,app=web")).unwrap();
+        assert!(!created);
+        assert_eq!(a.id, b.id);
+        assert_eq!(b.references, 2);
+        assert_eq!(t.release(&labels("app=web,tier=fe")).unwrap(), (a.id, 1));
+        assert_eq!(t.release(&labels("app=web,tier=fe")).unwrap(), (a.id, 0));
+        assert!(t.by_labels(&labels("app=web,tier=fe")).is_none());
+        assert!(matches!(
+            t.release(&labels("app=web,tier=fe")),
+            Err(RegistryError::IdentityNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn released_numbers_are_not_reused_at_once() {
+        let mut t = IdentityTable::new(1);
+        let (a, _) = t.allocate(labels("app=a")).unwrap();
+        t.release(&labels("app=a")).unwrap();
+        let (b, _) = t.allocate(labels("app=b")).unwrap();
+        assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn the_cursor_wraps_and_skips_numbers_in_use() {
+        let mut t = IdentityTable::new(1);
+        let (first, _) = t.allocate(labels("app=first")).unwrap();
+        t.cursor = IDENTITY_MAX_LOCAL;
+        let (last, _) = t.allocate(labels("app=last")).unwrap();
+        assert_eq!(last.id & 0xFFFF, IDENTITY_MAX_LOCAL);
+        let (next, _) = t.allocate(labels("app=next")).unwrap();
+        assert_eq!(next.id, first.id + 1, "wrapped to 256, which is taken, so 257");
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_not_a_collision() {
+        let mut t = IdentityTable::new(1);
+        for i in IDENTITY_FIRST_LOCAL..=IDENTITY_MAX_LOCAL {
+            t.allocate(labels(&format!("n={i}"))).unwrap();
+        }
+        assert!(matches!(
+            t.allocate(labels("n=one-too-many")),
+            Err(RegistryError::IdentitySpaceExhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn serde_round_trip_rebuilds_the_index() {
+        let mut t = IdentityTable::new(2);
+        t.allocate(labels("app=web")).unwrap();
+        let json = serde_json::to_string(&t).unwrap();
+        let back: IdentityTable = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+        assert!(back.by_labels(&labels("app=web")).is_some());
+    }
+}

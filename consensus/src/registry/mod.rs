@@ -1,0 +1,372 @@
+//! The registry: the cluster's replicated source of truth, as a pure state machine.
+//!
+//! Every node applies the same committed [`Command`]s in the same order and so holds the
+//! same [`Registry`]. `apply` does no IO and reads no clock: any time a command depends on
+//! (a token's expiry, a join time) is carried inside the command, stamped by the node that
+//! proposed it. A command that is refused returns [`Response::Err`] and leaves the registry
+//! exactly as it was.
+//!
+//! What it holds: the cluster's settings and CA, nodes (with their pod CIDR), join tokens
+//! (hashed), and security identities (label set <-> number, reference counted).
+
+mod error;
+mod identity;
+mod labels;
+mod pod_cidr;
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub use error::RegistryError;
+pub use identity::{IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_MAX_LOCAL};
+pub use labels::LabelSet;
+
+use identity::IdentityTable;
+
+/// Cluster-wide settings fixed by `membrane init`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// 1-255; occupies bits 16-23 of every identity so meshed clusters never collide.
+    pub cluster_id: u8,
+    pub name: String,
+    /// The pool that node pod CIDRs are cut from.
+    pub pod_pool: Ipv4Net,
+    /// Prefix length of each node's share of the pool.
+    pub node_prefix_len: u8,
+    /// The cluster CA. Its key lives here so that any node can sign a joining node's
+    /// certificate; the registry is only ever reachable by holders of a node certificate.
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub created_at: i64,
+}
+
+impl ClusterConfig {
+    /// Checks the settings before they are committed.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        if self.cluster_id == 0 {
+            return Err(RegistryError::InvalidClusterConfig(
+                "cluster id must be between 1 and 255".into(),
+            ));
+        }
+        if self.name.trim().is_empty() {
+            return Err(RegistryError::InvalidClusterConfig("cluster name is empty".into()));
+        }
+        pod_cidr::validate(self.pod_pool, self.node_prefix_len)
+    }
+}
+
+/// A node as the registry knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub name: String,
+    pub rpc_addr: String,
+    /// Hex SHA-256 of the public key in the node's TLS certificate.
+    pub tls_key_sha256: String,
+    /// The node's X25519 public key for the datapath tunnel, hex.
+    pub x25519_public: String,
+    pub pod_cidr: Ipv4Net,
+    pub joined_at: i64,
+}
+
+/// What a node tells the registry about itself when it is admitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNode {
+    pub name: String,
+    pub rpc_addr: String,
+    pub tls_key_sha256: String,
+    pub x25519_public: String,
+}
+
+/// A join token as stored: the secret never is, only the hash of the whole token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_hash: String,
+    pub description: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub revoked: bool,
+}
+
+/// The state of a token at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenState {
+    Valid,
+    Expired,
+    Used,
+    Revoked,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Valid => "valid",
+            TokenState::Expired => "expired",
+            TokenState::Used => "used",
+            TokenState::Revoked => "revoked",
+        }
+    }
+}
+
+impl TokenRecord {
+    /// Judges the token at `now` (unix seconds). Revocation wins, then use count, then time.
+    pub fn state(&self, now: i64) -> TokenState {
+        if self.revoked {
+            TokenState::Revoked
+        } else if self.uses >= self.max_uses {
+            TokenState::Used
+        } else if now >= self.expires_at {
+            TokenState::Expired
+        } else {
+            TokenState::Valid
+        }
+    }
+}
+
+/// A typed change to the registry. Proposed by one node, committed through Raft, applied by
+/// every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates the cluster: settings, the first node (id 1) and the first join token.
+    Bootstrap { config: ClusterConfig, first_node: NewNode, first_token: TokenRecord },
+    CreateToken { token: TokenRecord },
+    RevokeToken { id: String },
+    /// Admits a node that presented a join token. `presented_hash` is the hash of the token
+    /// it presented (the secret itself never enters the log); `now` is the proposer's clock.
+    AdmitNode { token_id: String, presented_hash: String, node: NewNode, now: i64 },
+    /// Removes a node and frees its pod CIDR. Its id is never given out again.
+    RemoveNode { id: u64 },
+    AllocateIdentity { labels: LabelSet },
+    ReleaseIdentity { labels: LabelSet },
+}
+
+/// The outcome of applying a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// For entries that carry no command (blank and membership entries) and for commands
+    /// with nothing to report.
+    Ok,
+    Node(NodeRecord),
+    Identity { identity: IdentityRecord, created: bool },
+    Released { id: u32, references: u64, removed: bool },
+    Err(RegistryError),
+}
+
+impl Response {
+    /// Turns a refusal into an `Err`, for callers that want `?`.
+    pub fn into_result(self) -> Result<Response, RegistryError> {
+        match self {
+            Response::Err(e) => Err(e),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The registry's whole state. Cloned into snapshots; restored from them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    cluster: Option<ClusterConfig>,
+    nodes: BTreeMap<u64, NodeRecord>,
+    tokens: BTreeMap<String, TokenRecord>,
+    identities: IdentityTable,
+    /// Next node id to hand out; ids are never reused, even after a node is removed.
+    next_node_id: u64,
+}
+
+impl Registry {
+    /// Applies one command. Deterministic; a refused command changes nothing.
+    pub fn apply(&mut self, cmd: Command) -> Response {
+        let result = match cmd {
+            Command::Bootstrap { config, first_node, first_token } => {
+                self.bootstrap(config, first_node, first_token)
+            }
+            Command::CreateToken { token } => self.create_token(token),
+            Command::RevokeToken { id } => self.revoke_token(&id),
+            Command::AdmitNode { token_id, presented_hash, node, now } => {
+                self.admit_node(&token_id, &presented_hash, node, now)
+            }
+            Command::RemoveNode { id } => self.remove_node(id),
+            Command::AllocateIdentity { labels } => self.allocate_identity(labels),
+            Command::ReleaseIdentity { labels } => self.release_identity(&labels),
+        };
+        result.unwrap_or_else(Response::Err)
+    }
+
+    /// The cluster settings, once bootstrapped.
+    pub fn cluster(&self) -> Option<&ClusterConfig> {
+        self.cluster.as_ref()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, id: u64) -> Option<&NodeRecord> {
+        self.nodes.get(&id)
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.values().find(|n| n.name == name)
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.tokens.values()
+    }
+
+    pub fn token(&self, id: &str) -> Option<&TokenRecord> {
+        self.tokens.get(id)
+    }
+
+    pub fn identities(&self) -> impl Iterator<Item = &IdentityRecord> {
+        self.identities.iter()
+    }
+
+    pub fn identity_by_labels(&self, labels: &LabelSet) -> Option<&IdentityRecord> {
+        self.identities.by_labels(labels)
+    }
+
+    pub fn identity(&self, id: u32) -> Option<&IdentityRecord> {
+        self.identities.get(id)
+    }
+
+    fn config(&self) -> Result<&ClusterConfig, RegistryError> {
+        self.cluster.as_ref().ok_or(RegistryError::NotBootstrapped)
+    }
+
+    fn bootstrap(
+        &mut self,
+        config: ClusterConfig,
+        first_node: NewNode,
+        first_token: TokenRecord,
+    ) -> Result<Response, RegistryError> {
+        if let Some(c) = &self.cluster {
+            return Err(RegistryError::AlreadyBootstrapped { id: c.cluster_id, name: c.name.clone() });
+        }
+        config.validate()?;
+        validate_token(&first_token)?;
+        let pod_cidr = pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
+        let node = NodeRecord {
+            id: 1,
+            name: first_node.name,
+            rpc_addr: first_node.rpc_addr,
+            tls_key_sha256: first_node.tls_key_sha256,
+            x25519_public: first_node.x25519_public,
+            pod_cidr,
+            joined_at: config.created_at,
+        };
+        self.identities = IdentityTable::new(config.cluster_id);
+        self.cluster = Some(config);
+        self.nodes.insert(1, node.clone());
+        self.next_node_id = 2;
+        self.tokens.insert(first_token.id.clone(), first_token);
+        Ok(Response::Node(node))
+    }
+
+    fn create_token(&mut self, token: TokenRecord) -> Result<Response, RegistryError> {
+        self.config()?;
+        validate_token(&token)?;
+        if self.tokens.contains_key(&token.id) {
+            return Err(RegistryError::TokenExists { id: token.id });
+        }
+        self.tokens.insert(token.id.clone(), token);
+        Ok(Response::Ok)
+    }
+
+    fn revoke_token(&mut self, id: &str) -> Result<Response, RegistryError> {
+        let token = self
+            .tokens
+            .get_mut(id)
+            .ok_or_else(|| RegistryError::TokenNotFound { id: id.to_string() })?;
+        token.revoked = true;
+        Ok(Response::Ok)
+    }
+
+    fn admit_node(
+        &mut self,
+        token_id: &str,
+        presented_hash: &str,
+        new: NewNode,
+        now: i64,
+    ) -> Result<Response, RegistryError> {
+        let config = self.config()?.clone();
+        let token = self
+            .tokens
+            .get(token_id)
+            .ok_or_else(|| RegistryError::TokenNotFound { id: token_id.to_string() })?;
+        // Checked before the state so a wrong secret reveals nothing about the token.
+        if token.secret_hash != presented_hash {
+            return Err(RegistryError::TokenSecretMismatch { id: token_id.to_string() });
+        }
+        match token.state(now) {
+            TokenState::Valid => {}
+            TokenState::Expired => return Err(RegistryError::TokenExpired { id: token_id.into() }),
+            TokenState::Revoked => return Err(RegistryError::TokenRevoked { id: token_id.into() }),
+            TokenState::Used => {
+                return Err(RegistryError::TokenUsedUp { id: token_id.into(), uses: token.uses })
+            }
+        }
+        if let Some(existing) = self.node_by_name(&new.name) {
+            return Err(RegistryError::NodeNameTaken { name: new.name, id: existing.id });
+        }
+        let pod_cidr = pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
+        // Every check passed: from here on the command cannot fail.
+        let id = self.next_node_id.max(2);
+        self.next_node_id = id + 1;
+        if let Some(token) = self.tokens.get_mut(token_id) {
+            token.uses += 1;
+        }
+        let node = NodeRecord {
+            id,
+            name: new.name,
+            rpc_addr: new.rpc_addr,
+            tls_key_sha256: new.tls_key_sha256,
+            x25519_public: new.x25519_public,
+            pod_cidr,
+            joined_at: now,
+        };
+        self.nodes.insert(id, node.clone());
+        Ok(Response::Node(node))
+    }
+
+    fn remove_node(&mut self, id: u64) -> Result<Response, RegistryError> {
+        self.nodes.remove(&id).ok_or(RegistryError::NodeNotFound { id })?;
+        Ok(Response::Ok)
+    }
+
+    fn allocate_identity(&mut self, labels: LabelSet) -> Result<Response, RegistryError> {
+        self.config()?;
+        let (identity, created) = self.identities.allocate(labels)?;
+        Ok(Response::Identity { identity, created })
+    }
+
+    fn release_identity(&mut self, labels: &LabelSet) -> Result<Response, RegistryError> {
+        self.config()?;
+        let (id, references) = self.identities.release(labels)?;
+        Ok(Response::Released { id, references, removed: references == 0 })
+    }
+
+    fn used_cidrs(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        self.nodes.values().map(|n| n.pod_cidr)
+    }
+}
+
+fn validate_token(token: &TokenRecord) -> Result<(), RegistryError> {
+    if token.max_uses == 0 {
+        return Err(RegistryError::InvalidToken("a token must allow at least one use".into()));
+    }
+    if token.expires_at <= token.created_at {
+        return Err(RegistryError::InvalidToken("a token must expire after it is created".into()));
+    }
+    if token.secret_hash.len() != 64 || !token.secret_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(RegistryError::InvalidToken("the token hash must be 64 hex characters".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

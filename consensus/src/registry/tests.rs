@@ -1,0 +1,229 @@
+//! Registry state machine tests: each command, and that a refused command changes nothing.
+
+use super::*;
+
+const HASH_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const HASH_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const T0: i64 = 1_000_000;
+
+fn config() -> ClusterConfig {
+    ClusterConfig {
+        cluster_id: 7,
+        name: "lab".into(),
+        pod_pool: "10.128.0.0/22".parse().unwrap(),
+        node_prefix_len: 24,
+        ca_cert_pem: "ca".into(),
+        ca_key_pem: "key".into(),
+        created_at: T0,
+    }
+}
+
+fn new_node(name: &str) -> NewNode {
+    NewNode {
+        name: name.into(),
+        rpc_addr: format!("{name}:7700"),
+        tls_key_sha256: "00".repeat(32),
+        x25519_public: "11".repeat(32),
+    }
+}
+
+fn token(id: &str, hash: &str, max_uses: u32) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        secret_hash: hash.into(),
+        description: String::new(),
+        created_at: T0,
+        expires_at: T0 + 3600,
+        max_uses,
+        uses: 0,
+        revoked: false,
+    }
+}
+
+fn bootstrapped() -> Registry {
+    let mut r = Registry::default();
+    let resp = r.apply(Command::Bootstrap {
+        config: config(),
+        first_node: new_node("n1"),
+        first_token: token("abcdef", HASH_A, 1),
+    });
+    assert!(matches!(resp, Response::Node(NodeRecord { id: 1, .. })), "{resp:?}");
+    r
+}
+
+fn admit(r: &mut Registry, token_id: &str, hash: &str, name: &str, now: i64) -> Response {
+    r.apply(Command::AdmitNode {
+        token_id: token_id.into(),
+        presented_hash: hash.into(),
+        node: new_node(name),
+        now,
+    })
+}
+
+/// Applies `cmd`, expects `expected` error, and checks the registry did not change.
+fn refused(r: &mut Registry, cmd: Command, expected: fn(&RegistryError) -> bool) {
+    let before = r.clone();
+    match r.apply(cmd) {
+        Response::Err(e) => assert!(expected(&e), "unexpected error: {e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(*r, before, "a refused command changed the registry");
+}
+
+#[test]
+fn t10_bootstrap_creates_node_1_with_the_first_block() {
+    let r = bootstrapped();
+    let n1 = r.node(1).unwrap();
+    assert_eq!(n1.pod_cidr.to_string(), "10.128.0.0/24");
+    assert_eq!(r.cluster().unwrap().cluster_id, 7);
+    assert!(r.token("abcdef").is_some());
+}
+
+#[test]
+fn t11_bootstrap_twice_is_refused() {
+    let mut r = bootstrapped();
+    refused(
+        &mut r,
+        Command::Bootstrap { config: config(), first_node: new_node("x"), first_token: token("zzzzzz", HASH_B, 1) },
+        |e| matches!(e, RegistryError::AlreadyBootstrapped { id: 7, .. }),
+    );
+}
+
+#[test]
+fn t12_commands_before_bootstrap_are_refused() {
+    let mut r = Registry::default();
+    refused(&mut r, Command::CreateToken { token: token("abcdef", HASH_A, 1) }, |e| {
+        matches!(e, RegistryError::NotBootstrapped)
+    });
+    refused(
+        &mut r,
+        Command::AllocateIdentity { labels: LabelSet::parse(&["app=web"]).unwrap() },
+        |e| matches!(e, RegistryError::NotBootstrapped),
+    );
+}
+
+#[test]
+fn t20_admit_with_a_valid_token_assigns_id_and_cidr() {
+    let mut r = bootstrapped();
+    let Response::Node(n) = admit(&mut r, "abcdef", HASH_A, "n2", T0 + 10) else { panic!() };
+    assert_eq!(n.id, 2);
+    assert_eq!(n.pod_cidr.to_string(), "10.128.1.0/24");
+    assert_eq!(r.token("abcdef").unwrap().uses, 1);
+}
+
+#[test]
+fn t21_token_faults_are_refused_with_their_reason_and_change_nothing() {
+    let mut r = bootstrapped();
+    let cmd = |id: &str, hash: &str, name: &str, now: i64| Command::AdmitNode {
+        token_id: id.into(),
+        presented_hash: hash.into(),
+        node: new_node(name),
+        now,
+    };
+    refused(&mut r, cmd("nosuch", HASH_A, "n2", T0), |e| matches!(e, RegistryError::TokenNotFound { .. }));
+    refused(&mut r, cmd("abcdef", HASH_B, "n2", T0), |e| {
+        matches!(e, RegistryError::TokenSecretMismatch { .. })
+    });
+    refused(&mut r, cmd("abcdef", HASH_A, "n2", T0 + 3600), |e| {
+        matches!(e, RegistryError::TokenExpired { .. })
+    });
+    // Use it once; the single-use token is then used up.
+    assert!(matches!(admit(&mut r, "abcdef", HASH_A, "n2", T0), Response::Node(_)));
+    refused(&mut r, cmd("abcdef", HASH_A, "n3", T0), |e| {
+        matches!(e, RegistryError::TokenUsedUp { uses: 1, .. })
+    });
+    // Revoked.
+    assert_eq!(r.apply(Command::CreateToken { token: token("ghijkl", HASH_B, 5) }), Response::Ok);
+    assert_eq!(r.apply(Command::RevokeToken { id: "ghijkl".into() }), Response::Ok);
+    refused(&mut r, cmd("ghijkl", HASH_B, "n3", T0), |e| matches!(e, RegistryError::TokenRevoked { .. }));
+    assert_eq!(r.token("ghijkl").unwrap().state(T0), TokenState::Revoked);
+}
+
+#[test]
+fn t22_a_taken_name_is_refused() {
+    let mut r = bootstrapped();
+    r.apply(Command::CreateToken { token: token("multi1", HASH_B, 10) });
+    refused(
+        &mut r,
+        Command::AdmitNode { token_id: "multi1".into(), presented_hash: HASH_B.into(), node: new_node("n1"), now: T0 },
+        |e| matches!(e, RegistryError::NodeNameTaken { id: 1, .. }),
+    );
+    assert_eq!(r.token("multi1").unwrap().uses, 0, "a refused join does not use the token");
+}
+
+#[test]
+fn t23_node_ids_are_never_reused() {
+    let mut r = bootstrapped();
+    r.apply(Command::CreateToken { token: token("multi1", HASH_B, 10) });
+    let Response::Node(n2) = admit(&mut r, "multi1", HASH_B, "n2", T0) else { panic!() };
+    assert_eq!(r.apply(Command::RemoveNode { id: n2.id }), Response::Ok);
+    let Response::Node(n3) = admit(&mut r, "multi1", HASH_B, "n3", T0) else { panic!() };
+    assert_eq!(n3.id, 3);
+    assert_eq!(n3.pod_cidr, n2.pod_cidr, "the freed block is handed out again");
+}
+
+#[test]
+fn t24_pod_cidr_exhaustion_is_refused() {
+    let mut r = bootstrapped();
+    r.apply(Command::CreateToken { token: token("multi1", HASH_B, 10) });
+    for name in ["n2", "n3", "n4"] {
+        assert!(matches!(admit(&mut r, "multi1", HASH_B, name, T0), Response::Node(_)));
+    }
+    // The /22 pool holds four /24 blocks.
+    refused(
+        &mut r,
+        Command::AdmitNode { token_id: "multi1".into(), presented_hash: HASH_B.into(), node: new_node("n5"), now: T0 },
+        |e| matches!(e, RegistryError::PodCidrExhausted { prefix: 24, .. }),
+    );
+}
+
+#[test]
+fn t30_token_validation() {
+    let mut r = bootstrapped();
+    let mut bad = token("tok001", HASH_B, 0);
+    refused(&mut r, Command::CreateToken { token: bad.clone() }, |e| matches!(e, RegistryError::InvalidToken(_)));
+    bad.max_uses = 1;
+    bad.expires_at = bad.created_at;
+    refused(&mut r, Command::CreateToken { token: bad }, |e| matches!(e, RegistryError::InvalidToken(_)));
+    refused(&mut r, Command::CreateToken { token: token("abcdef", HASH_B, 1) }, |e| {
+        matches!(e, RegistryError::TokenExists { .. })
+    });
+    refused(&mut r, Command::RevokeToken { id: "nosuch".into() }, |e| {
+        matches!(e, RegistryError::TokenNotFound { .. })
+    });
+}
+
+#[test]
+fn t40_identities_through_commands() {
+    let mut r = bootstrapped();
+    let labels = LabelSet::parse(&["app=web"]).unwrap();
+    let Response::Identity { identity, created: true } =
+        r.apply(Command::AllocateIdentity { labels: labels.clone() })
+    else {
+        panic!()
+    };
+    assert_eq!(identity.id, (7 << 16) | 256);
+    let again = r.apply(Command::AllocateIdentity { labels: labels.clone() });
+    assert!(matches!(again, Response::Identity { created: false, .. }));
+    assert_eq!(
+        r.apply(Command::ReleaseIdentity { labels: labels.clone() }),
+        Response::Released { id: identity.id, references: 1, removed: false }
+    );
+    assert_eq!(
+        r.apply(Command::ReleaseIdentity { labels: labels.clone() }),
+        Response::Released { id: identity.id, references: 0, removed: true }
+    );
+    refused(&mut r, Command::ReleaseIdentity { labels }, |e| matches!(e, RegistryError::IdentityNotFound { .. }));
+}
+
+#[test]
+fn t50_registry_survives_a_serde_round_trip() {
+    let mut r = bootstrapped();
+    r.apply(Command::AllocateIdentity { labels: LabelSet::parse(&["app=web"]).unwrap() });
+    let bytes = bincode::serialize(&r).unwrap();
+    let back: Registry = bincode::deserialize(&bytes).unwrap();
+    assert_eq!(back, r);
+    let json = serde_json::to_vec(&r).unwrap();
+    let back: Registry = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back, r);
+}

@@ -1,0 +1,1 @@
+//! Gossip membership for Membrane. Filled by the gossip issue; see ../../docs/architecture.md.

@@ -1,0 +1,218 @@
+//! A Membrane cluster on a [`Lab`]: `membrane init` on host 1, agents joined with tokens on
+//! the others, and typed reads of what the CLI prints as JSON.
+//!
+//! Everything goes through the real binary and its CLI, as an operator would, so the tests
+//! built on this check the product, not a library call that the product might not make.
+
+use std::process::Output;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+
+use crate::{wait_until, Lab};
+
+/// Name of the cluster the lab creates.
+pub const CLUSTER_NAME: &str = "lab";
+
+/// A lab whose hosts run a Membrane cluster.
+pub struct Cluster {
+    lab: Lab,
+    ca_hash: String,
+    /// Extra arguments given to every agent (e.g. `--voters 5`).
+    agent_args: Vec<String>,
+}
+
+/// What `membrane init` printed as JSON.
+#[derive(Clone, Debug)]
+pub struct InitInfo {
+    pub ca_hash: String,
+    pub token: String,
+}
+
+impl Cluster {
+    /// Creates a lab of `hosts` hosts and runs `membrane init` on host 1 (agent not started).
+    pub fn init(name_hint: &str, hosts: usize) -> anyhow::Result<(Cluster, InitInfo)> {
+        let lab = Lab::new(name_hint, hosts)?;
+        let h1 = lab.host(1).clone();
+        let out = run_ok(&membrane(&lab, 1, &[
+            "init",
+            "--state-dir",
+            &h1.state_dir().display().to_string(),
+            "--cluster-name",
+            CLUSTER_NAME,
+            "--name",
+            h1.name(),
+            "--advertise-addr",
+            &h1.rpc_addr().to_string(),
+            "-o",
+            "json",
+        ])?)?;
+        let v = json(&out)?;
+        let info = InitInfo { ca_hash: string(&v, "ca_hash")?, token: string(&v, "token")? };
+        Ok((Cluster { lab, ca_hash: info.ca_hash.clone(), agent_args: Vec::new() }, info))
+    }
+
+    /// A cluster of `hosts` nodes, all joined and with `min(hosts, 3)` voters.
+    pub fn start(name_hint: &str, hosts: usize) -> anyhow::Result<Cluster> {
+        let (mut c, _) = Cluster::init(name_hint, hosts)?;
+        c.agent_args = Vec::new();
+        c.start_first()?;
+        for i in 2..=hosts {
+            let token = c.create_token(1)?;
+            c.join(i, &token)?;
+        }
+        let voters = hosts.min(3);
+        c.wait_for_voters(voters, Duration::from_secs(30))?;
+        Ok(c)
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    pub fn ca_hash(&self) -> &str {
+        &self.ca_hash
+    }
+
+    /// Sets extra arguments for agents started from now on.
+    pub fn set_agent_args(&mut self, args: &[&str]) {
+        self.agent_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Starts host 1's agent (after init) and waits until it leads.
+    pub fn start_first(&self) -> anyhow::Result<()> {
+        let h = self.lab.host(1);
+        let mut args = vec![
+            "--socket".to_string(),
+            h.socket().display().to_string(),
+            "agent".into(),
+            "--state-dir".into(),
+            h.state_dir().display().to_string(),
+        ];
+        args.extend(self.agent_args.iter().cloned());
+        self.lab.start(1, &args)?;
+        self.wait_for_leader(1, Duration::from_secs(30))
+    }
+
+    /// The arguments that start host `i`'s agent joining through host 1 with `token`.
+    pub fn join_args(&self, i: usize, token: &str, ca_hash: &str) -> Vec<String> {
+        let h = self.lab.host(i);
+        let mut args = vec![
+            "--socket".to_string(),
+            h.socket().display().to_string(),
+            "agent".into(),
+            "--state-dir".into(),
+            h.state_dir().display().to_string(),
+            "--name".into(),
+            h.name().to_string(),
+            "--advertise-addr".into(),
+            h.rpc_addr().to_string(),
+            "--join".into(),
+            self.lab.host(1).rpc_addr().to_string(),
+            "--token".into(),
+            token.to_string(),
+            "--ca-hash".into(),
+            ca_hash.to_string(),
+        ];
+        args.extend(self.agent_args.iter().cloned());
+        args
+    }
+
+    /// Starts host `i`'s agent joining with `token` and waits until it serves its API.
+    pub fn join(&self, i: usize, token: &str) -> anyhow::Result<()> {
+        self.lab.start(i, &self.join_args(i, token, &self.ca_hash))?;
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            if !self.lab.is_running(i)? {
+                bail!("agent on host {i} exited: {}", self.log_tail(i));
+            }
+            Ok(self.status(i).is_ok())
+        })
+        .with_context(|| format!("host {i} did not join; log: {}", self.log_tail(i)))
+    }
+
+    /// Creates a join token through host 1 with `uses` uses.
+    pub fn create_token(&self, uses: u32) -> anyhow::Result<String> {
+        let v = self.cli_json(1, &["token", "create", "--uses", &uses.to_string()])?;
+        string(&v, "token")
+    }
+
+    /// Runs the CLI against host `i`'s agent; error if it exits non-zero.
+    pub fn cli(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.lab.cli(i, args)?;
+        run_ok(&out).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Runs the CLI with `-o json` and parses what it prints.
+    pub fn cli_json(&self, i: usize, args: &[&str]) -> anyhow::Result<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = self.lab.cli(i, &a)?;
+        json(&run_ok(&out)?)
+    }
+
+    /// `membrane status -o json` on host `i`.
+    pub fn status(&self, i: usize) -> anyhow::Result<Value> {
+        self.cli_json(i, &["status"])
+    }
+
+    /// Waits until host `i` reports itself leader.
+    pub fn wait_for_leader(&self, i: usize, timeout: Duration) -> anyhow::Result<()> {
+        wait_until(timeout, Duration::from_millis(200), || {
+            if !self.lab.is_running(i)? {
+                bail!("agent on host {i} exited: {}", self.log_tail(i));
+            }
+            Ok(self.status(i).map(|s| s["raft_state"] == "leader").unwrap_or(false))
+        })
+        .with_context(|| format!("host {i} did not become leader; log: {}", self.log_tail(i)))
+    }
+
+    /// The leader's node id as seen by host `i`.
+    pub fn leader_seen_by(&self, i: usize) -> anyhow::Result<Option<u64>> {
+        Ok(self.status(i)?["leader_id"].as_u64())
+    }
+
+    /// Waits until the cluster has `n` voters, as host 1 sees it.
+    pub fn wait_for_voters(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        wait_until(timeout, Duration::from_millis(300), || {
+            let Ok(s) = self.status(1) else { return Ok(false) };
+            let voters = s["members"].as_array().map(|m| m.iter().filter(|m| m["role"] == "voter").count());
+            Ok(voters == Some(n))
+        })
+        .with_context(|| format!("the cluster did not reach {n} voters"))
+    }
+
+    /// The last lines of host `i`'s agent log, for error messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.lab.host(i).log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+/// Runs the membrane binary inside host `i`'s namespace with `args` (for `init`).
+fn membrane(lab: &Lab, i: usize, args: &[&str]) -> anyhow::Result<Output> {
+    let bin = crate::membrane_binary()?;
+    let bin = bin.display().to_string();
+    let mut cmd = vec![bin.as_str()];
+    cmd.extend_from_slice(args);
+    lab.exec(i, &cmd)
+}
+
+/// The output if the command succeeded, else an error with its stderr.
+pub fn run_ok(out: &Output) -> anyhow::Result<Output> {
+    if out.status.success() {
+        Ok(out.clone())
+    } else {
+        Err(anyhow!("{}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn json(out: &Output) -> anyhow::Result<Value> {
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn string(v: &Value, key: &str) -> anyhow::Result<String> {
+    v[key].as_str().map(str::to_string).ok_or_else(|| anyhow!("no {key:?} in {v}"))
+}

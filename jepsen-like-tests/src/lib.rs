@@ -1,0 +1,41 @@
+//! The lab: hosts as network namespaces on one underlay bridge, each able to run a real
+//! `membrane agent`, with the faults a Jepsen-style suite needs (kill, pause, cut, partition).
+//!
+//! Why namespaces and not containers or VMs: they are the cheapest thing that gives every host
+//! its own interfaces, routes, sockets and BPF attach points, so agents talk over a real L2
+//! network and real UDP/TCP, exactly as on separate machines, while the whole lab is torn down
+//! in milliseconds. Nothing here mocks the agent; the lab only arranges the world around it.
+//!
+//! ```text
+//!   netns <id>-h1          netns <id>-h2          netns <id>-hN
+//!   eth0 10.77.0.11/24     eth0 10.77.0.12/24     eth0 10.77.0.(10+N)/24
+//!        |                      |                      |
+//!   -----h1---------------------h2---------------------hN-----  br0 in netns <id>-ul
+//! ```
+//!
+//! Faults are applied where a real network would fail: in the underlay, by an nftables
+//! `bridge` table that drops frames between ports. A cut host keeps its link up and simply
+//! stops hearing anyone, like a host behind a broken switch, not one whose cable is pulled.
+//!
+//! Traffic never leaves the namespaces the lab creates: the 10.77.0.0/24 addresses exist only
+//! there, and the root namespace is touched only to spawn processes and read the temp dir.
+//!
+//! Every [`Lab`] cleans up after itself on drop (also on panic): it kills its processes,
+//! deletes its namespaces and removes its temp dir. Set `MEMBRANE_LAB_KEEP=1` to keep the temp
+//! dir (agent logs and state) for a post-mortem; its path is printed.
+#![deny(missing_docs)]
+
+pub mod cluster;
+mod cmd;
+mod faults;
+mod host;
+mod lab;
+mod netns;
+mod process;
+mod util;
+
+pub use cluster::Cluster;
+pub use host::{Host, RPC_PORT};
+pub use lab::{Lab, KEEP_ENV};
+pub use netns::{in_netns, tcp_reachable};
+pub use util::{membrane_binary, require_root, wait_until};

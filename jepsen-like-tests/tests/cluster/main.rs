@@ -1,0 +1,9 @@
+//! Cluster tests: real `membrane agent` processes in lab namespaces, driven through the CLI.
+//! Numbered by topic, as openraft's tests are: t10 forming, t20 joining, t30 trust, t40
+//! faults, t50 bad state. Each test makes its own lab and removes it, even on panic.
+
+mod t10_form;
+mod t20_join_refused;
+mod t30_untrusted_peer;
+mod t40_leader_kill;
+mod t50_bad_state;

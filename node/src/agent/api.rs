@@ -1,0 +1,215 @@
+//! The local agent API (Unix socket) that the CLI talks to.
+
+use std::sync::Arc;
+
+use membrane_consensus::registry::{IdentityRecord, LabelSet, TokenRecord};
+use membrane_consensus::{Command, Response as RegistryResponse};
+use membrane_crypto::token::JoinToken;
+use membrane_proto::v1 as pb;
+use membrane_proto::v1::agent_server::Agent;
+use openraft::ServerState;
+use tonic::{Request, Response, Status};
+
+use super::query::{Query, QueryResult};
+use super::registry_client::RegistryClient;
+use crate::state::NodeIdentity;
+
+/// Token defaults, as kubeadm: one hour, and (stricter than kubeadm) a single use.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+pub const DEFAULT_TOKEN_USES: u32 = 1;
+
+pub struct AgentApi {
+    pub client: Arc<RegistryClient>,
+    pub me: NodeIdentity,
+    /// `sha256:HEX` of the cluster CA, for printing join commands.
+    pub ca_hash: String,
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn identity_info(rec: &IdentityRecord) -> pb::IdentityInfo {
+    pb::IdentityInfo { id: rec.id, labels: rec.labels.to_strings(), references: rec.references }
+}
+
+fn token_info(t: &TokenRecord, now: i64) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id.clone(),
+        description: t.description.clone(),
+        created_at_unix: t.created_at,
+        expires_at_unix: t.expires_at,
+        max_uses: t.max_uses,
+        uses: t.uses,
+        revoked: t.revoked,
+        state: t.state(now).as_str().to_string(),
+    }
+}
+
+fn parse_labels(labels: &[String]) -> Result<LabelSet, Status> {
+    LabelSet::parse(labels).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// Builds the command a new node runs to join through `addr`.
+pub fn join_command(addr: &str, token: &str, ca_hash: &str) -> String {
+    format!("membrane agent --join {addr} --token {token} --ca-hash {ca_hash}")
+}
+
+#[tonic::async_trait]
+impl Agent for AgentApi {
+    async fn status(&self, _: Request<pb::Empty>) -> Result<Response<pb::StatusResponse>, Status> {
+        let m = self.client.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                node_id: *id,
+                rpc_addr: node.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+            })
+            .collect();
+        // 0.9's metrics carry no commit index; ask the Raft core for it.
+        let commit_index = self
+            .client
+            .raft()
+            .with_raft_state(|st| st.committed.map(|l| l.index).unwrap_or(0))
+            .await
+            .map_err(|e| Status::unavailable(format!("raft is not running: {e}")))?;
+        let pod_cidr = self
+            .client
+            .local(|r| r.node(self.me.node_id).map(|n| n.pod_cidr.to_string()))
+            .unwrap_or_default();
+        Ok(Response::new(pb::StatusResponse {
+            cluster_id: u32::from(self.me.cluster_id),
+            cluster_name: self.me.cluster_name.clone(),
+            node_id: self.me.node_id,
+            node_name: self.me.node_name.clone(),
+            raft_state: role_name(m.state).into(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            commit_index,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            members,
+            pod_cidr,
+            rpc_addr: self.me.rpc_addr.clone(),
+        }))
+    }
+
+    async fn node_list(&self, _: Request<pb::Empty>) -> Result<Response<pb::NodeListResponse>, Status> {
+        let QueryResult::Nodes { nodes, voters, learners } = self.client.query(Query::Nodes).await? else {
+            return Err(Status::internal("unexpected answer to a node query"));
+        };
+        let nodes = nodes
+            .into_iter()
+            .map(|n| pb::NodeInfo {
+                raft_role: if voters.contains(&n.id) {
+                    "voter"
+                } else if learners.contains(&n.id) {
+                    "learner"
+                } else {
+                    "none"
+                }
+                .into(),
+                id: n.id,
+                name: n.name,
+                rpc_addr: n.rpc_addr,
+                pod_cidr: n.pod_cidr.to_string(),
+                tls_key_sha256: n.tls_key_sha256,
+                x25519_public: n.x25519_public,
+                joined_at_unix: n.joined_at,
+            })
+            .collect();
+        Ok(Response::new(pb::NodeListResponse { nodes }))
+    }
+
+    async fn token_create(
+        &self,
+        req: Request<pb::TokenCreateRequest>,
+    ) -> Result<Response<pb::TokenCreateResponse>, Status> {
+        let req = req.into_inner();
+        let ttl = if req.ttl_seconds == 0 { DEFAULT_TOKEN_TTL_SECS } else { req.ttl_seconds };
+        if ttl > 365 * 24 * 3600 {
+            return Err(Status::invalid_argument("token TTL is longer than a year; pick a shorter --ttl"));
+        }
+        let max_uses = if req.max_uses == 0 { DEFAULT_TOKEN_USES } else { req.max_uses };
+        let token = JoinToken::generate();
+        let now = super::unix_now();
+        let record = TokenRecord {
+            id: token.id().to_string(),
+            secret_hash: token.secret_hash(),
+            description: req.description,
+            created_at: now,
+            expires_at: now + ttl as i64,
+            max_uses,
+            uses: 0,
+            revoked: false,
+        };
+        let expires_at = record.expires_at;
+        self.client.write(Command::CreateToken { token: record }).await?;
+        let full = token.to_string();
+        Ok(Response::new(pb::TokenCreateResponse {
+            join_command: join_command(&self.me.rpc_addr, &full, &self.ca_hash),
+            token: full,
+            id: token.id().to_string(),
+            expires_at_unix: expires_at,
+            max_uses,
+        }))
+    }
+
+    async fn token_list(&self, _: Request<pb::Empty>) -> Result<Response<pb::TokenListResponse>, Status> {
+        let QueryResult::Tokens(tokens) = self.client.query(Query::Tokens).await? else {
+            return Err(Status::internal("unexpected answer to a token query"));
+        };
+        let now = super::unix_now();
+        Ok(Response::new(pb::TokenListResponse { tokens: tokens.iter().map(|t| token_info(t, now)).collect() }))
+    }
+
+    async fn token_revoke(&self, req: Request<pb::TokenRevokeRequest>) -> Result<Response<pb::Empty>, Status> {
+        let id = req.into_inner().id;
+        // Accept a whole token too: people paste what they have.
+        let id = id.split('.').next().unwrap_or_default().to_string();
+        self.client.write(Command::RevokeToken { id }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn identity_allocate(
+        &self,
+        req: Request<pb::IdentityRequest>,
+    ) -> Result<Response<pb::IdentityResponse>, Status> {
+        let labels = parse_labels(&req.into_inner().labels)?;
+        match self.client.write(Command::AllocateIdentity { labels }).await? {
+            RegistryResponse::Identity { identity, created } => {
+                Ok(Response::new(pb::IdentityResponse { identity: Some(identity_info(&identity)), created }))
+            }
+            other => Err(Status::internal(format!("unexpected registry response {other:?}"))),
+        }
+    }
+
+    async fn identity_list(&self, _: Request<pb::Empty>) -> Result<Response<pb::IdentityListResponse>, Status> {
+        let QueryResult::Identities(ids) = self.client.query(Query::Identities).await? else {
+            return Err(Status::internal("unexpected answer to an identity query"));
+        };
+        Ok(Response::new(pb::IdentityListResponse { identities: ids.iter().map(identity_info).collect() }))
+    }
+
+    async fn identity_release(
+        &self,
+        req: Request<pb::IdentityRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let labels = parse_labels(&req.into_inner().labels)?;
+        match self.client.write(Command::ReleaseIdentity { labels }).await? {
+            RegistryResponse::Released { id, references, removed } => {
+                Ok(Response::new(pb::ReleaseResponse { references, removed, id }))
+            }
+            other => Err(Status::internal(format!("unexpected registry response {other:?}"))),
+        }
+    }
+}

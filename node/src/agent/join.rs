@@ -1,0 +1,78 @@
+//! The joining side: a node with no cluster state proves a token and receives its identity.
+
+use anyhow::{anyhow, bail, Context};
+use membrane_crypto::ca::{ca_hash_of_cert_der, parse_ca_hash};
+use membrane_crypto::keys::NodeKeys;
+use membrane_crypto::token::JoinToken;
+use membrane_proto::v1::join_client::JoinClient;
+use membrane_proto::v1::JoinRequest;
+use tracing::info;
+
+use crate::state::{NodeIdentity, StateDir};
+use crate::transport::{error_chain, pinned_channel};
+
+/// What the operator passed with `--join`.
+pub struct JoinArgs {
+    pub addr: String,
+    pub token: String,
+    pub ca_hash: String,
+}
+
+/// Joins through `args.addr`, then records the certificates and identity in `state`.
+pub async fn join(
+    state: &StateDir,
+    keys: &NodeKeys,
+    args: &JoinArgs,
+    name: &str,
+    rpc_addr: &str,
+) -> anyhow::Result<NodeIdentity> {
+    // Bad input is refused before anything touches the network.
+    let token = JoinToken::parse(&args.token).map_err(|e| anyhow!("malformed --token: {e}"))?;
+    let pin = parse_ca_hash(&args.ca_hash).map_err(|e| anyhow!("malformed --ca-hash: {e}"))?;
+    let channel = pinned_channel(&args.addr, pin).await.map_err(|e| {
+        anyhow!(
+            "cannot open a trusted connection to {}: {}. Check the address, and that --ca-hash is the one `membrane init` printed",
+            args.addr,
+            error_chain(e.as_ref())
+        )
+    })?;
+    let req = JoinRequest {
+        token: token.to_string(),
+        name: name.to_string(),
+        rpc_addr: rpc_addr.to_string(),
+        csr_der: keys.csr_der(name)?,
+        x25519_public: keys.x25519_public().to_vec(),
+    };
+    let resp = JoinClient::new(channel)
+        .join(req)
+        .await
+        .map_err(|s| anyhow!("join refused by {}: {}", args.addr, s.message()))?
+        .into_inner();
+
+    // The server proved the pinned CA during the handshake; check it hands back the same.
+    let ca_der = pem_to_der(&resp.ca_cert_pem).context("the CA certificate in the join response")?;
+    let got = ca_hash_of_cert_der(&ca_der)?;
+    if parse_ca_hash(&got)? != pin {
+        bail!("the cluster answered with CA {got}, not the pinned {}; refusing it", args.ca_hash);
+    }
+    let cluster_id = u8::try_from(resp.cluster_id).map_err(|_| anyhow!("cluster id {} out of range", resp.cluster_id))?;
+    state.write_certificates(&resp.ca_cert_pem, &resp.node_cert_pem)?;
+    let identity = NodeIdentity {
+        cluster_id,
+        cluster_name: resp.cluster_name,
+        node_id: resp.node_id,
+        node_name: name.to_string(),
+        rpc_addr: rpc_addr.to_string(),
+    };
+    state.write_identity(&identity)?;
+    info!(node_id = identity.node_id, cluster = %identity.cluster_name, pod_cidr = %resp.pod_cidr, "joined the cluster");
+    Ok(identity)
+}
+
+fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let mut reader = std::io::BufReader::new(pem.as_bytes());
+    let cert = rustls_pemfile::certs(&mut reader)
+        .next()
+        .ok_or_else(|| anyhow!("no certificate in PEM"))??;
+    Ok(cert.to_vec())
+}

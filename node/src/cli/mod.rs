@@ -1,0 +1,259 @@
+//! The command line: parses arguments, talks to the local agent over its Unix socket, prints
+//! tables or JSON. `anyhow` stops here: every error is printed with its causes.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+use membrane_proto::v1 as pb;
+use membrane_proto::v1::agent_client::AgentClient;
+use tonic::transport::Channel;
+
+use crate::agent::{AgentOptions, JoinArgs};
+use crate::init::InitOptions;
+use output::Output;
+
+const DEFAULT_STATE_DIR: &str = "/var/lib/membrane";
+const DEFAULT_SOCKET: &str = "/run/membrane/agent.sock";
+
+#[derive(Parser)]
+#[command(name = "membrane", version, about = "eBPF networking and security agent with its own Raft registry")]
+pub struct Cli {
+    /// The local agent's API socket.
+    #[arg(long, global = true, env = "MEMBRANE_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Output format of listings.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new cluster with this node as its first member, and print the join command.
+    Init(InitArgs),
+    /// Run the agent on this node.
+    Agent(AgentArgs),
+    /// Show the cluster, this node, and its Raft state.
+    Status,
+    /// Nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Security identities.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "membrane")]
+    cluster_name: String,
+    /// 1-255; goes into bits 16-23 of every identity so meshed clusters never collide.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u8,
+    /// This node's name (default: host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Address other nodes reach this one on (default: first IPv4 address, port 7700).
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// The pool that node pod CIDRs are cut from.
+    #[arg(long, default_value = "10.128.0.0/9")]
+    pod_cidr: Ipv4Net,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_size: u8,
+    /// Lifetime of the first join token, in seconds.
+    #[arg(long, default_value_t = crate::agent::DEFAULT_TOKEN_TTL_SECS)]
+    token_ttl: u64,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Listen address of the node RPC server (default 0.0.0.0 and the advertised port).
+    #[arg(long)]
+    listen_addr: Option<std::net::SocketAddr>,
+    /// Address other nodes reach this one on; used when joining.
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    /// This node's name when joining (default: host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Join the cluster through this node (ip:port); first start only.
+    #[arg(long, requires_all = ["token", "ca_hash"])]
+    join: Option<String>,
+    /// Join token ID.SECRET.
+    #[arg(long, requires = "join")]
+    token: Option<String>,
+    /// sha256:HEX of the cluster CA, as printed by `membrane init`.
+    #[arg(long, requires = "join")]
+    ca_hash: Option<String>,
+    /// Number of Raft voters to keep (3 or 5).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::PossibleValuesParser::new(["1", "3", "5"]).map(|s| s.parse::<usize>().unwrap_or(3)))]
+    voters: usize,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
+    #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// List the nodes in the registry with their Raft role.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a join token and print the command that uses it.
+    Create {
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = crate::agent::DEFAULT_TOKEN_TTL_SECS)]
+        ttl: u64,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = crate::agent::DEFAULT_TOKEN_USES)]
+        uses: u32,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List join tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum IdentityCmd {
+    /// Allocate (or take a reference on) the identity of a label set: k=v ...
+    Allocate {
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// List identities.
+    List,
+    /// Release one reference on the identity of a label set: k=v ...
+    Release {
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(cli.output);
+    let result = match cli.command {
+        Command::Agent(args) => run_agent(args, &cli.socket),
+        Command::Init(args) => run_init(args, &out),
+        other => runtime().and_then(|rt| rt.block_on(run_client(other, &cli.socket, &out))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", crate::transport::error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .map_err(|e| anyhow!("bad --log filter {:?}: {e}", args.log))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let join = match (args.join, args.token, args.ca_hash) {
+        (Some(addr), Some(token), Some(ca_hash)) => Some(JoinArgs { addr, token, ca_hash }),
+        _ => None,
+    };
+    let opts = AgentOptions {
+        state_dir: args.state_dir,
+        socket: socket.to_path_buf(),
+        listen: args.listen_addr,
+        advertise: args.advertise_addr,
+        name: args.name,
+        join,
+        target_voters: args.voters,
+    };
+    runtime()?.block_on(crate::agent::run(opts))
+}
+
+fn run_init(args: InitArgs, out: &Output) -> anyhow::Result<()> {
+    let advertise = match args.advertise_addr {
+        Some(a) => a,
+        None => crate::default_advertise_addr()?,
+    };
+    let opts = InitOptions {
+        state_dir: args.state_dir,
+        cluster_name: args.cluster_name,
+        cluster_id: args.cluster_id,
+        node_name: args.name.unwrap_or_else(crate::default_node_name),
+        advertise,
+        pod_cidr: args.pod_cidr,
+        node_cidr_size: args.node_cidr_size,
+        token_ttl_secs: args.token_ttl,
+    };
+    let report = crate::init::init(&opts)?;
+    out.init(&report);
+    Ok(())
+}
+
+async fn connect(socket: &std::path::Path) -> anyhow::Result<AgentClient<Channel>> {
+    let channel = crate::transport::unix_channel(socket)
+        .await
+        .with_context(|| format!("cannot reach the agent at {}; is `membrane agent` running (or pass --socket)?", socket.display()))?;
+    Ok(AgentClient::new(channel))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", s.message())
+}
+
+async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> anyhow::Result<()> {
+    let mut c = connect(socket).await?;
+    match cmd {
+        Command::Status => out.status(&c.status(pb::Empty {}).await.map_err(status_err)?.into_inner()),
+        Command::Node(NodeCmd::List) => out.nodes(&c.node_list(pb::Empty {}).await.map_err(status_err)?.into_inner()),
+        Command::Token(TokenCmd::Create { ttl, uses, description }) => {
+            if uses == 0 {
+                anyhow::bail!("--uses must be at least 1");
+            }
+            let req = pb::TokenCreateRequest { ttl_seconds: ttl, max_uses: uses, description };
+            out.token_created(&c.token_create(req).await.map_err(status_err)?.into_inner())
+        }
+        Command::Token(TokenCmd::List) => out.tokens(&c.token_list(pb::Empty {}).await.map_err(status_err)?.into_inner()),
+        Command::Token(TokenCmd::Revoke { id }) => {
+            c.token_revoke(pb::TokenRevokeRequest { id: id.clone() }).await.map_err(status_err)?;
+            out.message(&format!("token {id} revoked"), serde_json::json!({"revoked": id}));
+        }
+        Command::Identity(IdentityCmd::Allocate { labels }) => {
+            out.identity(&c.identity_allocate(pb::IdentityRequest { labels }).await.map_err(status_err)?.into_inner())
+        }
+        Command::Identity(IdentityCmd::List) => {
+            out.identities(&c.identity_list(pb::Empty {}).await.map_err(status_err)?.into_inner())
+        }
+        Command::Identity(IdentityCmd::Release { labels }) => {
+            out.released(&c.identity_release(pb::IdentityRequest { labels }).await.map_err(status_err)?.into_inner())
+        }
+        Command::Init(_) | Command::Agent(_) => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Printing: aligned text tables for people, JSON (`--output json`) for scripts.
+
+use membrane_proto::v1 as pb;
+use serde_json::{json, Value};
+
+use super::Format;
+use crate::init::InitReport;
+
+pub struct Output {
+    format: Format,
+}
+
+/// Prints rows as columns padded to the widest cell.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn time(unix: i64) -> String {
+    // RFC 3339 in UTC without pulling a date crate into the CLI.
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+impl Output {
+    pub fn new(format: Format) -> Self {
+        Output { format }
+    }
+
+    fn json(&self, v: Value) {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+
+    pub fn message(&self, text: &str, v: Value) {
+        match self.format {
+            Format::Json => self.json(v),
+            Format::Text => println!("{text}"),
+        }
+    }
+
+    pub fn init(&self, r: &InitReport) {
+        if self.format == Format::Json {
+            return self.json(serde_json::to_value(r).unwrap_or_default());
+        }
+        println!("Cluster {:?} (id {}) created in {}; this node is node {}.", r.cluster_name, r.cluster_id, r.state_dir, r.node_id);
+        println!("Start its agent with:\n\n  membrane agent --state-dir {}\n", r.state_dir);
+        println!("Then join other nodes with (the token expires at {} and works once):\n", time(r.token_expires_at_unix));
+        println!("  {}\n", r.join_command);
+        println!("More tokens: membrane token create");
+    }
+
+    pub fn status(&self, s: &pb::StatusResponse) {
+        let members: Vec<Value> = s
+            .members
+            .iter()
+            .map(|m| json!({"node_id": m.node_id, "rpc_addr": m.rpc_addr, "role": m.role}))
+            .collect();
+        if self.format == Format::Json {
+            return self.json(json!({
+                "cluster_id": s.cluster_id, "cluster_name": s.cluster_name,
+                "node_id": s.node_id, "node_name": s.node_name, "rpc_addr": s.rpc_addr, "pod_cidr": s.pod_cidr,
+                "raft_state": s.raft_state, "term": s.term,
+                "leader_id": if s.leader_id == 0 { Value::Null } else { json!(s.leader_id) },
+                "commit_index": s.commit_index, "applied_index": s.applied_index, "last_log_index": s.last_log_index,
+                "members": members,
+            }));
+        }
+        println!("Cluster:      {} (id {})", s.cluster_name, s.cluster_id);
+        println!("Node:         {} (id {}) at {}", s.node_name, s.node_id, s.rpc_addr);
+        println!("Pod CIDR:     {}", if s.pod_cidr.is_empty() { "-" } else { &s.pod_cidr });
+        println!("Raft:         {}, term {}", s.raft_state, s.term);
+        println!("Leader:       {}", if s.leader_id == 0 { "none".to_string() } else { format!("node {}", s.leader_id) });
+        println!("Commit index: {} (applied {}, last log {})", s.commit_index, s.applied_index, s.last_log_index);
+        println!("Members:");
+        for m in &s.members {
+            println!("  node {:<4} {:<8} {}", m.node_id, m.role, m.rpc_addr);
+        }
+    }
+
+    pub fn nodes(&self, r: &pb::NodeListResponse) {
+        if self.format == Format::Json {
+            let nodes: Vec<Value> = r
+                .nodes
+                .iter()
+                .map(|n| {
+                    json!({"id": n.id, "name": n.name, "rpc_addr": n.rpc_addr, "pod_cidr": n.pod_cidr,
+                           "raft_role": n.raft_role, "tls_key_sha256": n.tls_key_sha256,
+                           "x25519_public": n.x25519_public, "joined_at": time(n.joined_at_unix)})
+                })
+                .collect();
+            return self.json(json!({ "nodes": nodes }));
+        }
+        let rows = r
+            .nodes
+            .iter()
+            .map(|n| vec![n.id.to_string(), n.name.clone(), n.rpc_addr.clone(), n.pod_cidr.clone(), n.raft_role.clone(), time(n.joined_at_unix)])
+            .collect();
+        table(&["ID", "NAME", "ADDRESS", "POD CIDR", "RAFT", "JOINED"], rows);
+    }
+
+    pub fn token_created(&self, t: &pb::TokenCreateResponse) {
+        if self.format == Format::Json {
+            return self.json(json!({"token": t.token, "id": t.id, "expires_at": time(t.expires_at_unix),
+                                    "max_uses": t.max_uses, "join_command": t.join_command}));
+        }
+        println!("{}", t.token);
+        eprintln!("expires {}, {} use(s). Join with:\n  {}", time(t.expires_at_unix), t.max_uses, t.join_command);
+    }
+
+    pub fn tokens(&self, r: &pb::TokenListResponse) {
+        if self.format == Format::Json {
+            let tokens: Vec<Value> = r
+                .tokens
+                .iter()
+                .map(|t| json!({"id": t.id, "state": t.state, "uses": t.uses, "max_uses": t.max_uses,
+                                 "created_at": time(t.created_at_unix), "expires_at": time(t.expires_at_unix),
+                                 "revoked": t.revoked, "description": t.description}))
+                .collect();
+            return self.json(json!({ "tokens": tokens }));
+        }
+        let rows = r
+            .tokens
+            .iter()
+            .map(|t| vec![t.id.clone(), t.state.clone(), format!("{}/{}", t.uses, t.max_uses), time(t.expires_at_unix), t.description.clone()])
+            .collect();
+        table(&["ID", "STATE", "USES", "EXPIRES", "DESCRIPTION"], rows);
+    }
+
+    fn identity_json(i: &pb::IdentityInfo) -> Value {
+        json!({"id": i.id, "labels": i.labels, "references": i.references})
+    }
+
+    pub fn identity(&self, r: &pb::IdentityResponse) {
+        let Some(i) = &r.identity else { return };
+        if self.format == Format::Json {
+            let mut v = Self::identity_json(i);
+            v["created"] = json!(r.created);
+            return self.json(v);
+        }
+        println!("{}\t{}\t(references: {})", i.id, i.labels.join(","), i.references);
+    }
+
+    pub fn identities(&self, r: &pb::IdentityListResponse) {
+        if self.format == Format::Json {
+            let ids: Vec<Value> = r.identities.iter().map(Self::identity_json).collect();
+            return self.json(json!({ "identities": ids }));
+        }
+        let rows = r.identities.iter().map(|i| vec![i.id.to_string(), i.references.to_string(), i.labels.join(",")]).collect();
+        table(&["ID", "REFS", "LABELS"], rows);
+    }
+
+    pub fn released(&self, r: &pb::ReleaseResponse) {
+        let text = if r.removed {
+            format!("identity {} released and removed", r.id)
+        } else {
+            format!("identity {} released; {} reference(s) left", r.id, r.references)
+        };
+        self.message(&text, json!({"id": r.id, "references": r.references, "removed": r.removed}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unix_time_formats_as_utc() {
+        assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::time(1_795_000_000), "2026-11-18T09:06:40Z");
+    }
+}

@@ -1,0 +1,42 @@
+//! `membrane`: the agent and its command-line interface in one binary.
+
+mod agent;
+mod cli;
+mod init;
+mod state;
+mod transport;
+
+use std::net::IpAddr;
+
+/// Default port of the node-to-node RPC server.
+pub const DEFAULT_RPC_PORT: u16 = 7700;
+
+/// This machine's host name, the default node name.
+pub fn default_node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+/// The first non-loopback IPv4 address of an interface that is up, with the default port.
+pub fn default_advertise_addr() -> anyhow::Result<String> {
+    use nix::net::if_::InterfaceFlags;
+    let addrs = nix::ifaddrs::getifaddrs()?;
+    for ifa in addrs {
+        if !ifa.flags.contains(InterfaceFlags::IFF_UP) || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+            continue;
+        }
+        if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+            let ip = IpAddr::V4(sin.ip());
+            return Ok(format!("{ip}:{DEFAULT_RPC_PORT}"));
+        }
+    }
+    anyhow::bail!("no non-loopback IPv4 address found; pass --advertise-addr IP:PORT")
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    cli::main()
+}

@@ -1,0 +1,216 @@
+//! The node's state directory: what it holds and how it is read back.
+//!
+//! ```text
+//! <state-dir>/
+//!   keys/tls.key, keys/x25519.key   node keypairs (0600), created on first start
+//!   tls/ca.crt, tls/node.crt        cluster CA and this node's certificate
+//!   node.json                       who this node is in which cluster
+//!   bootstrap.json                  only between `membrane init` and the first agent start
+//!   raft/                           Raft log, vote and snapshots (sled)
+//! ```
+//! Every read of a file that exists but cannot be understood is an error naming the file and
+//! what to do; nothing here panics on bad disk contents.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use membrane_consensus::registry::{ClusterConfig, NewNode, TokenRecord};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Errors reading or writing the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot use state directory {path}: {source}; check that it exists and is writable by this user (run as root)")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is corrupt ({reason}); restore it from a backup, or remove the state directory and join the node again")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Who this node is; written once by `init` or by a successful join.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub cluster_id: u8,
+    pub cluster_name: String,
+    pub node_id: u64,
+    pub node_name: String,
+    /// Address other nodes reach this node's RPC server on.
+    pub rpc_addr: String,
+}
+
+/// Pending cluster creation, written by `membrane init` and consumed by the first agent start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Bootstrap {
+    pub config: ClusterConfig,
+    pub first_node: NewNode,
+    pub first_token: TokenRecord,
+}
+
+/// Paths inside a state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating with mode 0700 if needed) a state directory.
+    pub fn open(root: &Path) -> Result<Self, StateError> {
+        let dir_err = |source| StateError::Dir { path: root.to_path_buf(), source };
+        if root.exists() && !root.is_dir() {
+            return Err(StateError::Dir {
+                path: root.to_path_buf(),
+                source: std::io::Error::other("it is a file, not a directory"),
+            });
+        }
+        fs::create_dir_all(root).map_err(dir_err)?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        for sub in ["tls", "keys"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(|source| StateError::Dir { path: p.clone(), source })?;
+        }
+        Ok(StateDir { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    pub fn raft_dir(&self) -> PathBuf {
+        self.root.join("raft")
+    }
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.root.join("tls/ca.crt")
+    }
+    pub fn node_cert_path(&self) -> PathBuf {
+        self.root.join("tls/node.crt")
+    }
+    fn identity_path(&self) -> PathBuf {
+        self.root.join("node.json")
+    }
+    fn bootstrap_path(&self) -> PathBuf {
+        self.root.join("bootstrap.json")
+    }
+
+    /// This node's identity, or `None` before it was initialised or joined.
+    pub fn identity(&self) -> Result<Option<NodeIdentity>, StateError> {
+        read_json(&self.identity_path())
+    }
+
+    pub fn write_identity(&self, id: &NodeIdentity) -> Result<(), StateError> {
+        write_json(&self.identity_path(), id)
+    }
+
+    pub fn bootstrap(&self) -> Result<Option<Bootstrap>, StateError> {
+        read_json(&self.bootstrap_path())
+    }
+
+    pub fn write_bootstrap(&self, b: &Bootstrap) -> Result<(), StateError> {
+        write_json(&self.bootstrap_path(), b)
+    }
+
+    /// Called once the bootstrap command is committed: the CA key then lives in the registry.
+    pub fn remove_bootstrap(&self) -> Result<(), StateError> {
+        let p = self.bootstrap_path();
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Write { path: p, source: e }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the CA and node certificates (PEM).
+    pub fn certificates(&self) -> Result<(String, String), StateError> {
+        let ca = read_text(&self.ca_cert_path())?;
+        let node = read_text(&self.node_cert_path())?;
+        for (path, pem) in [(self.ca_cert_path(), &ca), (self.node_cert_path(), &node)] {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(StateError::Corrupt { path, reason: "no PEM certificate in it".into() });
+            }
+        }
+        Ok((ca, node))
+    }
+
+    pub fn write_certificates(&self, ca_pem: &str, node_pem: &str) -> Result<(), StateError> {
+        write_file(&self.ca_cert_path(), ca_pem.as_bytes())?;
+        write_file(&self.node_cert_path(), node_pem.as_bytes())
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, StateError> {
+    fs::read_to_string(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::InvalidData => StateError::Corrupt { path: path.into(), reason: "not UTF-8 text".into() },
+        _ => StateError::Read { path: path.into(), source },
+    })
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(StateError::Read { path: path.into(), source }),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StateError::Corrupt { path: path.into(), reason: e.to_string() })
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Write {
+        path: path.into(),
+        source: std::io::Error::other(e),
+    })?;
+    write_file(path, &bytes)
+}
+
+/// Writes through a temporary file, fsyncs and renames, so a crash leaves the old or the new
+/// file, never half of one. Mode 0600: these files hold secrets (bootstrap.json has the CA key).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let err = |source| StateError::Write { path: path.into(), source };
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trip_and_corrupt_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        assert_eq!(dir.identity().unwrap(), None);
+        let id = NodeIdentity {
+            cluster_id: 1,
+            cluster_name: "c".into(),
+            node_id: 3,
+            node_name: "n3".into(),
+            rpc_addr: "10.0.0.1:7700".into(),
+        };
+        dir.write_identity(&id).unwrap();
+        assert_eq!(dir.identity().unwrap(), Some(id));
+        let mode = fs::metadata(tmp.path().join("node.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::write(tmp.path().join("node.json"), b"{not json").unwrap();
+        let err = dir.identity().unwrap_err().to_string();
+        assert!(err.contains("node.json is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_file_in_place_of_the_directory_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("state");
+        fs::write(&file, b"x").unwrap();
+        let err = StateDir::open(&file).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+    }
+}

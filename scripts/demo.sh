@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: a local 3-node Membrane cluster in network namespaces on this machine.
+# It creates the cluster, joins two nodes with tokens, prints `membrane status` from each
+# host, and removes everything when it ends. Pass --keep to leave it running until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ $(id -u) -ne 0 ]]; then
+  echo "the demo creates network namespaces: run as root (sudo $0)" >&2
+  exit 1
+fi
+scripts/deps.sh
+cargo build --workspace --bins
+exec target/debug/membrane-lab demo "$@"
