@@ -26,7 +26,9 @@ pub struct Cluster {
 /// What `membrane init` printed as JSON.
 #[derive(Clone, Debug)]
 pub struct InitInfo {
+    /// `sha256:HEX` of the cluster CA.
     pub ca_hash: String,
+    /// The first join token, `ID.SECRET`.
     pub token: String,
 }
 
@@ -67,10 +69,12 @@ impl Cluster {
         Ok(c)
     }
 
+    /// The lab the cluster runs in.
     pub fn lab(&self) -> &Lab {
         &self.lab
     }
 
+    /// `sha256:HEX` of the cluster CA, as `--ca-hash` takes it.
     pub fn ca_hash(&self) -> &str {
         &self.ca_hash
     }

@@ -25,7 +25,9 @@
 //! dir (agent logs and state) for a post-mortem; its path is printed.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cluster;
+pub mod demo;
 mod cmd;
 mod faults;
 mod host;

@@ -1,0 +1,5 @@
+//! Benchmarks that need a lab: each compares Membrane with a reference system side by side,
+//! in one run, on the same namespaces and disk.
+
+pub mod registry;
+pub mod stats;

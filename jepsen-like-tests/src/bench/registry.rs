@@ -1,0 +1,247 @@
+//! `membrane-lab bench registry`: identity allocations against a 3-node Membrane cluster and,
+//! in the same run, the equivalent create-if-absent writes against a 3-member etcd, both in
+//! the same lab namespaces, both fsync'ing every write.
+//!
+//! Membrane's clients use each agent's local API (the Unix socket the CLI and orchestrator
+//! plugins use); followers forward writes to the leader. etcd's clients use its gRPC API
+//! with every member as an endpoint; its followers forward to its leader too. Each op
+//! creates a new key: an identity for a fresh label set, or a Txn `create_revision == 0 ->
+//! put` in etcd.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use membrane_proto::v1::agent_client::AgentClient;
+use membrane_proto::v1::IdentityRequest;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+use super::stats::Summary;
+use crate::{in_netns, wait_until, Cluster, Lab};
+
+struct Options {
+    clients: usize,
+    ops: usize,
+}
+
+fn parse(args: &[&str]) -> anyhow::Result<Options> {
+    let mut o = Options { clients: 32, ops: 3000 };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || -> anyhow::Result<usize> {
+            it.next().ok_or_else(|| anyhow!("{a} needs a value"))?.parse().map_err(|e| anyhow!("{a}: {e}"))
+        };
+        match *a {
+            "--clients" => o.clients = value()?,
+            "--ops" => o.ops = value()?,
+            other => bail!("unknown option {other}; known: --clients N --ops N"),
+        }
+    }
+    if o.clients == 0 || o.ops < o.clients {
+        bail!("need --clients >= 1 and --ops >= --clients");
+    }
+    Ok(o)
+}
+
+/// Runs both systems and prints a markdown table.
+pub fn run(args: &[&str]) -> anyhow::Result<()> {
+    crate::require_root()?;
+    let opts = parse(args)?;
+    let etcd_bin = which("etcd").context("etcd is not installed: run scripts/deps.sh etcd (Debian's etcd-server)")?;
+    eprintln!("starting a 3-node Membrane cluster and a 3-member etcd in the same lab...");
+    let cluster = Cluster::start("bench", 3)?;
+    let etcd = EtcdCluster::start(cluster.lab(), &etcd_bin)?;
+
+    // Warm-up both, then measure.
+    let sockets: Vec<_> = (1..=3).map(|i| cluster.lab().host(i).socket()).collect();
+    let endpoints = etcd.endpoints.clone();
+    let netns = cluster.lab().host(1).netns().to_string();
+    let (clients, ops) = (opts.clients, opts.ops);
+    let (m, e) = in_netns(&netns, move || -> anyhow::Result<(Summary, Summary)> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            membrane_workload(&sockets, clients, clients * 4, "warm").await?;
+            let m = membrane_workload(&sockets, clients, ops, "run").await?;
+            etcd_workload(&endpoints, clients, clients * 4, "warm").await?;
+            let e = etcd_workload(&endpoints, clients, ops, "run").await?;
+            Ok((m, e))
+        })
+    })??;
+    drop(etcd);
+
+    println!("| system | clients | ops | errors | ops/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, s) in [("membrane (identity allocate)", &m), ("etcd 3.4 (txn create-if-absent)", &e)] {
+        println!(
+            "| {name} | {clients} | {} | {} | {:.0} | {:.2} | {:.2} |",
+            s.ops,
+            s.errors,
+            s.ops_per_sec(),
+            s.p50.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3
+        );
+    }
+    println!(
+        "\nratio membrane/etcd: throughput {:.2}x, p50 latency {:.2}x, p99 latency {:.2}x",
+        m.ops_per_sec() / e.ops_per_sec(),
+        m.p50.as_secs_f64() / e.p50.as_secs_f64(),
+        m.p99.as_secs_f64() / e.p99.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Shares `total` ops among `clients` tasks, client k talking to `targets[k % len]`.
+async fn run_clients<T, F, Fut>(targets: Vec<T>, clients: usize, total: usize, op: F) -> Summary
+where
+    T: Clone + Send + 'static,
+    F: Fn(T, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let target = targets[k % targets.len()].clone();
+        let (latencies, errors, op) = (latencies.clone(), errors.clone(), op.clone());
+        let share = total / clients + usize::from(k < total % clients);
+        tasks.push(tokio::task::spawn_local(async move {
+            for i in 0..share {
+                let t = Instant::now();
+                match op(target.clone(), k, i).await {
+                    Ok(()) => latencies.lock().await.push(t.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = start.elapsed();
+    let lat = std::mem::take(&mut *latencies.lock().await);
+    Summary::new(lat, errors.load(std::sync::atomic::Ordering::Relaxed), elapsed)
+}
+
+async fn membrane_workload(
+    sockets: &[std::path::PathBuf],
+    clients: usize,
+    total: usize,
+    tag: &'static str,
+) -> anyhow::Result<Summary> {
+    let mut channels = Vec::new();
+    for s in sockets {
+        channels.push(unix_channel(s).await?);
+    }
+    let local = tokio::task::LocalSet::new();
+    Ok(local
+        .run_until(run_clients(channels, clients, total, move |ch: Channel, k, i| async move {
+            let labels = vec![format!("bench={tag}-{k}-{i}")];
+            AgentClient::new(ch).identity_allocate(IdentityRequest { labels }).await?;
+            Ok(())
+        }))
+        .await)
+}
+
+async fn etcd_workload(endpoints: &[String], clients: usize, total: usize, tag: &'static str) -> anyhow::Result<Summary> {
+    use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+    let client = Client::connect(endpoints, None).await.context("connecting to etcd")?;
+    let local = tokio::task::LocalSet::new();
+    Ok(local
+        .run_until(run_clients(vec![client], clients, total, move |mut c: Client, k, i| async move {
+            let key = format!("/identities/bench={tag}-{k}-{i}");
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key, "1", None)]);
+            c.txn(txn).await?;
+            Ok(())
+        }))
+        .await)
+}
+
+async fn unix_channel(path: &std::path::Path) -> anyhow::Result<Channel> {
+    let path = path.to_path_buf();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let path = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+        }
+    });
+    Ok(tonic::transport::Endpoint::from_static("http://agent.sock").connect_with_connector(connector).await?)
+}
+
+fn which(cmd: &str) -> anyhow::Result<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("{cmd} not found in PATH"))
+}
+
+/// Three etcd members, one in each of the lab's first three hosts, data in the lab dir.
+/// Killed on drop.
+struct EtcdCluster {
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+}
+
+impl EtcdCluster {
+    fn start(lab: &Lab, bin: &std::path::Path) -> anyhow::Result<EtcdCluster> {
+        let peers: Vec<String> = (1..=3).map(|i| format!("e{i}=http://{}:2380", lab.host(i).ip())).collect();
+        let mut cluster = EtcdCluster { children: Vec::new(), endpoints: Vec::new() };
+        for i in 1..=3 {
+            let h = lab.host(i);
+            let ip = h.ip();
+            let log = std::fs::File::create(h.dir().join("etcd.log"))?;
+            let child = Command::new("ip")
+                .args(["netns", "exec", h.netns()])
+                .arg(bin)
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(h.dir().join("etcd"))
+                .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
+                .args(["--initial-advertise-peer-urls", &format!("http://{ip}:2380")])
+                .args(["--listen-client-urls", &format!("http://{ip}:2379")])
+                .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+                .args(["--initial-cluster", &peers.join(",")])
+                .args(["--initial-cluster-state", "new", "--initial-cluster-token", lab.id()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting etcd")?;
+            cluster.children.push(child);
+            cluster.endpoints.push(format!("http://{ip}:2379"));
+        }
+        let netns = lab.host(1).netns().to_string();
+        let endpoints = cluster.endpoints.clone();
+        wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+            let endpoints = endpoints.clone();
+            in_netns(&netns, move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async move {
+                    let mut c = etcd_client::Client::connect(&endpoints, None).await?;
+                    c.put("/bench/ready", "1", None).await?;
+                    Ok::<_, anyhow::Error>(true)
+                })
+            })?
+            .or(Ok(false))
+        })
+        .context("etcd did not become ready")?;
+        Ok(cluster)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Throughput and latency summaries.
+
+use std::time::Duration;
+
+/// The result of one workload run.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Successful operations.
+    pub ops: usize,
+    /// Failed operations.
+    pub errors: usize,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+    /// Median latency of successful operations.
+    pub p50: Duration,
+    /// 99th percentile latency of successful operations.
+    pub p99: Duration,
+}
+
+impl Summary {
+    /// Summarises per-operation latencies of successful ops.
+    pub fn new(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Summary {
+        latencies.sort();
+        let pick = |q: f64| {
+            if latencies.is_empty() {
+                Duration::ZERO
+            } else {
+                latencies[((latencies.len() as f64 - 1.0) * q).round() as usize]
+            }
+        };
+        Summary { ops: latencies.len(), errors, elapsed, p50: pick(0.50), p99: pick(0.99) }
+    }
+
+    /// Successful operations per second of wall time.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let lat: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = Summary::new(lat, 0, Duration::from_secs(2));
+        assert_eq!(s.p50, Duration::from_millis(51));
+        assert_eq!(s.p99, Duration::from_millis(99));
+        assert_eq!(s.ops_per_sec(), 50.0);
+    }
+}

@@ -1,0 +1,28 @@
+//! `membrane-lab`: runs Membrane clusters in network namespaces on this machine.
+//!
+//! - `membrane-lab demo [--keep]`: the README's main job.
+//! - `membrane-lab bench registry [...]`: the registry benchmark against etcd.
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N]");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["demo", rest @ ..] => membrane_jepsen::demo::run(rest.contains(&"--keep")),
+        ["bench", "registry", rest @ ..] => membrane_jepsen::bench::registry::run(rest),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
