@@ -27,6 +27,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = NodeId,
         Node = openraft::BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
 );
 
 /// A running Raft node of the registry.

@@ -8,7 +8,11 @@
 //! | `meta`     | `vote`                 | `Vote<NodeId>`                          |
 //! | `meta`     | `committed`            | `Option<LogId<NodeId>>`                 |
 //! | `meta`     | `last_purged`          | `LogId<NodeId>`                         |
-//! | `snapshot` | `current`              | [`StoredSnapshot`]: meta + data         |
+//! | `snapshot` | `current`              | snapshot meta + data (one value)        |
+//!
+//! Beside sled's files, an empty file `membrane-vote-saved` records that a vote was once
+//! saved, so that a database that sled "recovered" to empty is refused (see
+//! [`StoreError::Lost`]).
 //!
 //! Big-endian keys make sled's byte order the log order, so ranges and "last entry" are
 //! plain tree scans.
@@ -27,7 +31,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
@@ -52,6 +56,8 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
+/// A file next to sled's, created once the first vote is on disk. See [`StoreError::Lost`].
+const VOTE_MARKER_FILE: &str = "membrane-vote-saved";
 
 /// What to tell an operator whose state directory cannot be used.
 const REMEDY: &str = "restore it from backup, or remove it and rejoin the node to the cluster";
@@ -61,25 +67,49 @@ const REMEDY: &str = "restore it from backup, or remove it and rejoin the node t
 /// [`open`] sees, and the source of the messages inside those `StorageError`s.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled could not open the directory: not a sled database, damaged, no permission, or
-    /// locked by another process.
-    #[error("Raft state at {path} is unreadable: {source}; {REMEDY} (if another membrane agent is running on this directory, stop it first)")]
+    /// sled could not open the directory: not a sled database, damaged, or no permission.
+    #[error("Raft state at {path} is unreadable (damaged, or not a database this version of membrane wrote): {source}; {REMEDY}")]
     Open { path: PathBuf, source: sled::Error },
+    /// The directory has content, but not that of a sled database.
+    #[error("{path} does not hold Raft state: {reason}; point the agent at the right data directory, {REMEDY}")]
+    NotAStore { path: PathBuf, reason: String },
+    /// The vote is gone although this directory has saved one before: sled recovers a damaged
+    /// database by dropping what follows the damage, possibly everything. A node that forgot
+    /// its vote could vote twice in one term, so it must not start.
+    #[error("Raft state at {path} has lost its saved vote (the database was damaged and recovered empty or partly); {REMEDY}")]
+    Lost { path: PathBuf },
+    /// Another process (or another store in this process) has the database open.
+    #[error("Raft state at {path} is in use by another process: {source}; stop the other membrane agent using this directory, or give this agent a data directory of its own")]
+    Locked { path: PathBuf, source: sled::Error },
     /// sled panicked while opening the directory (it does on some kinds of damage).
-    #[error("Raft state at {path} is unreadable: the storage engine failed on it ({message}); {REMEDY}")]
+    #[error(
+        "Raft state at {path} is unreadable: the storage engine failed on it ({message}); {REMEDY}"
+    )]
     OpenPanicked { path: PathBuf, message: String },
     /// A value in the database does not decode.
     #[error("Raft state at {path} is corrupt: cannot decode {what}: {source}; {REMEDY}")]
-    Corrupt { path: PathBuf, what: String, source: bincode::Error },
+    Corrupt {
+        path: PathBuf,
+        what: String,
+        source: bincode::Error,
+    },
     /// A read or write on the open database failed.
     #[error("Raft state at {path}: {op} failed: {source}; check the disk, then {REMEDY}")]
-    Io { path: PathBuf, op: &'static str, source: sled::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: sled::Error,
+    },
     /// Flushing to disk failed, so the write may not be durable.
     #[error("Raft state at {path}: flushing to disk failed: {source}; check the disk (full? read-only?)")]
     Flush { path: PathBuf, source: sled::Error },
     /// A value could not be encoded. Only a bug can cause this.
     #[error("cannot encode {what} for the Raft state at {path}: {source}")]
-    Encode { path: PathBuf, what: &'static str, source: bincode::Error },
+    Encode {
+        path: PathBuf,
+        what: &'static str,
+        source: bincode::Error,
+    },
     /// A snapshot received from the leader does not decode.
     #[error("received snapshot does not decode: {source}; the leader will send it again")]
     BadSnapshot { source: bincode::Error },
@@ -105,14 +135,30 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
         let path = path.clone();
         move |source| StoreError::Io { path, op, source }
     };
-    let logs = db.open_tree(LOGS_TREE).map_err(io("opening the log tree"))?;
-    let meta = db.open_tree(META_TREE).map_err(io("opening the meta tree"))?;
-    let snapshot = db.open_tree(SNAPSHOT_TREE).map_err(io("opening the snapshot tree"))?;
+    let logs = db
+        .open_tree(LOGS_TREE)
+        .map_err(io("opening the log tree"))?;
+    let meta = db
+        .open_tree(META_TREE)
+        .map_err(io("opening the meta tree"))?;
+    let snapshot = db
+        .open_tree(SNAPSHOT_TREE)
+        .map_err(io("opening the snapshot tree"))?;
 
-    let log_store = LogStore { path: path.clone(), db: db.clone(), logs, meta };
+    let vote_marker = path.join(VOTE_MARKER_FILE).exists();
+    let log_store = LogStore {
+        path: path.clone(),
+        db: db.clone(),
+        logs,
+        meta,
+        vote_marker: Arc::new(AtomicBool::new(vote_marker)),
+    };
     // Decode what openraft reads first now, so that damage shows at startup with the path
     // in the message rather than as a Raft storage failure later.
-    log_store.read_meta::<Vote<NodeId>>(KEY_VOTE, "the saved vote")?;
+    let vote = log_store.read_meta::<Vote<NodeId>>(KEY_VOTE, "the saved vote")?;
+    if vote.is_none() && vote_marker {
+        return Err(StoreError::Lost { path });
+    }
     log_store.read_meta::<Option<LogId<NodeId>>>(KEY_COMMITTED, "the committed log id")?;
     log_store.read_meta::<LogId<NodeId>>(KEY_LAST_PURGED, "the last purged log id")?;
     log_store.last_entry_log_id()?;
@@ -149,19 +195,66 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
 /// Opens sled with a bounded cache. sled panics on some kinds of damage instead of
 /// returning an error; the panic is caught here so a bad directory is reported, not fatal.
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
-    let config = sled::Config::new().path(dir).cache_capacity(CACHE_CAPACITY_BYTES);
+    check_layout(dir)?;
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(CACHE_CAPACITY_BYTES);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(source)) => Err(StoreError::Open { path: dir.to_path_buf(), source }),
+        // sled reports a held lock only as an IO error with this text.
+        Ok(Err(source)) if source.to_string().contains("could not acquire lock") => {
+            Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+        Ok(Err(source)) => Err(StoreError::Open {
+            path: dir.to_path_buf(),
+            source,
+        }),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".to_string());
-            Err(StoreError::OpenPanicked { path: dir.to_path_buf(), message })
+            Err(StoreError::OpenPanicked {
+                path: dir.to_path_buf(),
+                message,
+            })
         }
     }
+}
+
+/// Refuses a non-empty directory that lacks sled's `conf` and `db` files. sled would happily
+/// start an empty database next to (or over) foreign files, and a node that silently lost its
+/// log and vote could break Raft's guarantees; better to stop and say so.
+fn check_layout(dir: &Path) -> Result<(), StoreError> {
+    let not_a_store = |reason: String| StoreError::NotAStore {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let mut entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Missing: sled creates it. Other failures (not a directory, no permission) are
+        // reported by sled's open with its own message.
+        Err(_) => return Ok(()),
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    for file in ["conf", "db"] {
+        match std::fs::metadata(dir.join(file)) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(not_a_store(format!("`{file}` is not a regular file"))),
+            Err(e) => {
+                return Err(not_a_store(format!(
+                    "the directory is not empty but has no sled `{file}` file ({e})"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn encode<T: Serialize>(path: &Path, what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
@@ -177,7 +270,11 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
 }
 
 fn corrupt(path: &Path, what: impl Into<String>, source: bincode::Error) -> StoreError {
-    StoreError::Corrupt { path: path.to_path_buf(), what: what.into(), source }
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        what: what.into(),
+        source,
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -196,30 +293,69 @@ pub struct LogStore {
     db: sled::Db,
     logs: sled::Tree,
     meta: sled::Tree,
+    /// Whether [`VOTE_MARKER_FILE`] exists.
+    vote_marker: Arc<AtomicBool>,
 }
 
 impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("LogStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 impl LogStore {
     fn io(&self, op: &'static str) -> impl FnOnce(sled::Error) -> StoreError + '_ {
-        move |source| StoreError::Io { path: self.path.clone(), op, source }
+        move |source| StoreError::Io {
+            path: self.path.clone(),
+            op,
+            source,
+        }
     }
 
-    fn read_meta<T: DeserializeOwned>(&self, key: &[u8], what: &str) -> Result<Option<T>, StoreError> {
-        let Some(bytes) = self.meta.get(key).map_err(self.io("reading Raft metadata"))? else {
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self
+            .meta
+            .get(key)
+            .map_err(self.io("reading Raft metadata"))?
+        else {
             return Ok(None);
         };
-        decode(&bytes).map(Some).map_err(|source| corrupt(&self.path, what, source))
+        decode(&bytes)
+            .map(Some)
+            .map_err(|source| corrupt(&self.path, what, source))
     }
 
-    fn write_meta<T: Serialize>(&self, key: &[u8], what: &'static str, value: &T) -> Result<(), StoreError> {
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = encode(&self.path, what, value)?;
-        self.meta.insert(key, bytes).map_err(self.io("writing Raft metadata"))?;
+        self.meta
+            .insert(key, bytes)
+            .map_err(self.io("writing Raft metadata"))?;
         Ok(())
+    }
+
+    /// Creates [`VOTE_MARKER_FILE`] durably (file and directory entry).
+    fn write_vote_marker(&self) -> Result<(), StoreError> {
+        let io = |source: std::io::Error| StoreError::Io {
+            path: self.path.clone(),
+            op: "writing the vote marker",
+            source: sled::Error::Io(source),
+        };
+        let file = std::fs::File::create(self.path.join(VOTE_MARKER_FILE)).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
@@ -227,7 +363,10 @@ impl LogStore {
             .flush_async()
             .await
             .map(|_| ())
-            .map_err(|source| StoreError::Flush { path: self.path.clone(), source })
+            .map_err(|source| StoreError::Flush {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
@@ -241,13 +380,20 @@ impl LogStore {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        match self.logs.last().map_err(self.io("reading the last log entry"))? {
+        match self
+            .logs
+            .last()
+            .map_err(self.io("reading the last log entry"))?
+        {
             Some((k, v)) => Ok(Some(self.decode_entry(&k, &v)?.log_id)),
             None => Ok(None),
         }
     }
 
-    fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+    fn entries<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => match i.checked_add(1) {
@@ -277,7 +423,9 @@ impl LogStore {
         for key in self.logs.range(range).keys() {
             batch.remove(key.map_err(self.io("scanning log entries to remove"))?);
         }
-        self.logs.apply_batch(batch).map_err(self.io("removing log entries"))
+        self.logs
+            .apply_batch(batch)
+            .map_err(self.io("removing log entries"))
     }
 }
 
@@ -286,7 +434,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
-        self.entries(range).map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
+        self.entries(range)
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
     }
 }
 
@@ -298,7 +447,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let last_purged_log_id =
                 self.read_meta::<LogId<NodeId>>(KEY_LAST_PURGED, "the last purged log id")?;
             let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
-            Ok(LogState { last_purged_log_id, last_log_id })
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id,
+            })
         };
         read().map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
     }
@@ -309,10 +461,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         let sub = || ErrorSubject::Vote;
-        self.write_meta(KEY_VOTE, "vote", vote).map_err(|e| e.into_storage(sub(), ErrorVerb::Write))?;
+        self.write_meta(KEY_VOTE, "vote", vote)
+            .map_err(|e| e.into_storage(sub(), ErrorVerb::Write))?;
         // A vote must be on disk before it is answered, or a restarted node could vote twice
         // in one term.
-        self.flush().await.map_err(|e| e.into_storage(sub(), ErrorVerb::Write))
+        self.flush()
+            .await
+            .map_err(|e| e.into_storage(sub(), ErrorVerb::Write))?;
+        if !self.vote_marker.load(Ordering::Relaxed) {
+            self.write_vote_marker()
+                .map_err(|e| e.into_storage(sub(), ErrorVerb::Write))?;
+            self.vote_marker.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
@@ -356,7 +517,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let flushed = self.flush().await;
         match &flushed {
             Ok(()) => tracing::trace!(last_log_id = ?last, "log entries flushed"),
-            Err(e) => tracing::error!(last_log_id = ?last, error = %e, "flushing log entries failed"),
+            Err(e) => {
+                tracing::error!(last_log_id = ?last, error = %e, "flushing log entries failed")
+            }
         }
         callback.log_io_completed(flushed.map_err(std::io::Error::other));
         Ok(())
@@ -406,15 +569,22 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-fn read_stored_snapshot(path: &Path, tree: &sled::Tree) -> Result<Option<StoredSnapshot>, StoreError> {
-    let bytes = tree.get(KEY_CURRENT_SNAPSHOT).map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        op: "reading the snapshot",
-        source,
-    })?;
+fn read_stored_snapshot(
+    path: &Path,
+    tree: &sled::Tree,
+) -> Result<Option<StoredSnapshot>, StoreError> {
+    let bytes = tree
+        .get(KEY_CURRENT_SNAPSHOT)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            op: "reading the snapshot",
+            source,
+        })?;
     match bytes {
         None => Ok(None),
-        Some(b) => decode(&b).map(Some).map_err(|source| corrupt(path, "the stored snapshot", source)),
+        Some(b) => decode(&b)
+            .map(Some)
+            .map_err(|source| corrupt(path, "the stored snapshot", source)),
     }
 }
 
@@ -434,7 +604,9 @@ pub struct StateMachineStore {
 
 impl Debug for StateMachineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateMachineStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("StateMachineStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -448,7 +620,9 @@ pub struct RegistryHandle {
 
 impl Debug for RegistryHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryHandle").field("last_applied", &self.last_applied()).finish_non_exhaustive()
+        f.debug_struct("RegistryHandle")
+            .field("last_applied", &self.last_applied())
+            .finish_non_exhaustive()
     }
 }
 
@@ -487,7 +661,9 @@ impl RegistryHandle {
 impl StateMachineStore {
     /// A read handle on the registry; stays valid after the store is handed to openraft.
     pub fn registry(&self) -> RegistryHandle {
-        RegistryHandle { state: self.state.clone() }
+        RegistryHandle {
+            state: self.state.clone(),
+        }
     }
 
     /// Persists `stored` as the current snapshot unless a newer one is already there.
@@ -499,16 +675,21 @@ impl StateMachineStore {
             }
         }
         let bytes = encode(&self.path, "snapshot", stored)?;
-        self.snapshot.insert(KEY_CURRENT_SNAPSHOT, bytes).map_err(|source| StoreError::Io {
-            path: self.path.clone(),
-            op: "writing the snapshot",
-            source,
-        })?;
+        self.snapshot
+            .insert(KEY_CURRENT_SNAPSHOT, bytes)
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                op: "writing the snapshot",
+                source,
+            })?;
         // Flushed before returning: openraft purges the log up to the snapshot afterwards.
         self.db
             .flush_async()
             .await
-            .map_err(|source| StoreError::Flush { path: self.path.clone(), source })?;
+            .map_err(|source| StoreError::Flush {
+                path: self.path.clone(),
+                source,
+            })?;
         Ok(true)
     }
 }
@@ -519,7 +700,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let state = read_state(&self.state);
             let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match state.last_applied {
-                Some(l) => format!("{}-{}-{}-{seq}", l.leader_id.term, l.leader_id.node_id, l.index),
+                Some(l) => format!(
+                    "{}-{}-{}-{seq}",
+                    l.leader_id.term, l.leader_id.node_id, l.index
+                ),
                 None => format!("none-{seq}"),
             };
             let meta = SnapshotMeta {
@@ -536,12 +720,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let data = payload
-            .map_err(|source| StoreError::Encode { path: self.path.clone(), what: "snapshot", source })
+            .map_err(|source| StoreError::Encode {
+                path: self.path.clone(),
+                what: "snapshot",
+                source,
+            })
             .map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.save_snapshot(&stored).await.map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.save_snapshot(&stored)
+            .await
+            .map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
         tracing::info!(snapshot = %meta, bytes = stored.data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
@@ -550,7 +746,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(
         &mut self,
-    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>)> {
+    ) -> StorageResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
         let state = read_state(&self.state);
         Ok((state.last_applied, state.membership.clone()))
     }
@@ -595,8 +794,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let payload: SnapshotPayload = decode(&data)
             .map_err(|source| StoreError::BadSnapshot { source })
             .map_err(|e| e.into_storage(subject(), ErrorVerb::Read))?;
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.save_snapshot(&stored).await.map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.save_snapshot(&stored)
+            .await
+            .map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
         let mut state = write_state(&self.state);
         // The meta is authoritative for the Raft bookkeeping; the payload carries the registry.
         state.last_applied = meta.last_log_id;
@@ -609,6 +813,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
         let stored = read_stored_snapshot(&self.path, &self.snapshot)
             .map_err(|e| e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
-        Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }

@@ -23,6 +23,7 @@ use membrane_proto::v1::cluster_server::ClusterServer;
 use membrane_proto::v1::join_server::JoinServer;
 use membrane_proto::v1::raft_server::RaftServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 pub use api::{join_command, DEFAULT_TOKEN_TTL_SECS, DEFAULT_TOKEN_USES};
@@ -125,7 +126,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let node_server = tonic::transport::Server::builder()
         .tls_config(tls.server_config())?
         .add_service(JoinServer::new(join_service::JoinService { client: client.clone() }))
-        .add_service(RaftServer::with_interceptor(RaftService::new(raft.clone()), require_node_certificate))
+        .add_service(InterceptedService::new(
+            // Snapshots can exceed tonic's default 4 MiB message limit.
+            RaftServer::new(RaftService::new(raft.clone()))
+                .max_decoding_message_size(membrane_consensus::network::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(membrane_consensus::network::MAX_MESSAGE_BYTES),
+            require_node_certificate,
+        ))
         .add_service(ClusterServer::with_interceptor(
             cluster_service::ClusterService { client: client.clone() },
             require_node_certificate,

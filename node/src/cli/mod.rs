@@ -107,11 +107,21 @@ struct AgentArgs {
     #[arg(long, requires = "join")]
     ca_hash: Option<String>,
     /// Number of Raft voters to keep (3 or 5).
-    #[arg(long, default_value_t = 3, value_parser = clap::builder::PossibleValuesParser::new(["1", "3", "5"]).map(|s| s.parse::<usize>().unwrap_or(3)))]
+    #[arg(long, default_value_t = 3, value_parser = parse_voters)]
     voters: usize,
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     log: String,
+}
+
+/// Raft needs an odd voter count to tolerate failures; 1 is for single-node labs.
+fn parse_voters(s: &str) -> Result<usize, String> {
+    match s {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!("{s:?} is not a voter count; use 1, 3 or 5")),
+    }
 }
 
 #[derive(Subcommand)]
