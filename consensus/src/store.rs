@@ -122,6 +122,9 @@ impl StoreError {
     }
 }
 
+/// How long `open` waits for another holder of the directory to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Shorthand for openraft's error type.
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -129,7 +132,18 @@ type StorageResult<T> = Result<T, StorageError<NodeId>>;
 /// the state machine's snapshot. Fails with a clear [`StoreError`] if the directory is not a
 /// usable database; never panics.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let db = open_db(dir)?;
+    // A store dropped a moment ago may still be releasing sled's lock (its flush thread ends
+    // when the last handle goes), and an agent restarted by a supervisor may race the old
+    // process's exit: wait a little before calling the directory busy.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match open_db(dir) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => break other?,
+        }
+    };
     let path = dir.to_path_buf();
     let io = |op: &'static str| {
         let path = path.clone();
@@ -152,6 +166,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
         logs,
         meta,
         vote_marker: Arc::new(AtomicBool::new(vote_marker)),
+        flusher: spawn_flusher(db.clone(), path.clone())?,
     };
     // Decode what openraft reads first now, so that damage shows at startup with the path
     // in the message rather than as a Raft storage failure later.
@@ -198,7 +213,8 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     check_layout(dir)?;
     let config = sled::Config::new()
         .path(dir)
-        .cache_capacity(CACHE_CAPACITY_BYTES);
+        .cache_capacity(CACHE_CAPACITY_BYTES)
+        .mode(sled::Mode::HighThroughput);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
         // sled reports a held lock only as an IO error with this text.
@@ -295,6 +311,46 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Whether [`VOTE_MARKER_FILE`] exists.
     vote_marker: Arc<AtomicBool>,
+    /// Group commit: appends queue their callbacks here and one thread fsyncs for all of them.
+    flusher: FlushQueue,
+}
+
+/// Callbacks of appended entries waiting for the next fsync.
+type FlushQueue = std::sync::mpsc::Sender<(Option<LogId<NodeId>>, LogFlushed<TypeConfig>)>;
+
+/// Group commit. openraft 0.9 calls `append` once per client write and lets the callback
+/// fire later; awaiting an fsync inside `append` would serialise every write behind its own
+/// fsync. Instead, `append` writes the entries (readable at once) and queues its callback;
+/// this thread takes every queued callback, fsyncs once, and completes them in order. Every
+/// flush covers all writes made before it started, so a callback never fires early.
+///
+/// A thread rather than a task: it ends as soon as the last `LogStore` is dropped (its
+/// channel closes), whatever runtime is running, and so releases sled's lock promptly.
+fn spawn_flusher(db: sled::Db, path: PathBuf) -> Result<FlushQueue, StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel::<(Option<LogId<NodeId>>, LogFlushed<TypeConfig>)>();
+    std::thread::Builder::new()
+        .name("raft-log-flush".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                let flushed = db.flush();
+                let last = batch.last().and_then(|(id, _)| *id);
+                match &flushed {
+                    Ok(_) => tracing::trace!(last_log_id = ?last, appends = batch.len(), "log entries flushed"),
+                    Err(e) => tracing::error!(last_log_id = ?last, error = %e, path = %path.display(), "flushing log entries failed"),
+                }
+                for (_, callback) in batch {
+                    let result = match &flushed {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(std::io::Error::other(format!("flushing {} failed: {e}", path.display()))),
+                    };
+                    callback.log_io_completed(result);
+                }
+            }
+        })
+        .map_err(|source| StoreError::Io { path: PathBuf::new(), op: "starting the log flush thread", source: sled::Error::Io(source) })?;
+    Ok(tx)
 }
 
 impl Debug for LogStore {
@@ -513,15 +569,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(self.io("appending log entries"))
             .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
         // Durable only after the flush: openraft counts the entries towards a quorum once the
-        // callback fires.
-        let flushed = self.flush().await;
-        match &flushed {
-            Ok(()) => tracing::trace!(last_log_id = ?last, "log entries flushed"),
-            Err(e) => {
-                tracing::error!(last_log_id = ?last, error = %e, "flushing log entries failed")
-            }
+        // callback fires. The flusher fsyncs for many appends at once (group commit).
+        if let Err(std::sync::mpsc::SendError((_, callback))) = self.flusher.send((last, callback)) {
+            // The flusher thread is gone (it never panics, but be safe): flush here instead.
+            let flushed = self.flush().await;
+            callback.log_io_completed(flushed.map_err(std::io::Error::other));
         }
-        callback.log_io_completed(flushed.map_err(std::io::Error::other));
         Ok(())
     }
 

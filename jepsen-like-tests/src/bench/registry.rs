@@ -24,10 +24,12 @@ use crate::{in_netns, wait_until, Cluster, Lab};
 struct Options {
     clients: usize,
     ops: usize,
+    /// Clients talk to every node (followers forward to the leader), or to the leader only.
+    leader_only: bool,
 }
 
 fn parse(args: &[&str]) -> anyhow::Result<Options> {
-    let mut o = Options { clients: 32, ops: 3000 };
+    let mut o = Options { clients: 32, ops: 3000, leader_only: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || -> anyhow::Result<usize> {
@@ -36,7 +38,12 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
         match *a {
             "--clients" => o.clients = value()?,
             "--ops" => o.ops = value()?,
-            other => bail!("unknown option {other}; known: --clients N --ops N"),
+            "--via" => match it.next().copied() {
+                Some("all") => o.leader_only = false,
+                Some("leader") => o.leader_only = true,
+                other => bail!("--via takes all or leader, not {other:?}"),
+            },
+            other => bail!("unknown option {other}; known: --clients N --ops N --via all|leader"),
         }
     }
     if o.clients == 0 || o.ops < o.clients {
@@ -55,8 +62,13 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let etcd = EtcdCluster::start(cluster.lab(), &etcd_bin)?;
 
     // Warm-up both, then measure.
-    let sockets: Vec<_> = (1..=3).map(|i| cluster.lab().host(i).socket()).collect();
-    let endpoints = etcd.endpoints.clone();
+    let (sockets, endpoints) = if opts.leader_only {
+        let leader = cluster.leader_seen_by(1)?.ok_or_else(|| anyhow!("membrane has no leader"))? as usize;
+        (vec![cluster.lab().host(leader).socket()], vec![etcd.leader(cluster.lab())?])
+    } else {
+        ((1..=3).map(|i| cluster.lab().host(i).socket()).collect(), etcd.endpoints.clone())
+    };
+    let via = if opts.leader_only { "leader" } else { "all nodes" };
     let netns = cluster.lab().host(1).netns().to_string();
     let (clients, ops) = (opts.clients, opts.ops);
     let (m, e) = in_netns(&netns, move || -> anyhow::Result<(Summary, Summary)> {
@@ -71,7 +83,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     })??;
     drop(etcd);
 
-    println!("| system | clients | ops | errors | ops/s | p50 ms | p99 ms |");
+    println!("| system | clients (to {via}) | ops | errors | ops/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
     for (name, s) in [("membrane (identity allocate)", &m), ("etcd 3.4 (txn create-if-absent)", &e)] {
         println!(
@@ -234,6 +246,26 @@ impl EtcdCluster {
         })
         .context("etcd did not become ready")?;
         Ok(cluster)
+    }
+}
+
+impl EtcdCluster {
+    /// The client URL of the current etcd leader.
+    fn leader(&self, lab: &Lab) -> anyhow::Result<String> {
+        let endpoints = self.endpoints.clone();
+        in_netns(lab.host(1).netns(), move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                for ep in &endpoints {
+                    let mut c = etcd_client::Client::connect([ep.as_str()], None).await?;
+                    let st = c.status().await?;
+                    if st.header().map(|h| h.member_id()) == Some(st.leader()) {
+                        return Ok(ep.clone());
+                    }
+                }
+                bail!("no etcd member says it leads")
+            })
+        })?
     }
 }
 

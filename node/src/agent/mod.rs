@@ -22,7 +22,7 @@ use membrane_proto::v1::agent_server::AgentServer;
 use membrane_proto::v1::cluster_server::ClusterServer;
 use membrane_proto::v1::join_server::JoinServer;
 use membrane_proto::v1::raft_server::RaftServer;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
@@ -137,7 +137,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             cluster_service::ClusterService { client: client.clone() },
             require_node_certificate,
         ))
-        .serve_with_incoming(TcpListenerStream::new(tcp));
+        // Nagle off: Raft and forwarded writes are small request/response messages, and
+        // Nagle against delayed ACKs stalls them by 40 ms.
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true)));
     let node_server = tokio::spawn(node_server);
 
     // Local API on the Unix socket.

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Benchmarks that compare Membrane with a reference system side by side, in one run.
+#   sudo scripts/bench.sh registry [--clients N] [--ops N]   Raft registry vs a 3-member etcd
+# Release builds; figures go to docs/benchmarks.md by hand, with the command that made them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ $(id -u) -ne 0 ]]; then
+  echo "benchmarks create network namespaces: run as root (sudo $0)" >&2
+  exit 1
+fi
+case "${1:-}" in
+  registry) scripts/deps.sh etcd ;;
+  *) echo "usage: $0 registry [--clients N] [--ops N]" >&2; exit 2 ;;
+esac
+cargo build --release --workspace --bins
+export MEMBRANE_BIN="$PWD/target/release/membrane"
+exec target/release/membrane-lab bench "$@"
