@@ -143,6 +143,10 @@ pub enum Command {
     RemoveNode { id: u64 },
     AllocateIdentity { labels: LabelSet },
     ReleaseIdentity { labels: LabelSet },
+    /// Several independent commands in one log entry, applied in order, each with its own
+    /// response (a refused one changes nothing, and does not stop the others). Agents batch
+    /// concurrent writes this way so that one Raft round trip carries many of them.
+    Batch(Vec<Command>),
 }
 
 /// The outcome of applying a [`Command`].
@@ -154,6 +158,8 @@ pub enum Response {
     Node(NodeRecord),
     Identity { identity: IdentityRecord, created: bool },
     Released { id: u32, references: u64, removed: bool },
+    /// One response per command of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
     Err(RegistryError),
 }
 
@@ -193,6 +199,7 @@ impl Registry {
             Command::RemoveNode { id } => self.remove_node(id),
             Command::AllocateIdentity { labels } => self.allocate_identity(labels),
             Command::ReleaseIdentity { labels } => self.release_identity(&labels),
+            Command::Batch(cmds) => Ok(Response::Batch(cmds.into_iter().map(|c| self.apply(c)).collect())),
         };
         result.unwrap_or_else(Response::Err)
     }

@@ -227,3 +227,18 @@ fn t50_registry_survives_a_serde_round_trip() {
     let back: Registry = serde_json::from_slice(&json).unwrap();
     assert_eq!(back, r);
 }
+
+#[test]
+fn t60_a_batch_applies_in_order_and_a_refusal_does_not_stop_it() {
+    let mut r = bootstrapped();
+    let web = LabelSet::parse(&["app=web"]).unwrap();
+    let resp = r.apply(Command::Batch(vec![
+        Command::AllocateIdentity { labels: web.clone() },
+        Command::ReleaseIdentity { labels: LabelSet::parse(&["app=none"]).unwrap() },
+        Command::AllocateIdentity { labels: web.clone() },
+    ]));
+    let Response::Batch(v) = resp else { panic!("{resp:?}") };
+    assert!(matches!(v[0], Response::Identity { created: true, .. }));
+    assert!(matches!(v[1], Response::Err(RegistryError::IdentityNotFound { .. })));
+    assert!(matches!(v[2], Response::Identity { created: false, identity: IdentityRecord { references: 2, .. } }));
+}

@@ -3,6 +3,7 @@
 //! faults, t50 bad state. Each test makes its own lab and removes it, even on panic.
 
 mod t10_form;
+mod t12_concurrent_writes;
 mod t20_join_refused;
 mod t30_untrusted_peer;
 mod t40_leader_kill;

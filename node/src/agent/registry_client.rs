@@ -5,9 +5,14 @@
 //! proposed (no leader known yet, or the peer we asked is no longer the leader), so a
 //! command is never applied twice by a retry of ours. Fresh reads are answered by the
 //! leader after `ensure_linearizable`.
+//!
+//! Concurrent writes are batched: while [`MAX_IN_FLIGHT`] batches are on their way, new
+//! writes queue up and leave together as one [`Command::Batch`] (one Raft entry, one
+//! forwarded RPC). An idle agent sends each write at once, alone: batching adds no delay,
+//! it only stops per-write costs from multiplying under load.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use membrane_consensus::registry::Registry;
@@ -16,6 +21,7 @@ use membrane_consensus::{Command, Raft, RegistryError, Response};
 use membrane_proto::v1::cluster_client::ClusterClient;
 use membrane_proto::v1::ForwardRequest;
 use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
 use super::query::{answer, Query, QueryResult};
@@ -24,8 +30,13 @@ use crate::transport::NodeTls;
 /// How long a write or read waits for a leader before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
+/// Batches of writes that may be proposed at the same time.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Largest number of writes in one batch.
+pub const MAX_BATCH: usize = 512;
+
 /// Why a registry operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{0}")]
     Refused(#[from] RegistryError),
@@ -79,6 +90,18 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ClientError
 
 /// Registry access for the agent's services.
 pub struct RegistryClient {
+    inner: Arc<Inner>,
+    batches: mpsc::UnboundedSender<Pending>,
+}
+
+/// A write waiting to join a batch.
+struct Pending {
+    cmd: Command,
+    done: oneshot::Sender<Result<Response, ClientError>>,
+}
+
+/// What the batcher tasks share with the client.
+pub struct Inner {
     raft: Raft,
     registry: RegistryHandle,
     tls: NodeTls,
@@ -86,10 +109,87 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
+    /// Must be called inside a tokio runtime: it starts the write batcher.
     pub fn new(raft: Raft, registry: RegistryHandle, tls: NodeTls) -> Self {
-        RegistryClient { raft, registry, tls, channels: Mutex::new(HashMap::new()) }
+        let inner = Arc::new(Inner { raft, registry, tls, channels: Mutex::new(HashMap::new()) });
+        let (batches, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_batcher(inner.clone(), rx));
+        RegistryClient { inner, batches }
     }
 
+    /// Proposes a command, wherever the leader is. A refusal by the registry is `Refused`.
+    pub async fn write(&self, cmd: Command) -> Result<Response, ClientError> {
+        let (done, rx) = oneshot::channel();
+        self.batches
+            .send(Pending { cmd, done })
+            .map_err(|_| ClientError::Raft("the agent is shutting down".into()))?;
+        match rx.await {
+            Ok(Ok(Response::Err(e))) => Err(ClientError::Refused(e)),
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Raft("the agent is shutting down".into())),
+        }
+    }
+}
+
+impl std::ops::Deref for RegistryClient {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// Collects queued writes into batches; at most [`MAX_IN_FLIGHT`] are proposed at once.
+async fn run_batcher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        // Wait for a free slot before taking writes, so that writes arriving while every
+        // slot is busy pile up into the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            dispatch(&inner, batch).await;
+        });
+    }
+}
+
+/// Proposes one batch and hands each waiting writer its own response.
+async fn dispatch(inner: &Inner, batch: Vec<Pending>) {
+    let (cmds, dones): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.done)).unzip();
+    let n = cmds.len();
+    let result = if n == 1 {
+        let cmd = cmds.into_iter().next().expect("one command");
+        inner.propose(cmd).await.map(|r| vec![r])
+    } else {
+        match inner.propose(Command::Batch(cmds)).await {
+            Ok(Response::Batch(v)) if v.len() == n => Ok(v),
+            Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
+            Err(e) => Err(e),
+        }
+    };
+    match result {
+        Ok(responses) => {
+            for (done, r) in dones.into_iter().zip(responses) {
+                let _ = done.send(Ok(r));
+            }
+        }
+        Err(e) => {
+            for done in dones {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+impl Inner {
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
@@ -99,8 +199,9 @@ impl RegistryClient {
         self.registry.read(f)
     }
 
-    /// Proposes a command, wherever the leader is. A refusal by the registry is `Refused`.
-    pub async fn write(&self, cmd: Command) -> Result<Response, ClientError> {
+    /// Proposes one command (possibly a batch) wherever the leader is; the registry's own
+    /// refusal comes back as `Ok(Response::Err)`.
+    async fn propose(&self, cmd: Command) -> Result<Response, ClientError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let attempt = match self.leader().await {
@@ -113,7 +214,6 @@ impl RegistryClient {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(ClientError::NotLeader) => return Err(ClientError::NoLeader(LEADER_WAIT)),
-                Ok(Response::Err(e)) => return Err(ClientError::Refused(e)),
                 other => return other,
             }
         }
