@@ -2,6 +2,9 @@
 //! network over plaintext loopback (ports chosen by binding port 0). Every test is bounded by
 //! [`TEST_TIMEOUT`].
 
+mod common;
+use common::{bootstrap_cmd, token};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use membrane_consensus::network::{Network, RaftService};
-use membrane_consensus::registry::{ClusterConfig, Command, NewNode, Response, TokenRecord};
+use membrane_consensus::registry::{Command, Response};
 use membrane_consensus::store::{self, RegistryHandle};
 use membrane_consensus::{NodeId, Raft};
 use membrane_proto::v1::raft_client::RaftClient;
@@ -170,39 +173,6 @@ async fn write(nodes: &[TestNode], cmd: Command) -> (u64, Response) {
     }
 }
 
-fn bootstrap_cmd() -> Command {
-    Command::Bootstrap {
-        config: ClusterConfig {
-            cluster_id: 7,
-            name: "lab".into(),
-            pod_pool: "10.128.0.0/16".parse().expect("cidr"),
-            node_prefix_len: 24,
-            ca_cert_pem: "ca".into(),
-            ca_key_pem: "key".into(),
-            created_at: 1_000,
-        },
-        first_node: NewNode {
-            name: "n1".into(),
-            rpc_addr: "127.0.0.1:7700".into(),
-            tls_key_sha256: "00".repeat(32),
-            x25519_public: "11".repeat(32),
-        },
-        first_token: token("first"),
-    }
-}
-
-fn token(id: &str) -> TokenRecord {
-    TokenRecord {
-        id: id.into(),
-        secret_hash: "aa".repeat(32),
-        description: String::new(),
-        created_at: 1_000,
-        expires_at: 1_000_000,
-        max_uses: 1,
-        uses: 0,
-        revoked: false,
-    }
-}
 
 fn has_token(registry: &RegistryHandle, id: &str) -> bool {
     registry.read(|r| r.token(id).is_some())

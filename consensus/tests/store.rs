@@ -1,9 +1,12 @@
 //! The sled store: openraft's storage test suite, and what a restart must preserve.
 
+mod common;
+use common::{bootstrap_cmd, token};
+
 use std::collections::BTreeSet;
 use std::io::Cursor;
 
-use membrane_consensus::registry::{ClusterConfig, Command, NewNode, Response, TokenRecord};
+use membrane_consensus::registry::{Command, Response};
 use membrane_consensus::store::{self, LogStore, StateMachineStore, StoreError};
 use membrane_consensus::TypeConfig;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
@@ -43,39 +46,6 @@ fn normal(term: u64, index: u64, cmd: Command) -> Entry<TypeConfig> {
     }
 }
 
-fn bootstrap_cmd() -> Command {
-    Command::Bootstrap {
-        config: ClusterConfig {
-            cluster_id: 7,
-            name: "lab".into(),
-            pod_pool: "10.128.0.0/16".parse().expect("cidr"),
-            node_prefix_len: 24,
-            ca_cert_pem: "ca".into(),
-            ca_key_pem: "key".into(),
-            created_at: 1_000,
-        },
-        first_node: NewNode {
-            name: "n1".into(),
-            rpc_addr: "127.0.0.1:7700".into(),
-            tls_key_sha256: "00".repeat(32),
-            x25519_public: "11".repeat(32),
-        },
-        first_token: token("first"),
-    }
-}
-
-fn token(id: &str) -> TokenRecord {
-    TokenRecord {
-        id: id.into(),
-        secret_hash: "aa".repeat(32),
-        description: String::new(),
-        created_at: 1_000,
-        expires_at: 1_000_000,
-        max_uses: 1,
-        uses: 0,
-        revoked: false,
-    }
-}
 
 /// Appends through the real trait (callback included), the way openraft does.
 async fn append(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {

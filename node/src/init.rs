@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail};
 use ipnet::Ipv4Net;
-use membrane_consensus::registry::{ClusterConfig, NewNode, TokenRecord};
+use membrane_consensus::registry::{ClusterConfig, GossipKey, NewNode, TokenRecord};
 use membrane_crypto::ca::ClusterCa;
 use membrane_crypto::keys::NodeKeys;
 use membrane_crypto::token::JoinToken;
@@ -89,7 +89,8 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
         x25519_public: hex::encode(keys.x25519_public()),
     };
     let expires = first_token.expires_at;
-    state.write_bootstrap(&Bootstrap { config, first_node, first_token })?;
+    let gossip_key = GossipKey { id: 1, key_hex: hex::encode(rand::random::<[u8; 32]>()) };
+    state.write_bootstrap(&Bootstrap { config, first_node, first_token, gossip_key })?;
     state.write_certificates(ca.cert_pem(), &node_cert)?;
     state.write_identity(&NodeIdentity {
         cluster_id: opts.cluster_id,

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use membrane_consensus::registry::{ClusterConfig, NewNode, TokenRecord};
+use membrane_consensus::registry::{ClusterConfig, GossipKey, NewNode, TokenRecord};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Errors reading or writing the state directory.
@@ -49,6 +49,7 @@ pub struct Bootstrap {
     pub config: ClusterConfig,
     pub first_node: NewNode,
     pub first_token: TokenRecord,
+    pub gossip_key: GossipKey,
 }
 
 /// Paths inside a state directory.

@@ -38,6 +38,8 @@ pub enum RegistryError {
     IdentityNotFound { labels: String },
     #[error("all {count} identity numbers of cluster {cluster_id} are in use; release unused identities")]
     IdentitySpaceExhausted { cluster_id: u8, count: u32 },
+    #[error("gossip keyring: {0}")]
+    InvalidGossipKey(String),
     #[error("invalid cluster settings: {0}")]
     InvalidClusterConfig(String),
 }

@@ -10,6 +10,7 @@
 //! (hashed), and security identities (label set <-> number, reference counted).
 
 mod error;
+mod gossip_keys;
 mod identity;
 mod labels;
 mod pod_cidr;
@@ -20,6 +21,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub use error::RegistryError;
+pub use gossip_keys::{GossipKey, GossipKeyring, MAX_GOSSIP_KEYS};
 pub use identity::{IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_MAX_LOCAL};
 pub use labels::LabelSet;
 
@@ -133,7 +135,7 @@ impl TokenRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Creates the cluster: settings, the first node (id 1) and the first join token.
-    Bootstrap { config: ClusterConfig, first_node: NewNode, first_token: TokenRecord },
+    Bootstrap { config: ClusterConfig, first_node: NewNode, first_token: TokenRecord, gossip_key: GossipKey },
     CreateToken { token: TokenRecord },
     RevokeToken { id: String },
     /// Admits a node that presented a join token. `presented_hash` is the hash of the token
@@ -143,6 +145,10 @@ pub enum Command {
     RemoveNode { id: u64 },
     AllocateIdentity { labels: LabelSet },
     ReleaseIdentity { labels: LabelSet },
+    /// Gossip key rotation: install (accepted by all), use (sent with), remove.
+    InstallGossipKey { key: GossipKey },
+    UseGossipKey { id: u32 },
+    RemoveGossipKey { id: u32 },
     /// Several independent commands in one log entry, applied in order, each with its own
     /// response (a refused one changes nothing, and does not stop the others). Agents batch
     /// concurrent writes this way so that one Raft round trip carries many of them.
@@ -182,15 +188,19 @@ pub struct Registry {
     identities: IdentityTable,
     /// Next node id to hand out; ids are never reused, even after a node is removed.
     next_node_id: u64,
+    gossip_keyring: Option<GossipKeyring>,
 }
 
 impl Registry {
     /// Applies one command. Deterministic; a refused command changes nothing.
     pub fn apply(&mut self, cmd: Command) -> Response {
         let result = match cmd {
-            Command::Bootstrap { config, first_node, first_token } => {
-                self.bootstrap(config, first_node, first_token)
+            Command::Bootstrap { config, first_node, first_token, gossip_key } => {
+                self.bootstrap(config, first_node, first_token, gossip_key)
             }
+            Command::InstallGossipKey { key } => self.with_keyring(|k| k.install(key)),
+            Command::UseGossipKey { id } => self.with_keyring(|k| k.use_key(id)),
+            Command::RemoveGossipKey { id } => self.with_keyring(|k| k.remove(id)),
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { id } => self.revoke_token(&id),
             Command::AdmitNode { token_id, presented_hash, node, now } => {
@@ -229,6 +239,11 @@ impl Registry {
         self.tokens.get(id)
     }
 
+    /// The gossip keyring, once bootstrapped.
+    pub fn gossip_keyring(&self) -> Option<&GossipKeyring> {
+        self.gossip_keyring.as_ref()
+    }
+
     pub fn identities(&self) -> impl Iterator<Item = &IdentityRecord> {
         self.identities.iter()
     }
@@ -250,12 +265,14 @@ impl Registry {
         config: ClusterConfig,
         first_node: NewNode,
         first_token: TokenRecord,
+        gossip_key: GossipKey,
     ) -> Result<Response, RegistryError> {
         if let Some(c) = &self.cluster {
             return Err(RegistryError::AlreadyBootstrapped { id: c.cluster_id, name: c.name.clone() });
         }
         config.validate()?;
         validate_token(&first_token)?;
+        let keyring = GossipKeyring::new(gossip_key)?;
         let pod_cidr = pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
         let node = NodeRecord {
             id: 1,
@@ -271,7 +288,19 @@ impl Registry {
         self.nodes.insert(1, node.clone());
         self.next_node_id = 2;
         self.tokens.insert(first_token.id.clone(), first_token);
+        self.gossip_keyring = Some(keyring);
         Ok(Response::Node(node))
+    }
+
+    /// Changes the keyring on a copy, so a refused change leaves it as it was.
+    fn with_keyring(
+        &mut self,
+        change: impl FnOnce(&mut GossipKeyring) -> Result<(), RegistryError>,
+    ) -> Result<Response, RegistryError> {
+        let mut ring = self.gossip_keyring.clone().ok_or(RegistryError::NotBootstrapped)?;
+        change(&mut ring)?;
+        self.gossip_keyring = Some(ring);
+        Ok(Response::Ok)
     }
 
     fn create_token(&mut self, token: TokenRecord) -> Result<Response, RegistryError> {

@@ -40,12 +40,17 @@ fn token(id: &str, hash: &str, max_uses: u32) -> TokenRecord {
     }
 }
 
+fn gossip_key(id: u32) -> GossipKey {
+    GossipKey { id, key_hex: "ab".repeat(32) }
+}
+
 fn bootstrapped() -> Registry {
     let mut r = Registry::default();
     let resp = r.apply(Command::Bootstrap {
         config: config(),
         first_node: new_node("n1"),
         first_token: token("abcdef", HASH_A, 1),
+        gossip_key: gossip_key(1),
     });
     assert!(matches!(resp, Response::Node(NodeRecord { id: 1, .. })), "{resp:?}");
     r
@@ -84,7 +89,12 @@ fn t11_bootstrap_twice_is_refused() {
     let mut r = bootstrapped();
     refused(
         &mut r,
-        Command::Bootstrap { config: config(), first_node: new_node("x"), first_token: token("zzzzzz", HASH_B, 1) },
+        Command::Bootstrap {
+            config: config(),
+            first_node: new_node("x"),
+            first_token: token("zzzzzz", HASH_B, 1),
+            gossip_key: gossip_key(1),
+        },
         |e| matches!(e, RegistryError::AlreadyBootstrapped { id: 7, .. }),
     );
 }
@@ -241,4 +251,17 @@ fn t60_a_batch_applies_in_order_and_a_refusal_does_not_stop_it() {
     assert!(matches!(v[0], Response::Identity { created: true, .. }));
     assert!(matches!(v[1], Response::Err(RegistryError::IdentityNotFound { .. })));
     assert!(matches!(v[2], Response::Identity { created: false, identity: IdentityRecord { references: 2, .. } }));
+}
+
+#[test]
+fn t70_gossip_key_rotation_through_commands() {
+    let mut r = bootstrapped();
+    assert_eq!(r.gossip_keyring().unwrap().primary(), 1);
+    refused(&mut r, Command::RemoveGossipKey { id: 1 }, |e| matches!(e, RegistryError::InvalidGossipKey(_)));
+    refused(&mut r, Command::UseGossipKey { id: 2 }, |e| matches!(e, RegistryError::InvalidGossipKey(_)));
+    assert_eq!(r.apply(Command::InstallGossipKey { key: gossip_key(2) }), Response::Ok);
+    assert_eq!(r.apply(Command::UseGossipKey { id: 2 }), Response::Ok);
+    assert_eq!(r.apply(Command::RemoveGossipKey { id: 1 }), Response::Ok);
+    let ring = r.gossip_keyring().unwrap();
+    assert_eq!((ring.primary(), ring.keys().len()), (2, 1));
 }

@@ -24,7 +24,12 @@ pub async fn bootstrap(raft: &Raft, client: &RegistryClient, b: Bootstrap, me: &
         .state(ServerState::Leader, "become leader after init")
         .await
         .context("this node did not become leader after init")?;
-    let cmd = Command::Bootstrap { config: b.config, first_node: b.first_node, first_token: b.first_token };
+    let cmd = Command::Bootstrap {
+        config: b.config,
+        first_node: b.first_node,
+        first_token: b.first_token,
+        gossip_key: b.gossip_key,
+    };
     match client.write(cmd).await {
         Ok(_) => info!("cluster created"),
         Err(ClientError::Refused(RegistryError::AlreadyBootstrapped { .. })) => info!("cluster already created"),
