@@ -4,6 +4,7 @@
 
 mod t10_form;
 mod t12_concurrent_writes;
+mod t13_node_remove;
 mod t20_join_refused;
 mod t30_untrusted_peer;
 mod t40_leader_kill;

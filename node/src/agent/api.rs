@@ -130,6 +130,20 @@ impl Agent for AgentApi {
         Ok(Response::new(pb::NodeListResponse { nodes }))
     }
 
+    async fn node_remove(&self, req: Request<pb::NodeRemoveRequest>) -> Result<Response<pb::Empty>, Status> {
+        let id = req.into_inner().id;
+        let others = self.client.local(|r| r.nodes().filter(|n| n.id != id).count());
+        if others == 0 {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is the only node of the cluster; it cannot be removed"
+            )));
+        }
+        // The registry is the source of truth: once the node is gone from it, the leader's
+        // autopilot takes it out of the Raft membership (replacing it if it was a voter).
+        self.client.write(Command::RemoveNode { id }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn token_create(
         &self,
         req: Request<pb::TokenCreateRequest>,

@@ -42,7 +42,7 @@ pub struct AgentOptions {
     pub advertise: Option<String>,
     pub name: Option<String>,
     pub join: Option<JoinArgs>,
-    pub target_voters: usize,
+    pub autopilot: membership::AutopilotConfig,
 }
 
 /// Seconds since the epoch. The registry never reads a clock; commands carry this.
@@ -155,7 +155,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bootstrap::bootstrap(&raft, &client, b, &me).await?;
         state.remove_bootstrap()?;
     }
-    let reconciler = tokio::spawn(membership::run(client.clone(), opts.target_voters));
+    let liveness = membership::Liveness::default();
+    let reconciler = tokio::spawn(membership::run(client.clone(), liveness.clone(), opts.autopilot.clone()));
 
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),

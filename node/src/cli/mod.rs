@@ -109,6 +109,12 @@ struct AgentArgs {
     /// Number of Raft voters to keep (3 or 5).
     #[arg(long, default_value_t = 3, value_parser = parse_voters)]
     voters: usize,
+    /// Seconds a voter may be down before autopilot replaces it with a learner.
+    #[arg(long, default_value_t = 10)]
+    voter_down_after: u64,
+    /// Seconds a node may be down before autopilot removes it from the registry.
+    #[arg(long, default_value_t = 24 * 3600)]
+    remove_dead_after: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     log: String,
@@ -128,6 +134,8 @@ fn parse_voters(s: &str) -> Result<usize, String> {
 enum NodeCmd {
     /// List the nodes in the registry with their Raft role.
     List,
+    /// Remove a node from the registry and the Raft membership (its id is never reused).
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -201,7 +209,11 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         advertise: args.advertise_addr,
         name: args.name,
         join,
-        target_voters: args.voters,
+        autopilot: crate::agent::membership::AutopilotConfig {
+            target_voters: args.voters,
+            voter_down_after: std::time::Duration::from_secs(args.voter_down_after),
+            remove_after: std::time::Duration::from_secs(args.remove_dead_after),
+        },
     };
     runtime()?.block_on(crate::agent::run(opts))
 }
@@ -242,6 +254,10 @@ async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> any
     match cmd {
         Command::Status => out.status(&c.status(pb::Empty {}).await.map_err(status_err)?.into_inner()),
         Command::Node(NodeCmd::List) => out.nodes(&c.node_list(pb::Empty {}).await.map_err(status_err)?.into_inner()),
+        Command::Node(NodeCmd::Remove { id }) => {
+            c.node_remove(pb::NodeRemoveRequest { id }).await.map_err(status_err)?;
+            out.message(&format!("node {id} removed"), serde_json::json!({"removed": id}));
+        }
         Command::Token(TokenCmd::Create { ttl, uses, description }) => {
             if uses == 0 {
                 anyhow::bail!("--uses must be at least 1");
