@@ -31,7 +31,7 @@ use crate::transport::NodeTls;
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Batches of writes that may be proposed at the same time.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub const MAX_IN_FLIGHT: usize = 2;
 /// Largest number of writes in one batch.
 pub const MAX_BATCH: usize = 512;
 
