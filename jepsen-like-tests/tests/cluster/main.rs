@@ -8,4 +8,5 @@ mod t13_node_remove;
 mod t20_join_refused;
 mod t30_untrusted_peer;
 mod t40_leader_kill;
+mod t41_whole_cluster_kill;
 mod t50_bad_state;
