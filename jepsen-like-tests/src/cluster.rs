@@ -125,7 +125,16 @@ impl Cluster {
 
     /// Starts host `i`'s agent joining with `token` and waits until it serves its API.
     pub fn join(&self, i: usize, token: &str) -> anyhow::Result<()> {
-        self.lab.start(i, &self.join_args(i, token, &self.ca_hash))?;
+        self.join_via(i, token, 1)
+    }
+
+    /// Like [`Cluster::join`], but through host `via`'s agent instead of host 1's.
+    pub fn join_via(&self, i: usize, token: &str, via: usize) -> anyhow::Result<()> {
+        let mut args = self.join_args(i, token, &self.ca_hash);
+        if let Some(pos) = args.iter().position(|a| a == "--join") {
+            args[pos + 1] = self.lab.host(via).rpc_addr().to_string();
+        }
+        self.lab.start(i, &args)?;
         wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
             if !self.lab.is_running(i)? {
                 bail!("agent on host {i} exited: {}", self.log_tail(i));

@@ -5,8 +5,10 @@
 mod t10_form;
 mod t12_concurrent_writes;
 mod t13_node_remove;
+mod t14_join_via_follower;
 mod t20_join_refused;
 mod t30_untrusted_peer;
 mod t40_leader_kill;
 mod t41_whole_cluster_kill;
+mod t42_leader_pause;
 mod t50_bad_state;
