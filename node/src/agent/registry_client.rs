@@ -94,6 +94,12 @@ pub struct RegistryClient {
     batches: mpsc::UnboundedSender<Pending>,
 }
 
+/// Where the leader is, for one attempt.
+enum Target {
+    Here,
+    Peer(String),
+}
+
 /// A write waiting to join a batch.
 struct Pending {
     cmd: Command,
@@ -202,33 +208,41 @@ impl Inner {
     /// Proposes one command (possibly a batch) wherever the leader is; the registry's own
     /// refusal comes back as `Ok(Response::Err)`.
     async fn propose(&self, cmd: Command) -> Result<Response, ClientError> {
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            let attempt = match self.leader().await {
-                Some((id, _)) if id == self.own_id() => self.write_as_leader(cmd.clone()).await,
-                Some((_, addr)) => self.forward_write(&addr, &cmd).await,
-                None => Err(ClientError::NotLeader),
-            };
-            match attempt {
-                Err(ClientError::NotLeader) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(ClientError::NotLeader) => return Err(ClientError::NoLeader(LEADER_WAIT)),
-                other => return other,
+        self.at_leader(|target| async {
+            match target {
+                Target::Here => self.write_as_leader(cmd.clone()).await,
+                Target::Peer(addr) => self.forward_write(&addr, &cmd).await,
             }
-        }
+        })
+        .await
     }
 
     /// Answers a query with linearizable freshness, wherever the leader is.
     pub async fn query(&self, query: Query) -> Result<QueryResult, ClientError> {
+        self.at_leader(|target| async {
+            match target {
+                Target::Here => self.query_as_leader(&query).await,
+                Target::Peer(addr) => self.forward_query(&addr, &query).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against the current leader, waiting up to [`LEADER_WAIT`] while there
+    /// is none or it just moved ([`ClientError::NotLeader`] means "certainly not done").
+    async fn at_leader<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
+    where
+        F: Fn(Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let attempt = match self.leader().await {
-                Some((id, _)) if id == self.own_id() => self.query_as_leader(&query).await,
-                Some((_, addr)) => self.forward_query(&addr, &query).await,
+            let result = match self.leader().await {
+                Some((id, _)) if id == self.own_id() => attempt(Target::Here).await,
+                Some((_, addr)) => attempt(Target::Peer(addr)).await,
                 None => Err(ClientError::NotLeader),
             };
-            match attempt {
+            match result {
                 Err(ClientError::NotLeader) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
