@@ -22,6 +22,8 @@
 pub mod ca;
 mod error;
 pub mod keys;
+pub mod replay;
+pub mod seal;
 pub mod tls;
 pub mod token;
 
