@@ -121,7 +121,9 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let handle = spawn_chitchat(chitchat_config, config.meta.to_key_values(), &transport)
+        let mut meta = config.meta.clone();
+        meta.keyring = NodeMeta::keyring_summary(config.keyring.primary().unwrap_or(0), &config.keyring.ids());
+        let handle = spawn_chitchat(chitchat_config, meta.to_key_values(), &transport)
             .await
             .map_err(|e| GossipError::Start { addr: config.listen_addr, reason: format!("{e:#}") })?;
         let view: Arc<RwLock<View>> = Arc::default();
@@ -153,9 +155,11 @@ impl Gossip {
         self.transport.counters().snapshot()
     }
 
-    /// Installs a new keyring (rotation).
-    pub fn set_keyring(&self, keyring: Keyring) {
+    /// Installs a new keyring (rotation) and tells the others which keys this node holds.
+    pub async fn set_keyring(&self, keyring: Keyring) {
+        let summary = NodeMeta::keyring_summary(keyring.primary().unwrap_or(0), &keyring.ids());
         self.transport.set_keyring(keyring);
+        self.handle.with_chitchat(|c| c.self_node_state().set("keyring", &summary)).await;
     }
 
     pub fn keyring(&self) -> Keyring {

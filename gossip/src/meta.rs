@@ -12,6 +12,9 @@ pub struct NodeMeta {
     pub version: String,
     /// "ok", or what is wrong.
     pub health: String,
+    /// The node's gossip keyring as `primary:id,id,...` (ids only, never keys), so that a key
+    /// rotation can wait until every node has installed or switched to a key.
+    pub keyring: String,
 }
 
 const NAME: &str = "name";
@@ -19,8 +22,22 @@ const RPC_ADDR: &str = "rpc_addr";
 const POD_CIDR: &str = "pod_cidr";
 const VERSION: &str = "version";
 const HEALTH: &str = "health";
+const KEYRING: &str = "keyring";
 
 impl NodeMeta {
+    /// Formats a keyring summary for [`NodeMeta::keyring`].
+    pub fn keyring_summary(primary: u32, ids: &[u32]) -> String {
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        format!("{primary}:{}", ids.join(","))
+    }
+
+    /// Parses [`NodeMeta::keyring`]: (primary, installed ids).
+    pub fn parse_keyring(&self) -> Option<(u32, Vec<u32>)> {
+        let (p, ids) = self.keyring.split_once(':')?;
+        let ids = ids.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>()?;
+        Some((p.parse().ok()?, ids))
+    }
+
     /// The key-values chitchat carries (everything but the id).
     pub fn to_key_values(&self) -> Vec<(String, String)> {
         vec![
@@ -29,6 +46,7 @@ impl NodeMeta {
             (POD_CIDR.into(), self.pod_cidr.clone()),
             (VERSION.into(), self.version.clone()),
             (HEALTH.into(), self.health.clone()),
+            (KEYRING.into(), self.keyring.clone()),
         ]
     }
 
@@ -43,6 +61,7 @@ impl NodeMeta {
             pod_cidr: get(POD_CIDR),
             version: get(VERSION),
             health: get(HEALTH),
+            keyring: get(KEYRING),
         }
     }
 }
@@ -60,6 +79,7 @@ mod tests {
             pod_cidr: "10.128.3.0/24".into(),
             version: "0.1.0".into(),
             health: "ok".into(),
+            keyring: "2:1,2".into(),
         };
         let kv = m.to_key_values();
         let back = NodeMeta::from_key_values(4, kv.iter().map(|(k, v)| (k.as_str(), v.as_str())));

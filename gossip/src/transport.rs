@@ -201,9 +201,9 @@ impl Socket for SealedSocket {
                 Ok(o) => o,
                 Err(e) => {
                     let counter = match e {
-                        SealError::Truncated(_) | SealError::UnknownVersion(_) => &c.dropped_truncated,
+                        SealError::Truncated(_) => &c.dropped_truncated,
                         SealError::UnknownKey(_) => &c.dropped_unknown_key,
-                        SealError::Forged | SealError::NoPrimaryKey => &c.dropped_forged,
+                        SealError::UnknownVersion(_) | SealError::Forged | SealError::NoPrimaryKey => &c.dropped_forged,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     debug!(%from, error = %e, "gossip packet dropped");

@@ -86,17 +86,18 @@ async fn t20_strangers_and_replays_are_dropped_and_counted() {
 
     // Rotation: install key 2 everywhere, make it primary, remove key 1.
     let both = |primary| Keyring::new([(1, [7; 32]), (2, [8; 32])], primary).unwrap();
-    n1.set_keyring(both(1));
-    n2.set_keyring(both(1));
-    n1.set_keyring(both(2));
-    n2.set_keyring(both(2));
+    n1.set_keyring(both(1)).await;
+    n2.set_keyring(both(1)).await;
+    n1.set_keyring(both(2)).await;
+    n2.set_keyring(both(2)).await;
     let new_only = Keyring::new([(2, [8; 32])], 2).unwrap();
-    n1.set_keyring(new_only.clone());
-    n2.set_keyring(new_only);
+    n1.set_keyring(new_only.clone()).await;
+    n2.set_keyring(new_only).await;
     let before = n1.counters().received;
     assert!(wait_for(Duration::from_secs(5), || n1.counters().received > before + 5).await.is_some());
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(n1.state_of(2), Some(MemberState::Alive));
+    assert!(wait_for(Duration::from_secs(5), || n1.members()[&2].1.parse_keyring() == Some((2, vec![2]))).await.is_some());
     for n in [n1, n2, stranger] {
         n.shutdown().await;
     }

@@ -12,3 +12,7 @@ mod t40_leader_kill;
 mod t41_whole_cluster_kill;
 mod t42_leader_pause;
 mod t50_bad_state;
+mod t60_autopilot;
+mod t61_gossip_injector;
+mod t62_partition;
+mod t63_gossip_rotation;

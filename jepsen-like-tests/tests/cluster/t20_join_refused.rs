@@ -5,7 +5,11 @@ use serde_json::Value;
 
 /// What must not change when a join is refused: nodes, and every token's use count.
 fn registry_view(c: &Cluster) -> anyhow::Result<(Value, Vec<(String, u64)>)> {
-    let nodes = c.cli_json(1, &["node", "list"])?;
+    let mut nodes = c.cli_json(1, &["node", "list"])?;
+    // Liveness is not registry state.
+    for n in nodes["nodes"].as_array_mut().unwrap() {
+        n.as_object_mut().unwrap().remove("gossip_state");
+    }
     let tokens = c.cli_json(1, &["token", "list"])?;
     let uses = tokens["tokens"]
         .as_array()

@@ -20,6 +20,7 @@ pub const DEFAULT_TOKEN_USES: u32 = 1;
 
 pub struct AgentApi {
     pub client: Arc<RegistryClient>,
+    pub gossip: super::gossip::GossipSlot,
     pub me: NodeIdentity,
     /// `sha256:HEX` of the cluster CA, for printing join commands.
     pub ca_hash: String,
@@ -54,6 +55,25 @@ fn token_info(t: &TokenRecord, now: i64) -> pb::TokenInfo {
 
 fn parse_labels(labels: &[String]) -> Result<LabelSet, Status> {
     LabelSet::parse(labels).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn member_event(kind: &str, m: &membrane_gossip::NodeMeta, at_unix_ms: i64) -> pb::MemberEvent {
+    pb::MemberEvent {
+        kind: kind.to_string(),
+        node_id: m.id,
+        name: m.name.clone(),
+        rpc_addr: m.rpc_addr.clone(),
+        pod_cidr: m.pod_cidr.clone(),
+        version: m.version.clone(),
+        health: m.health.clone(),
+        at_unix_ms,
+    }
+}
+
+fn keyring_response(ring: &membrane_consensus::registry::GossipKeyring) -> pb::GossipKeyringResponse {
+    pb::GossipKeyringResponse {
+        keys: ring.keys().iter().map(|k| pb::GossipKeyInfo { id: k.id, primary: k.id == ring.primary() }).collect(),
+    }
 }
 
 /// Builds the command a new node runs to join through `addr`.
@@ -100,6 +120,21 @@ impl Agent for AgentApi {
             members,
             pod_cidr,
             rpc_addr: self.me.rpc_addr.clone(),
+            gossip: self.gossip.get().map(|g| {
+                let c = g.counters();
+                let ring = g.keyring();
+                pb::GossipCounters {
+                    sent: c.sent,
+                    received: c.received,
+                    dropped_truncated: c.dropped_truncated,
+                    dropped_unknown_key: c.dropped_unknown_key,
+                    dropped_forged: c.dropped_forged,
+                    dropped_replay: c.dropped_replay,
+                    dropped_malformed: c.dropped_malformed,
+                    key_ids: ring.ids(),
+                    primary_key: ring.primary().unwrap_or(0),
+                }
+            }),
         }))
     }
 
@@ -125,6 +160,10 @@ impl Agent for AgentApi {
                 tls_key_sha256: n.tls_key_sha256,
                 x25519_public: n.x25519_public,
                 joined_at_unix: n.joined_at,
+                gossip_state: match self.gossip.get() {
+                    Some(g) => g.state_of(n.id).map(|st| st.as_str()).unwrap_or("unknown").to_string(),
+                    None => "unknown".to_string(),
+                },
             })
             .collect();
         Ok(Response::new(pb::NodeListResponse { nodes }))
@@ -142,6 +181,42 @@ impl Agent for AgentApi {
         // autopilot takes it out of the Raft membership (replacing it if it was a voter).
         self.client.write(Command::RemoveNode { id }).await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    type WatchMembersStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::MemberEvent, Status>> + Send>>;
+
+    async fn watch_members(&self, _: Request<pb::Empty>) -> Result<Response<Self::WatchMembersStream>, Status> {
+        use tokio_stream::StreamExt;
+        let gossip = self.gossip.get().cloned().ok_or_else(|| Status::unavailable("gossip is not running yet; try again in a moment"))?;
+        let rx = gossip.subscribe();
+        let now = super::unix_now_ms();
+        let initial: Vec<Result<pb::MemberEvent, Status>> = gossip
+            .members()
+            .into_values()
+            .map(|(state, meta)| Ok(member_event(state.as_str(), &meta, now)))
+            .collect();
+        let updates = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|e| {
+            let e = e.ok()?;
+            let (kind, meta) = match &e {
+                membrane_gossip::MemberEvent::Up(m) => ("up", m),
+                membrane_gossip::MemberEvent::Down(m) => ("down", m),
+                membrane_gossip::MemberEvent::Changed(m) => ("changed", m),
+            };
+            Some(Ok(member_event(kind, meta, super::unix_now_ms())))
+        });
+        Ok(Response::new(Box::pin(tokio_stream::iter(initial).chain(updates))))
+    }
+
+    async fn gossip_keyring(&self, _: Request<pb::Empty>) -> Result<Response<pb::GossipKeyringResponse>, Status> {
+        let ring = self.client.local(|r| r.gossip_keyring().cloned()).ok_or_else(|| Status::unavailable("no keyring yet"))?;
+        Ok(Response::new(keyring_response(&ring)))
+    }
+
+    async fn gossip_rotate_key(&self, _: Request<pb::Empty>) -> Result<Response<pb::GossipKeyringResponse>, Status> {
+        let gossip = self.gossip.get().cloned().ok_or_else(|| Status::unavailable("gossip is not running yet; try again in a moment"))?;
+        let ring = super::rotation::rotate(&self.client, &gossip).await?;
+        Ok(Response::new(keyring_response(&ring)))
     }
 
     async fn token_create(

@@ -45,13 +45,18 @@ impl Default for AutopilotConfig {
     }
 }
 
-/// Which nodes are down and since when. Shared between the source of liveness (the gossip
-/// layer, which is not wired into the agent yet: until it is, no node is ever reported
-/// down and the autopilot only adds and promotes) and the autopilot, which reads it.
+/// Which nodes are down and since when, as gossip reports it. Shared between the gossip
+/// event loop (writer) and the autopilot (reader).
 #[derive(Clone, Default)]
 pub struct Liveness(Arc<RwLock<BTreeMap<u64, Instant>>>);
 
 impl Liveness {
+    pub fn set_down(&self, id: u64) {
+        self.0.write().expect("liveness lock").entry(id).or_insert_with(Instant::now);
+    }
+    pub fn set_up(&self, id: u64) {
+        self.0.write().expect("liveness lock").remove(&id);
+    }
     /// How long each down node has been down.
     pub fn down_for(&self) -> BTreeMap<u64, Duration> {
         self.0.read().expect("liveness lock").iter().map(|(id, since)| (*id, since.elapsed())).collect()

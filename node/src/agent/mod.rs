@@ -5,10 +5,12 @@
 mod api;
 mod bootstrap;
 mod cluster_service;
+pub mod gossip;
 mod join;
 pub mod membership;
 pub mod query;
 pub mod registry_client;
+mod rotation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ pub struct AgentOptions {
     pub name: Option<String>,
     pub join: Option<JoinArgs>,
     pub autopilot: membership::AutopilotConfig,
+    /// Where gossip listens (default 0.0.0.0 and the RPC port + 1).
+    pub gossip_listen: Option<SocketAddr>,
 }
 
 /// Seconds since the epoch. The registry never reads a clock; commands carry this.
@@ -50,6 +54,14 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch, for event timestamps.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -142,9 +154,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true)));
     let node_server = tokio::spawn(node_server);
 
+    let liveness = membership::Liveness::default();
+    let gossip = gossip::spawn(client.clone(), me.clone(), opts.gossip_listen, liveness.clone());
+
     // Local API on the Unix socket.
     let unix = bind_unix(&opts.socket)?;
-    let api = api::AgentApi { client: client.clone(), me: me.clone(), ca_hash };
+    let api = api::AgentApi { client: client.clone(), gossip: gossip.clone(), me: me.clone(), ca_hash };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
         .serve_with_incoming(UnixListenerStream::new(unix));
@@ -155,7 +170,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bootstrap::bootstrap(&raft, &client, b, &me).await?;
         state.remove_bootstrap()?;
     }
-    let liveness = membership::Liveness::default();
     let reconciler = tokio::spawn(membership::run(client.clone(), liveness.clone(), opts.autopilot.clone()));
 
     let result = tokio::select! {

@@ -56,6 +56,22 @@ enum Command {
     /// Security identities.
     #[command(subcommand)]
     Identity(IdentityCmd),
+    /// Gossip membership as this node sees it; --watch streams changes.
+    Members {
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The gossip keyring.
+    #[command(subcommand)]
+    Gossip(GossipCmd),
+}
+
+#[derive(Subcommand)]
+enum GossipCmd {
+    /// Show the key ids and which one seals.
+    Keys,
+    /// Install a new key, switch every node to it, then remove the old one.
+    RotateKey,
 }
 
 #[derive(Args)]
@@ -115,6 +131,9 @@ struct AgentArgs {
     /// Seconds a node may be down before autopilot removes it from the registry.
     #[arg(long, default_value_t = 24 * 3600)]
     remove_dead_after: u64,
+    /// Where gossip listens (UDP; default 0.0.0.0 and the RPC port + 1).
+    #[arg(long)]
+    gossip_addr: Option<std::net::SocketAddr>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     log: String,
@@ -214,6 +233,7 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
             voter_down_after: std::time::Duration::from_secs(args.voter_down_after),
             remove_after: std::time::Duration::from_secs(args.remove_dead_after),
         },
+        gossip_listen: args.gossip_addr,
     };
     runtime()?.block_on(crate::agent::run(opts))
 }
@@ -278,6 +298,28 @@ async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> any
         }
         Command::Identity(IdentityCmd::Release { labels }) => {
             out.released(&c.identity_release(pb::IdentityRequest { labels }).await.map_err(status_err)?.into_inner())
+        }
+        Command::Members { watch } => {
+            let mut stream = c.watch_members(pb::Empty {}).await.map_err(status_err)?.into_inner();
+            if watch {
+                while let Some(e) = stream.message().await.map_err(status_err)? {
+                    out.member_event(&e);
+                }
+                return Ok(());
+            }
+            // The stream opens with the current members, then waits for changes: take what
+            // arrives at once.
+            let mut members = Vec::new();
+            while let Ok(Ok(Some(e))) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), stream.message()).await
+            {
+                members.push(e);
+            }
+            out.members(&members);
+        }
+        Command::Gossip(GossipCmd::Keys) => out.keyring(&c.gossip_keyring(pb::Empty {}).await.map_err(status_err)?.into_inner()),
+        Command::Gossip(GossipCmd::RotateKey) => {
+            out.keyring(&c.gossip_rotate_key(pb::Empty {}).await.map_err(status_err)?.into_inner())
         }
         Command::Init(_) | Command::Agent(_) => unreachable!("handled before connecting"),
     }

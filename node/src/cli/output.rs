@@ -91,6 +91,12 @@ impl Output {
                 "leader_id": if s.leader_id == 0 { Value::Null } else { json!(s.leader_id) },
                 "commit_index": s.commit_index, "applied_index": s.applied_index, "last_log_index": s.last_log_index,
                 "members": members,
+                "gossip": s.gossip.as_ref().map(|g| json!({
+                    "sent": g.sent, "received": g.received, "dropped_truncated": g.dropped_truncated,
+                    "dropped_unknown_key": g.dropped_unknown_key, "dropped_forged": g.dropped_forged,
+                    "dropped_replay": g.dropped_replay, "dropped_malformed": g.dropped_malformed,
+                    "key_ids": g.key_ids, "primary_key": g.primary_key,
+                })),
             }));
         }
         println!("Cluster:      {} (id {})", s.cluster_name, s.cluster_id);
@@ -103,6 +109,48 @@ impl Output {
         for m in &s.members {
             println!("  node {:<4} {:<8} {}", m.node_id, m.role, m.rpc_addr);
         }
+        if let Some(g) = &s.gossip {
+            println!(
+                "Gossip:       {} sent, {} received; dropped {} forged, {} replayed, {} truncated, {} unknown key",
+                g.sent, g.received, g.dropped_forged, g.dropped_replay, g.dropped_truncated, g.dropped_unknown_key
+            );
+        }
+    }
+
+    fn member_json(e: &pb::MemberEvent) -> Value {
+        json!({"kind": e.kind, "node_id": e.node_id, "name": e.name, "rpc_addr": e.rpc_addr, "pod_cidr": e.pod_cidr,
+               "version": e.version, "health": e.health, "at_unix_ms": e.at_unix_ms})
+    }
+
+    pub fn members(&self, members: &[pb::MemberEvent]) {
+        if self.format == Format::Json {
+            return self.json(json!({"members": members.iter().map(Self::member_json).collect::<Vec<_>>()}));
+        }
+        let rows = members
+            .iter()
+            .map(|m| vec![m.node_id.to_string(), m.name.clone(), m.kind.clone(), m.rpc_addr.clone(), m.version.clone(), m.health.clone()])
+            .collect();
+        table(&["ID", "NAME", "STATE", "ADDRESS", "VERSION", "HEALTH"], rows);
+    }
+
+    pub fn member_event(&self, e: &pb::MemberEvent) {
+        if self.format == Format::Json {
+            println!("{}", Self::member_json(e));
+        } else {
+            let secs = e.at_unix_ms.div_euclid(1000);
+            let t = time(secs);
+            println!("{} node {} ({}) {} at {}", &t[11..19], e.node_id, e.name, e.kind, e.rpc_addr);
+        }
+    }
+
+    pub fn keyring(&self, r: &pb::GossipKeyringResponse) {
+        if self.format == Format::Json {
+            let keys: Vec<Value> = r.keys.iter().map(|k| json!({"id": k.id, "primary": k.primary})).collect();
+            return self.json(json!({"keys": keys}));
+        }
+        for k in &r.keys {
+            println!("key {}{}", k.id, if k.primary { " (primary)" } else { "" });
+        }
     }
 
     pub fn nodes(&self, r: &pb::NodeListResponse) {
@@ -112,7 +160,7 @@ impl Output {
                 .iter()
                 .map(|n| {
                     json!({"id": n.id, "name": n.name, "rpc_addr": n.rpc_addr, "pod_cidr": n.pod_cidr,
-                           "raft_role": n.raft_role, "tls_key_sha256": n.tls_key_sha256,
+                           "raft_role": n.raft_role, "gossip_state": n.gossip_state, "tls_key_sha256": n.tls_key_sha256,
                            "x25519_public": n.x25519_public, "joined_at": time(n.joined_at_unix)})
                 })
                 .collect();
@@ -121,9 +169,19 @@ impl Output {
         let rows = r
             .nodes
             .iter()
-            .map(|n| vec![n.id.to_string(), n.name.clone(), n.rpc_addr.clone(), n.pod_cidr.clone(), n.raft_role.clone(), time(n.joined_at_unix)])
+            .map(|n| {
+                vec![
+                    n.id.to_string(),
+                    n.name.clone(),
+                    n.rpc_addr.clone(),
+                    n.pod_cidr.clone(),
+                    n.raft_role.clone(),
+                    n.gossip_state.clone(),
+                    time(n.joined_at_unix),
+                ]
+            })
             .collect();
-        table(&["ID", "NAME", "ADDRESS", "POD CIDR", "RAFT", "JOINED"], rows);
+        table(&["ID", "NAME", "ADDRESS", "POD CIDR", "RAFT", "GOSSIP", "JOINED"], rows);
     }
 
     pub fn token_created(&self, t: &pb::TokenCreateResponse) {
