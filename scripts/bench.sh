@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks that compare Membrane with a reference system side by side, in one run.
-#   sudo scripts/bench.sh registry [--clients N] [--ops N]   Raft registry vs a 3-member etcd
+#   scripts/bench.sh registry [--clients N] [--ops N] [--via all|leader]   Raft registry vs a 3-member etcd
+#   scripts/bench.sh gossip [N ...]   convergence and failure detection for N in-process nodes (default 10 50 100)
 # Release builds; figures go to docs/benchmarks.md by hand, with the command that made them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 case "${1:-}" in
   registry) scripts/deps.sh etcd ;;
-  *) echo "usage: $0 registry [--clients N] [--ops N]" >&2; exit 2 ;;
+  gossip)
+    shift
+    exec cargo run --release -p membrane-gossip --example gossip-bench -- "$@" ;;
+  *) echo "usage: $0 registry [--clients N] [--ops N] [--via all|leader] | $0 gossip [N ...]" >&2; exit 2 ;;
 esac
 cargo build --release --workspace --bins
 export MEMBRANE_BIN="$PWD/target/release/membrane"
