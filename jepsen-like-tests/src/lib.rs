@@ -28,6 +28,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod demo;
+pub mod idle;
 mod cmd;
 mod faults;
 mod host;

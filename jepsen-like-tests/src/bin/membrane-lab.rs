@@ -6,7 +6,9 @@
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N]");
+    eprintln!(
+        "usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N] [--via all|leader] | membrane-lab idle-check HOSTS MINUTES"
+    );
     ExitCode::from(2)
 }
 
@@ -16,6 +18,10 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["demo", rest @ ..] => membrane_jepsen::demo::run(rest.contains(&"--keep")),
         ["bench", "registry", rest @ ..] => membrane_jepsen::bench::registry::run(rest),
+        ["idle-check", hosts, minutes] => match (hosts.parse(), minutes.parse()) {
+            (Ok(h), Ok(m)) => membrane_jepsen::idle::run(h, m),
+            _ => return usage(),
+        },
         _ => return usage(),
     };
     match result {
