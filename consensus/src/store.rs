@@ -166,7 +166,6 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
         logs,
         meta,
         vote_marker: Arc::new(AtomicBool::new(vote_marker)),
-        flusher: spawn_flusher(db.clone(), path.clone())?,
     };
     // Decode what openraft reads first now, so that damage shows at startup with the path
     // in the message rather than as a Raft storage failure later.
@@ -213,8 +212,7 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     check_layout(dir)?;
     let config = sled::Config::new()
         .path(dir)
-        .cache_capacity(CACHE_CAPACITY_BYTES)
-        .mode(sled::Mode::HighThroughput);
+        .cache_capacity(CACHE_CAPACITY_BYTES);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
         Ok(Ok(db)) => Ok(db),
         // sled reports a held lock only as an IO error with this text.
@@ -311,46 +309,6 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Whether [`VOTE_MARKER_FILE`] exists.
     vote_marker: Arc<AtomicBool>,
-    /// Group commit: appends queue their callbacks here and one thread fsyncs for all of them.
-    flusher: FlushQueue,
-}
-
-/// Callbacks of appended entries waiting for the next fsync.
-type FlushQueue = std::sync::mpsc::Sender<(Option<LogId<NodeId>>, LogFlushed<TypeConfig>)>;
-
-/// Group commit. openraft 0.9 calls `append` once per client write and lets the callback
-/// fire later; awaiting an fsync inside `append` would serialise every write behind its own
-/// fsync. Instead, `append` writes the entries (readable at once) and queues its callback;
-/// this thread takes every queued callback, fsyncs once, and completes them in order. Every
-/// flush covers all writes made before it started, so a callback never fires early.
-///
-/// A thread rather than a task: it ends as soon as the last `LogStore` is dropped (its
-/// channel closes), whatever runtime is running, and so releases sled's lock promptly.
-fn spawn_flusher(db: sled::Db, path: PathBuf) -> Result<FlushQueue, StoreError> {
-    let (tx, rx) = std::sync::mpsc::channel::<(Option<LogId<NodeId>>, LogFlushed<TypeConfig>)>();
-    std::thread::Builder::new()
-        .name("raft-log-flush".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter());
-                let flushed = db.flush();
-                let last = batch.last().and_then(|(id, _)| *id);
-                match &flushed {
-                    Ok(_) => tracing::trace!(last_log_id = ?last, appends = batch.len(), "log entries flushed"),
-                    Err(e) => tracing::error!(last_log_id = ?last, error = %e, path = %path.display(), "flushing log entries failed"),
-                }
-                for (_, callback) in batch {
-                    let result = match &flushed {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(std::io::Error::other(format!("flushing {} failed: {e}", path.display()))),
-                    };
-                    callback.log_io_completed(result);
-                }
-            }
-        })
-        .map_err(|source| StoreError::Io { path: PathBuf::new(), op: "starting the log flush thread", source: sled::Error::Io(source) })?;
-    Ok(tx)
 }
 
 impl Debug for LogStore {
@@ -568,13 +526,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .apply_batch(batch)
             .map_err(self.io("appending log entries"))
             .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
-        // Durable only after the flush: openraft counts the entries towards a quorum once the
-        // callback fires. The flusher fsyncs for many appends at once (group commit).
-        if let Err(std::sync::mpsc::SendError((_, callback))) = self.flusher.send((last, callback)) {
-            // The flusher thread is gone (it never panics, but be safe): flush here instead.
-            let flushed = self.flush().await;
-            callback.log_io_completed(flushed.map_err(std::io::Error::other));
-        }
+        // Durable before `append` returns, not only before the callback fires. openraft 0.9
+        // may count entries towards a quorum once `append` returns: with a flush deferred to
+        // the callback (group commit across appends), killing every node could lose an
+        // acknowledged write — `jepsen-like-tests` t41 caught exactly that. Throughput comes
+        // from the agents batching many writes into one entry instead.
+        tracing::trace!(last_log_id = ?last, "log entries appended");
+        let flushed = self.flush().await;
+        callback.log_io_completed(flushed.map_err(std::io::Error::other));
         Ok(())
     }
 
