@@ -263,10 +263,22 @@ impl Inner {
 
     /// Answers on this node after confirming leadership (used by the `Cluster.Read` RPC).
     pub async fn query_as_leader(&self, query: &Query) -> Result<QueryResult, ClientError> {
+        // Everything in the leader's log when the read arrives, applied. openraft 0.9's read
+        // index alone is not enough: a leader restored after a restart (its vote was
+        // committed) serves reads at the old commit index before it has committed anything
+        // in its new life, which would hide a write acknowledged just before the crash
+        // (`jepsen-like-tests` t41 saw it). Entries still uncommitted get committed by the
+        // confirmed leader, so the wait is bounded by one replication round.
+        let last_log_index = self.raft.metrics().borrow().last_log_index;
         self.raft.ensure_linearizable().await.map_err(|e| match e {
             RaftError::APIError(_) => ClientError::NotLeader,
             other => ClientError::Raft(other.to_string()),
         })?;
+        self.raft
+            .wait(Some(LEADER_WAIT))
+            .applied_index_at_least(last_log_index, "linearizable read")
+            .await
+            .map_err(|e| ClientError::Raft(format!("waiting for the log to apply: {e}")))?;
         let (voters, learners) = self.membership();
         Ok(self.registry.read(|r| answer(query, r, voters, learners)))
     }
