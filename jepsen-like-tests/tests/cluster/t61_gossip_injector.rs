@@ -7,8 +7,10 @@ use membrane_jepsen::{in_netns, require_root, wait_until, Cluster};
 /// The gossip port: the RPC port + 1 in the lab.
 const GOSSIP_PORT: u16 = 7701;
 
-/// Captures one gossip packet arriving at this namespace's eth0 (raw AF_PACKET socket).
-fn capture_gossip_packet(timeout: Duration) -> anyhow::Result<Vec<u8>> {
+/// Captures one gossip packet arriving at this namespace's eth0 for `dst` (raw AF_PACKET
+/// socket; it sees outgoing packets too, which are skipped: replaying a node's own packet
+/// to itself proves nothing).
+fn capture_gossip_packet(dst: std::net::Ipv4Addr, timeout: Duration) -> anyhow::Result<Vec<u8>> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
     let fd = socket(AddressFamily::Packet, SockType::Datagram, SockFlag::empty(), SockProtocol::EthAll)?;
     let tv = nix::sys::time::TimeVal::new(0, 200_000);
@@ -29,7 +31,7 @@ fn capture_gossip_packet(timeout: Duration) -> anyhow::Result<Vec<u8>> {
             continue;
         }
         let dport = u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]);
-        if dport == GOSSIP_PORT {
+        if dport == GOSSIP_PORT && p[16..20] == dst.octets() {
             return Ok(p[ihl + 8..].to_vec());
         }
     }
@@ -54,7 +56,8 @@ fn t61_forged_replayed_and_truncated_gossip_is_dropped_and_counted() -> anyhow::
     let nodes_before = c.cli_json(2, &["node", "list"])?;
     let before = counters(&c, 2)?;
 
-    let real = in_netns(c.lab().host(2).netns(), || capture_gossip_packet(Duration::from_secs(5)))??;
+    let std::net::IpAddr::V4(h2_ip) = c.lab().host(2).ip() else { anyhow::bail!("lab hosts are IPv4") };
+    let real = in_netns(c.lab().host(2).netns(), move || capture_gossip_packet(h2_ip, Duration::from_secs(5)))??;
     assert!(real.len() > 40, "a sealed packet has a header and a tag");
 
     in_netns(c.lab().host(3).netns(), move || -> anyhow::Result<()> {
