@@ -1,19 +1,55 @@
 //! Membrane's gossip: who is in the cluster and who is alive, within seconds.
 //!
-//! Built on chitchat (scuttlebutt anti-entropy with a phi-accrual failure detector), with a
-//! transport of our own, because chitchat authenticates nothing: every UDP packet is sealed
-//! with the cluster gossip key ([`membrane_crypto::seal`]) and checked against a replay
-//! window ([`membrane_crypto::replay`]) before chitchat sees it. A packet that fails either
-//! check is dropped and counted. See ALGORITHM.md for the protocol and its settings.
+//! Built on chitchat (scuttlebutt anti-entropy with a phi-accrual failure detector) with a
+//! transport of our own, because chitchat authenticates nothing: every UDP datagram is sealed
+//! with the cluster gossip key ([`membrane_crypto::seal`]) and checked against a replay window
+//! ([`membrane_crypto::replay`]) before chitchat sees it. A datagram that fails either check
+//! is dropped and counted ([`CountersSnapshot`]). `gossip/ALGORITHM.md` explains the protocol,
+//! the packet format and the failure-detector settings.
 //!
-//! - [`transport`]: the sealed UDP transport and its counters.
-//! - [`meta`]: what each node publishes about itself.
-//! - [`member`]: the running membership ([`Gossip`]) and its events.
+//! Using it:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), membrane_gossip::GossipError> {
+//! use membrane_crypto::seal::Keyring;
+//! use membrane_gossip::{Gossip, GossipConfig, MemberEvent, NodeMeta};
+//!
+//! let meta = NodeMeta { id: 1, name: "n1".into(), health: "ok".into(), ..Default::default() };
+//! let addr = "10.0.0.1:7701".parse().unwrap();
+//! let mut config = GossipConfig::new(meta, addr, addr, Keyring::single(1, [7; 32]), "prod");
+//! config.seeds = vec!["10.0.0.2:7701".parse().unwrap()];
+//! let gossip = Gossip::start(config).await?;
+//! let (members, mut events) = gossip.subscribe_with_snapshot();
+//! # let _ = members;
+//! while let Ok(event) = events.recv().await {
+//!     match event {
+//!         MemberEvent::Up(m) | MemberEvent::Changed(m) => println!("{} at {}", m.name, m.rpc_addr),
+//!         MemberEvent::Down(m) => println!("{} is down", m.id),
+//!     }
+//! }
+//! gossip.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, one idea each:
+//! - [`config`]: what a node needs to start gossiping, and the failure-detector settings.
+//! - [`meta`]: what each node publishes about itself, as chitchat key-values.
+//! - [`events`]: the membership view by node id and the events derived from its changes.
+//! - [`transport`]: the sealed UDP transport and its packet counters.
+//! - [`handle`]: the running gossip ([`Gossip`]).
 
-pub mod member;
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod events;
+pub mod handle;
 pub mod meta;
 pub mod transport;
 
-pub use member::{Gossip, GossipConfig, GossipError, MemberEvent, MemberState};
+pub use config::GossipConfig;
+pub use error::GossipError;
+pub use events::{MemberEvent, MemberState, Members};
+pub use handle::Gossip;
 pub use meta::NodeMeta;
 pub use transport::{Counters, CountersSnapshot, SealedTransport};

@@ -1,28 +1,47 @@
 //! The metadata every node gossips about itself, as chitchat key-values.
+//!
+//! One chitchat key per field, so that a change to one field (health, say) gossips only that
+//! key. The node id is not a key: it is chitchat's node id. Unknown keys are ignored and
+//! missing ones read as empty, so nodes of different versions understand each other.
 
 use std::collections::BTreeMap;
 
-/// What a node publishes. The node id is chitchat's node id; the rest are keys.
+/// What a node publishes about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeMeta {
+    /// Registry node id (never reused).
     pub id: u64,
+    /// Node name.
     pub name: String,
+    /// Address of the node's gRPC server (`ip:port`).
     pub rpc_addr: String,
+    /// The node's pod CIDR, empty until the registry has allocated one.
     pub pod_cidr: String,
+    /// Software version of the agent.
     pub version: String,
-    /// "ok", or what is wrong.
+    /// "ok", or a short description of what is wrong.
     pub health: String,
     /// The node's gossip keyring as `primary:id,id,...` (ids only, never keys), so that a key
-    /// rotation can wait until every node has installed or switched to a key.
+    /// rotation can wait until every node has installed or switched to a key. Set by
+    /// [`crate::Gossip`] itself from its keyring; whatever a caller puts here is replaced.
     pub keyring: String,
 }
 
-const NAME: &str = "name";
-const RPC_ADDR: &str = "rpc_addr";
-const POD_CIDR: &str = "pod_cidr";
-const VERSION: &str = "version";
-const HEALTH: &str = "health";
-const KEYRING: &str = "keyring";
+/// The chitchat keys of [`NodeMeta`]'s fields.
+pub mod keys {
+    /// [`super::NodeMeta::name`].
+    pub const NAME: &str = "name";
+    /// [`super::NodeMeta::rpc_addr`].
+    pub const RPC_ADDR: &str = "rpc_addr";
+    /// [`super::NodeMeta::pod_cidr`].
+    pub const POD_CIDR: &str = "pod_cidr";
+    /// [`super::NodeMeta::version`].
+    pub const VERSION: &str = "version";
+    /// [`super::NodeMeta::health`].
+    pub const HEALTH: &str = "health";
+    /// [`super::NodeMeta::keyring`].
+    pub const KEYRING: &str = "keyring";
+}
 
 impl NodeMeta {
     /// Formats a keyring summary for [`NodeMeta::keyring`].
@@ -31,37 +50,38 @@ impl NodeMeta {
         format!("{primary}:{}", ids.join(","))
     }
 
-    /// Parses [`NodeMeta::keyring`]: (primary, installed ids).
+    /// Parses [`NodeMeta::keyring`]: (primary, installed ids); `None` if absent or garbled.
     pub fn parse_keyring(&self) -> Option<(u32, Vec<u32>)> {
         let (p, ids) = self.keyring.split_once(':')?;
         let ids = ids.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>()?;
         Some((p.parse().ok()?, ids))
     }
 
-    /// The key-values chitchat carries (everything but the id).
+    /// The key-values chitchat carries (every field but the id).
     pub fn to_key_values(&self) -> Vec<(String, String)> {
         vec![
-            (NAME.into(), self.name.clone()),
-            (RPC_ADDR.into(), self.rpc_addr.clone()),
-            (POD_CIDR.into(), self.pod_cidr.clone()),
-            (VERSION.into(), self.version.clone()),
-            (HEALTH.into(), self.health.clone()),
-            (KEYRING.into(), self.keyring.clone()),
+            (keys::NAME.into(), self.name.clone()),
+            (keys::RPC_ADDR.into(), self.rpc_addr.clone()),
+            (keys::POD_CIDR.into(), self.pod_cidr.clone()),
+            (keys::VERSION.into(), self.version.clone()),
+            (keys::HEALTH.into(), self.health.clone()),
+            (keys::KEYRING.into(), self.keyring.clone()),
         ]
     }
 
-    /// Rebuilds the metadata of node `id` from its key-values; missing keys stay empty.
+    /// Rebuilds the metadata of node `id` from its key-values; missing keys stay empty,
+    /// unknown keys are ignored.
     pub fn from_key_values<'a>(id: u64, kv: impl Iterator<Item = (&'a str, &'a str)>) -> NodeMeta {
         let kv: BTreeMap<&str, &str> = kv.collect();
         let get = |k: &str| kv.get(k).map(|v| v.to_string()).unwrap_or_default();
         NodeMeta {
             id,
-            name: get(NAME),
-            rpc_addr: get(RPC_ADDR),
-            pod_cidr: get(POD_CIDR),
-            version: get(VERSION),
-            health: get(HEALTH),
-            keyring: get(KEYRING),
+            name: get(keys::NAME),
+            rpc_addr: get(keys::RPC_ADDR),
+            pod_cidr: get(keys::POD_CIDR),
+            version: get(keys::VERSION),
+            health: get(keys::HEALTH),
+            keyring: get(keys::KEYRING),
         }
     }
 }
@@ -84,5 +104,21 @@ mod tests {
         let kv = m.to_key_values();
         let back = NodeMeta::from_key_values(4, kv.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn missing_and_unknown_keys_are_tolerated() {
+        let kv = [("name", "n9"), ("from_the_future", "x")];
+        let m = NodeMeta::from_key_values(9, kv.into_iter());
+        assert_eq!(m, NodeMeta { id: 9, name: "n9".into(), ..Default::default() });
+    }
+
+    #[test]
+    fn keyring_summary_round_trips_and_garbage_is_none() {
+        let m = NodeMeta { keyring: NodeMeta::keyring_summary(2, &[1, 2]), ..Default::default() };
+        assert_eq!(m.parse_keyring(), Some((2, vec![1, 2])));
+        for bad in ["", "2", "x:1", "2:1,y", "2:-1"] {
+            assert_eq!(NodeMeta { keyring: bad.into(), ..Default::default() }.parse_keyring(), None, "{bad}");
+        }
     }
 }

@@ -128,7 +128,8 @@ impl Agent for AgentApi {
                     received: c.received,
                     dropped_truncated: c.dropped_truncated,
                     dropped_unknown_key: c.dropped_unknown_key,
-                    dropped_forged: c.dropped_forged,
+                    // Garbage that does not even carry our version is forged too, to an operator.
+                    dropped_forged: c.dropped_forged + c.dropped_unknown_version,
                     dropped_replay: c.dropped_replay,
                     dropped_malformed: c.dropped_malformed,
                     key_ids: ring.ids(),
@@ -189,10 +190,10 @@ impl Agent for AgentApi {
     async fn watch_members(&self, _: Request<pb::Empty>) -> Result<Response<Self::WatchMembersStream>, Status> {
         use tokio_stream::StreamExt;
         let gossip = self.gossip.get().cloned().ok_or_else(|| Status::unavailable("gossip is not running yet; try again in a moment"))?;
-        let rx = gossip.subscribe();
+        // Snapshot and subscription taken together, so no change falls between them.
+        let (members, rx) = gossip.subscribe_with_snapshot();
         let now = super::unix_now_ms();
-        let initial: Vec<Result<pb::MemberEvent, Status>> = gossip
-            .members()
+        let initial: Vec<Result<pb::MemberEvent, Status>> = members
             .into_values()
             .map(|(state, meta)| Ok(member_event(state.as_str(), &meta, now)))
             .collect();
