@@ -173,7 +173,6 @@ async fn write(nodes: &[TestNode], cmd: Command) -> (u64, Response) {
     }
 }
 
-
 fn has_token(registry: &RegistryHandle, id: &str) -> bool {
     registry.read(|r| r.token(id).is_some())
 }

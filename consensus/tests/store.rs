@@ -46,7 +46,6 @@ fn normal(term: u64, index: u64, cmd: Command) -> Entry<TypeConfig> {
     }
 }
 
-
 /// Appends through the real trait (callback included), the way openraft does.
 async fn append(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
     // LogFlushed cannot be built outside openraft; RaftLogStorageExt provides a blocking

@@ -230,7 +230,8 @@ fn verified_csr_key(csr_der: &[u8]) -> Result<(rcgen::SubjectPublicKeyInfo, Vec<
     if !rest.is_empty() {
         return Err(bad("trailing bytes after the request".into()));
     }
-    csr.verify_signature().map_err(|_| CryptoError::CsrSignatureInvalid)?;
+    csr.verify_signature()
+        .map_err(|_| CryptoError::CsrSignatureInvalid)?;
     let spki_der = csr.certification_request_info.subject_pki.raw.to_vec();
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(&spki_der)
         .map_err(|e| bad(format!("unsupported public key: {e}")))?;
@@ -617,7 +618,10 @@ mod tests {
     fn csr_key_fingerprint_matches_the_node_keys() {
         let (_dir, keys) = node_keys();
         let csr = keys.csr_der("n1").unwrap();
-        assert_eq!(csr_public_key_sha256(&csr).unwrap(), keys.tls_public_key_sha256());
+        assert_eq!(
+            csr_public_key_sha256(&csr).unwrap(),
+            keys.tls_public_key_sha256()
+        );
         let mut bad = csr.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0xff;

@@ -47,7 +47,11 @@ pub struct ReplayWindow {
 impl ReplayWindow {
     /// A window that has seen `(epoch, counter)` and nothing else.
     pub fn new(epoch: u64, counter: u64) -> ReplayWindow {
-        ReplayWindow { epoch, highest: counter, seen: 1 }
+        ReplayWindow {
+            epoch,
+            highest: counter,
+            seen: 1,
+        }
     }
 
     /// The sender's current epoch.
@@ -86,7 +90,11 @@ impl ReplayWindow {
             *self = ReplayWindow::new(epoch, counter);
         } else if counter > self.highest {
             let shift = counter - self.highest;
-            self.seen = if shift >= WINDOW { 0 } else { self.seen << shift };
+            self.seen = if shift >= WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
             self.seen |= 1;
             self.highest = counter;
         } else {
@@ -104,7 +112,9 @@ pub struct ReplayGuard<K = u64> {
 
 impl<K> Default for ReplayGuard<K> {
     fn default() -> Self {
-        ReplayGuard { senders: HashMap::new() }
+        ReplayGuard {
+            senders: HashMap::new(),
+        }
     }
 }
 
@@ -119,7 +129,8 @@ impl<K: Eq + Hash> ReplayGuard<K> {
         match self.senders.get_mut(&sender) {
             Some(w) => w.check_and_update(epoch, counter),
             None => {
-                self.senders.insert(sender, ReplayWindow::new(epoch, counter));
+                self.senders
+                    .insert(sender, ReplayWindow::new(epoch, counter));
                 Ok(())
             }
         }
@@ -193,7 +204,10 @@ mod tests {
     fn too_old_at_the_window_edge() {
         let mut w = ReplayWindow::new(5, 1000);
         // The oldest counter the window covers is accepted, one below it is too old.
-        assert_eq!(w.check(5, 1000 - WINDOW), Err(Replay::TooOld(1000 - WINDOW)));
+        assert_eq!(
+            w.check(5, 1000 - WINDOW),
+            Err(Replay::TooOld(1000 - WINDOW))
+        );
         w.check_and_update(5, 1000 - (WINDOW - 1)).unwrap();
         // A jump wider than the window clears it entirely.
         w.check_and_update(5, 1000 + 10 * WINDOW).unwrap();
@@ -240,7 +254,10 @@ mod tests {
         g.check_and_update((1, 7), 5, 20).unwrap();
         g.check_and_update((2, 7), 5, 20).unwrap();
         g.check_and_update((1, 8), 5, 20).unwrap();
-        assert_eq!(g.check_and_update((1, 7), 5, 20), Err(Replay::Duplicate(20)));
+        assert_eq!(
+            g.check_and_update((1, 7), 5, 20),
+            Err(Replay::Duplicate(20))
+        );
         assert_eq!(g.len(), 3);
     }
 }

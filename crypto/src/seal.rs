@@ -125,7 +125,12 @@ impl Header {
             b.copy_from_slice(&packet[i..i + 8]);
             u64::from_be_bytes(b)
         };
-        Ok(Header { key_id: u32::from_be_bytes(u32b), sender: u64_at(5), epoch: u64_at(13), counter: u64_at(21) })
+        Ok(Header {
+            key_id: u32::from_be_bytes(u32b),
+            sender: u64_at(5),
+            epoch: u64_at(13),
+            counter: u64_at(21),
+        })
     }
 
     fn write(&self, out: &mut Vec<u8>) {
@@ -157,7 +162,10 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring").field("ids", &self.ids()).field("primary", &self.primary).finish()
+        f.debug_struct("Keyring")
+            .field("ids", &self.ids())
+            .field("primary", &self.primary)
+            .finish()
     }
 }
 
@@ -165,14 +173,22 @@ impl Keyring {
     /// A keyring from `(id, key)` pairs and the id of the primary key; `None` if the primary
     /// is not among them.
     pub fn new(keys: impl IntoIterator<Item = (u32, [u8; 32])>, primary: u32) -> Option<Keyring> {
-        let keys: BTreeMap<u32, XChaCha20Poly1305> =
-            keys.into_iter().map(|(id, k)| (id, XChaCha20Poly1305::new(&k.into()))).collect();
-        keys.contains_key(&primary).then_some(Keyring { keys, primary: Some(primary) })
+        let keys: BTreeMap<u32, XChaCha20Poly1305> = keys
+            .into_iter()
+            .map(|(id, k)| (id, XChaCha20Poly1305::new(&k.into())))
+            .collect();
+        keys.contains_key(&primary).then_some(Keyring {
+            keys,
+            primary: Some(primary),
+        })
     }
 
     /// A keyring of one key, primary.
     pub fn single(id: u32, key: [u8; 32]) -> Keyring {
-        Keyring { keys: BTreeMap::from([(id, XChaCha20Poly1305::new(&key.into()))]), primary: Some(id) }
+        Keyring {
+            keys: BTreeMap::from([(id, XChaCha20Poly1305::new(&key.into()))]),
+            primary: Some(id),
+        }
     }
 
     /// Ids of the keys held, ascending.
@@ -211,21 +227,41 @@ impl Keyring {
         if self.primary == Some(id) {
             return Err(SealError::RemovePrimary(id));
         }
-        self.keys.remove(&id).map(|_| ()).ok_or(SealError::NoSuchKey(id))
+        self.keys
+            .remove(&id)
+            .map(|_| ())
+            .ok_or(SealError::NoSuchKey(id))
     }
 
     /// Seals `plaintext` with the primary key under an explicit (sender, epoch, counter).
     ///
     /// The caller guarantees that it never passes the same triple twice with one key (see
     /// the module doc); [`Sealer`] does that bookkeeping.
-    pub fn seal(&self, sender: u64, epoch: u64, counter: u64, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    pub fn seal(
+        &self,
+        sender: u64,
+        epoch: u64,
+        counter: u64,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
         let key_id = self.primary.ok_or(SealError::NoPrimaryKey)?;
         let cipher = self.keys.get(&key_id).ok_or(SealError::NoPrimaryKey)?;
-        let header = Header { key_id, sender, epoch, counter };
+        let header = Header {
+            key_id,
+            sender,
+            epoch,
+            counter,
+        };
         let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
         header.write(&mut out);
         let sealed = cipher
-            .encrypt(&header.nonce(), Payload { msg: plaintext, aad: &out[..HEADER_LEN] })
+            .encrypt(
+                &header.nonce(),
+                Payload {
+                    msg: plaintext,
+                    aad: &out[..HEADER_LEN],
+                },
+            )
             // Only fails for plaintexts beyond ChaCha20's 256 GiB limit.
             .map_err(|_| SealError::Forged)?;
         out.extend_from_slice(&sealed);
@@ -235,11 +271,26 @@ impl Keyring {
     /// Authenticates and decrypts a packet. Checks nothing about replays: see [`crate::replay`].
     pub fn open(&self, packet: &[u8]) -> Result<Opened, SealError> {
         let h = Header::parse(packet)?;
-        let cipher = self.keys.get(&h.key_id).ok_or(SealError::UnknownKey(h.key_id))?;
+        let cipher = self
+            .keys
+            .get(&h.key_id)
+            .ok_or(SealError::UnknownKey(h.key_id))?;
         let plaintext = cipher
-            .decrypt(&h.nonce(), Payload { msg: &packet[HEADER_LEN..], aad: &packet[..HEADER_LEN] })
+            .decrypt(
+                &h.nonce(),
+                Payload {
+                    msg: &packet[HEADER_LEN..],
+                    aad: &packet[..HEADER_LEN],
+                },
+            )
             .map_err(|_| SealError::Forged)?;
-        Ok(Opened { key_id: h.key_id, sender: h.sender, epoch: h.epoch, counter: h.counter, plaintext })
+        Ok(Opened {
+            key_id: h.key_id,
+            sender: h.sender,
+            epoch: h.epoch,
+            counter: h.counter,
+            plaintext,
+        })
     }
 }
 
@@ -256,7 +307,11 @@ impl Sealer {
     /// A sealer for `sender` started at `epoch` (its start time in ms, which must grow across
     /// restarts); counters start at 1.
     pub fn new(sender: u64, epoch: u64) -> Sealer {
-        Sealer { sender, epoch, next: AtomicU64::new(1) }
+        Sealer {
+            sender,
+            epoch,
+            next: AtomicU64::new(1),
+        }
     }
 
     /// The sender id this sealer stamps.
@@ -294,8 +349,25 @@ mod tests {
         let p = r.seal(7, 1000, 3, b"hello").unwrap();
         assert_eq!(p.len(), OVERHEAD + 5);
         let o = r.open(&p).unwrap();
-        assert_eq!((o.key_id, o.sender, o.epoch, o.counter, o.plaintext.as_slice()), (1, 7, 1000, 3, &b"hello"[..]));
-        assert_eq!(Header::parse(&p).unwrap(), Header { key_id: 1, sender: 7, epoch: 1000, counter: 3 });
+        assert_eq!(
+            (
+                o.key_id,
+                o.sender,
+                o.epoch,
+                o.counter,
+                o.plaintext.as_slice()
+            ),
+            (1, 7, 1000, 3, &b"hello"[..])
+        );
+        assert_eq!(
+            Header::parse(&p).unwrap(),
+            Header {
+                key_id: 1,
+                sender: 7,
+                epoch: 1000,
+                counter: 3
+            }
+        );
         // The plaintext does not appear in the packet.
         assert!(!p.windows(5).any(|w| w == b"hello"));
     }
@@ -332,7 +404,10 @@ mod tests {
                     let err = r.open(&t).unwrap_err();
                     match name {
                         "version" => assert_eq!(err, SealError::UnknownVersion(SEAL_VERSION ^ bit)),
-                        "key id" => assert!(matches!(err, SealError::UnknownKey(_)), "{name} byte {i}: {err}"),
+                        "key id" => assert!(
+                            matches!(err, SealError::UnknownKey(_)),
+                            "{name} byte {i}: {err}"
+                        ),
                         _ => assert_eq!(err, SealError::Forged, "{name} byte {i}"),
                     }
                 }
@@ -369,7 +444,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for (s, e, c) in [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2), (2, 2, 2)] {
             let p = r.seal(s, e, c, &[0u8; 32]).unwrap();
-            assert!(seen.insert(p[HEADER_LEN..].to_vec()), "keystream reused for {s} {e} {c}");
+            assert!(
+                seen.insert(p[HEADER_LEN..].to_vec()),
+                "keystream reused for {s} {e} {c}"
+            );
         }
     }
 
@@ -381,10 +459,25 @@ mod tests {
         let b = r.open(&s.seal(&r, b"b").unwrap()).unwrap();
         assert_eq!((a.sender, a.epoch, a.counter), (9, 500, 1));
         assert_eq!((b.sender, b.epoch, b.counter), (9, 500, 2));
-        let exhausted = Sealer { sender: 9, epoch: 500, next: AtomicU64::new(u64::MAX) };
-        assert_eq!(exhausted.seal(&r, b"c").unwrap_err(), SealError::CounterExhausted);
-        assert_eq!(exhausted.seal(&r, b"c").unwrap_err(), SealError::CounterExhausted);
-        assert_eq!(Sealer::new(1, 1).seal(&Keyring::default(), b"x").unwrap_err(), SealError::NoPrimaryKey);
+        let exhausted = Sealer {
+            sender: 9,
+            epoch: 500,
+            next: AtomicU64::new(u64::MAX),
+        };
+        assert_eq!(
+            exhausted.seal(&r, b"c").unwrap_err(),
+            SealError::CounterExhausted
+        );
+        assert_eq!(
+            exhausted.seal(&r, b"c").unwrap_err(),
+            SealError::CounterExhausted
+        );
+        assert_eq!(
+            Sealer::new(1, 1)
+                .seal(&Keyring::default(), b"x")
+                .unwrap_err(),
+            SealError::NoPrimaryKey
+        );
     }
 
     #[test]
@@ -410,10 +503,16 @@ mod tests {
         assert!(a.open(&from_new).is_ok());
         assert_eq!(a.remove(1).unwrap_err(), SealError::NoSuchKey(1));
         assert_eq!(a.use_key(7).unwrap_err(), SealError::NoSuchKey(7));
-        assert!(Keyring::new([(1, [0; 32])], 2).is_none(), "the primary must be held");
+        assert!(
+            Keyring::new([(1, [0; 32])], 2).is_none(),
+            "the primary must be held"
+        );
         let mut empty = Keyring::default();
         empty.install(5, [5; 32]);
         assert_eq!(empty.primary(), Some(5));
-        assert!(!format!("{a:?}").contains("[2, 2"), "Debug must not print key bytes");
+        assert!(
+            !format!("{a:?}").contains("[2, 2"),
+            "Debug must not print key bytes"
+        );
     }
 }

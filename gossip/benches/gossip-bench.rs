@@ -26,7 +26,9 @@ struct Run {
 }
 
 fn free_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free loopback port")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback port")
 }
 
 async fn run(n: usize) -> Run {
@@ -65,7 +67,9 @@ async fn run(n: usize) -> Run {
     }
     let mut converged = None;
     while start.elapsed() < LIMIT {
-        let done = nodes.iter().all(|g| (1..=n as u64).all(|id| g.state_of(id) == Some(MemberState::Alive)));
+        let done = nodes
+            .iter()
+            .all(|g| (1..=n as u64).all(|id| g.state_of(id) == Some(MemberState::Alive)));
         if done {
             converged = Some(start.elapsed());
             break;
@@ -81,7 +85,10 @@ async fn run(n: usize) -> Run {
     victim.shutdown().await;
     let (mut first_detect, mut all_detect) = (None, None);
     while killed.elapsed() < LIMIT {
-        let down = nodes.iter().filter(|g| g.state_of(victim_id) == Some(MemberState::Down)).count();
+        let down = nodes
+            .iter()
+            .filter(|g| g.state_of(victim_id) == Some(MemberState::Down))
+            .count();
         if down > 0 && first_detect.is_none() {
             first_detect = Some(killed.elapsed());
         }
@@ -102,16 +109,38 @@ async fn run(n: usize) -> Run {
     for g in nodes {
         g.shutdown().await;
     }
-    Run { converged, first_detect, all_detect, false_downs }
+    Run {
+        converged,
+        first_detect,
+        all_detect,
+        false_downs,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; only numbers are sizes.
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).filter(|n| *n >= 2).collect();
-    let sizes = if sizes.is_empty() { vec![10, 50, 100] } else { sizes };
-    let fmt = |d: Option<Duration>| d.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "> 30 s".into());
-    let defaults = GossipConfig::new(NodeMeta::default(), free_addr(), free_addr(), Keyring::single(1, [0; 32]), "x");
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .filter(|n| *n >= 2)
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![10, 50, 100]
+    } else {
+        sizes
+    };
+    let fmt = |d: Option<Duration>| {
+        d.map(|d| format!("{:.2} s", d.as_secs_f64()))
+            .unwrap_or_else(|| "> 30 s".into())
+    };
+    let defaults = GossipConfig::new(
+        NodeMeta::default(),
+        free_addr(),
+        free_addr(),
+        Keyring::single(1, [0; 32]),
+        "x",
+    );
     println!(
         "Membrane gossip: interval {} ms, phi threshold {}, in-process nodes on loopback ({} cores).\n",
         defaults.gossip_interval.as_millis(),

@@ -57,8 +57,17 @@ pub struct GossipConfig {
 
 impl GossipConfig {
     /// Settings with the defaults above, no seeds, and the current time as the epoch.
-    pub fn new(meta: NodeMeta, listen_addr: SocketAddr, advertise_addr: SocketAddr, keyring: Keyring, cluster: &str) -> Self {
-        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    pub fn new(
+        meta: NodeMeta,
+        listen_addr: SocketAddr,
+        advertise_addr: SocketAddr,
+        keyring: Keyring,
+        cluster: &str,
+    ) -> Self {
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         GossipConfig {
             meta,
             listen_addr,
@@ -87,13 +96,22 @@ impl GossipConfig {
             return bad("the keyring has no primary key; install a gossip key first".into());
         }
         if self.advertise_addr.ip().is_unspecified() || self.advertise_addr.port() == 0 {
-            return bad(format!("advertise address {} is not one others can reach; give a concrete IP and port", self.advertise_addr));
+            return bad(format!(
+                "advertise address {} is not one others can reach; give a concrete IP and port",
+                self.advertise_addr
+            ));
         }
         if self.gossip_interval < Duration::from_millis(10) {
-            return bad(format!("gossip interval {:?} is below 10 ms", self.gossip_interval));
+            return bad(format!(
+                "gossip interval {:?} is below 10 ms",
+                self.gossip_interval
+            ));
         }
         if !(self.phi_threshold.is_finite() && self.phi_threshold > 1.0) {
-            return bad(format!("phi threshold {} must be a number above 1", self.phi_threshold));
+            return bad(format!(
+                "phi threshold {} must be a number above 1",
+                self.phi_threshold
+            ));
         }
         if self.sampling_window == 0 {
             return bad("the sampling window must hold at least one interval".into());
@@ -140,7 +158,16 @@ mod tests {
 
     fn config() -> GossipConfig {
         let a: SocketAddr = "127.0.0.1:7701".parse().unwrap();
-        GossipConfig::new(NodeMeta { id: 3, ..Default::default() }, a, a, Keyring::single(1, [1; 32]), "c")
+        GossipConfig::new(
+            NodeMeta {
+                id: 3,
+                ..Default::default()
+            },
+            a,
+            a,
+            Keyring::single(1, [1; 32]),
+            "c",
+        )
     }
 
     #[test]

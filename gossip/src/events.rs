@@ -76,7 +76,11 @@ pub struct LiveNode {
 /// The next view: every live identity (any generation) is alive; what was in `previous` and
 /// is not live any more is down, unless chitchat has forgotten every generation of it
 /// (`still_known` false: after the dead-node grace period), then it leaves the view.
-pub fn next_view(previous: &Members, live: impl IntoIterator<Item = LiveNode>, still_known: impl Fn(u64) -> bool) -> Members {
+pub fn next_view(
+    previous: &Members,
+    live: impl IntoIterator<Item = LiveNode>,
+    still_known: impl Fn(u64) -> bool,
+) -> Members {
     let mut newest: BTreeMap<u64, LiveNode> = BTreeMap::new();
     for node in live {
         match newest.get(&node.meta.id) {
@@ -86,7 +90,10 @@ pub fn next_view(previous: &Members, live: impl IntoIterator<Item = LiveNode>, s
             }
         }
     }
-    let mut next: Members = newest.into_iter().map(|(id, n)| (id, (MemberState::Alive, n.meta))).collect();
+    let mut next: Members = newest
+        .into_iter()
+        .map(|(id, n)| (id, (MemberState::Alive, n.meta)))
+        .collect();
     for (id, (_, meta)) in previous {
         if !next.contains_key(id) && still_known(*id) {
             next.insert(*id, (MemberState::Down, meta.clone()));
@@ -103,9 +110,15 @@ pub fn diff(previous: &Members, next: &Members) -> Vec<MemberEvent> {
         let event = match (previous.get(id), state) {
             (None, MemberState::Alive) => Some(MemberEvent::Up(meta.clone())),
             (None, MemberState::Down) => Some(MemberEvent::Down(meta.clone())),
-            (Some((before, _)), MemberState::Alive) if *before != MemberState::Alive => Some(MemberEvent::Up(meta.clone())),
-            (Some((before, _)), MemberState::Down) if *before != MemberState::Down => Some(MemberEvent::Down(meta.clone())),
-            (Some((_, m)), MemberState::Alive) if m != meta => Some(MemberEvent::Changed(meta.clone())),
+            (Some((before, _)), MemberState::Alive) if *before != MemberState::Alive => {
+                Some(MemberEvent::Up(meta.clone()))
+            }
+            (Some((before, _)), MemberState::Down) if *before != MemberState::Down => {
+                Some(MemberEvent::Down(meta.clone()))
+            }
+            (Some((_, m)), MemberState::Alive) if m != meta => {
+                Some(MemberEvent::Changed(meta.clone()))
+            }
             _ => None,
         };
         events.extend(event);
@@ -118,23 +131,43 @@ mod tests {
     use super::*;
 
     fn meta(id: u64, health: &str) -> NodeMeta {
-        NodeMeta { id, name: format!("n{id}"), health: health.into(), ..Default::default() }
+        NodeMeta {
+            id,
+            name: format!("n{id}"),
+            health: health.into(),
+            ..Default::default()
+        }
     }
 
     fn live(id: u64, generation: u64, health: &str) -> LiveNode {
-        LiveNode { generation, meta: meta(id, health) }
+        LiveNode {
+            generation,
+            meta: meta(id, health),
+        }
     }
 
     #[test]
     fn up_changed_down_back_up() {
         let v0 = Members::new();
         let v1 = next_view(&v0, [live(1, 10, "ok"), live(2, 10, "ok")], |_| true);
-        assert_eq!(diff(&v0, &v1), vec![MemberEvent::Up(meta(1, "ok")), MemberEvent::Up(meta(2, "ok"))]);
+        assert_eq!(
+            diff(&v0, &v1),
+            vec![
+                MemberEvent::Up(meta(1, "ok")),
+                MemberEvent::Up(meta(2, "ok"))
+            ]
+        );
         let v2 = next_view(&v1, [live(1, 10, "ok"), live(2, 10, "disk full")], |_| true);
-        assert_eq!(diff(&v1, &v2), vec![MemberEvent::Changed(meta(2, "disk full"))]);
+        assert_eq!(
+            diff(&v1, &v2),
+            vec![MemberEvent::Changed(meta(2, "disk full"))]
+        );
         let v3 = next_view(&v2, [live(1, 10, "ok")], |_| true);
         assert_eq!(v3[&2], (MemberState::Down, meta(2, "disk full")));
-        assert_eq!(diff(&v2, &v3), vec![MemberEvent::Down(meta(2, "disk full"))]);
+        assert_eq!(
+            diff(&v2, &v3),
+            vec![MemberEvent::Down(meta(2, "disk full"))]
+        );
         // Staying down raises nothing.
         let v4 = next_view(&v3, [live(1, 10, "ok")], |_| true);
         assert_eq!(diff(&v3, &v4), vec![]);
@@ -145,7 +178,11 @@ mod tests {
 
     #[test]
     fn generations_fold_into_one_node_and_the_newest_wins() {
-        let v = next_view(&Members::new(), [live(2, 20, "new"), live(2, 10, "old")], |_| true);
+        let v = next_view(
+            &Members::new(),
+            [live(2, 20, "new"), live(2, 10, "old")],
+            |_| true,
+        );
         assert_eq!(v.len(), 1);
         assert_eq!(v[&2], (MemberState::Alive, meta(2, "new")));
     }

@@ -53,9 +53,15 @@ impl Gossip {
         meta.keyring = keyring_summary(&config.keyring);
         let handle = spawn_chitchat(config.chitchat_config(), meta.to_key_values(), &transport)
             .await
-            .map_err(|e| GossipError::Start { addr: config.listen_addr, reason: format!("{e:#}") })?;
+            .map_err(|e| GossipError::Start {
+                addr: config.listen_addr,
+                reason: format!("{e:#}"),
+            })?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let shared = Arc::new(RwLock::new(Shared { members: Members::new(), events }));
+        let shared = Arc::new(RwLock::new(Shared {
+            members: Members::new(),
+            events,
+        }));
         let chitchat = handle.chitchat();
         let live = chitchat.lock().await.live_nodes_watcher();
         let watcher = tokio::spawn(watch_members(chitchat, live, shared.clone()));
@@ -69,7 +75,14 @@ impl Gossip {
             primary_key = config.keyring.primary().unwrap_or(0),
             "gossip started"
         );
-        Ok(Gossip { handle, transport, shared, watcher, node_id, listen_addr: config.listen_addr })
+        Ok(Gossip {
+            handle,
+            transport,
+            shared,
+            watcher,
+            node_id,
+            listen_addr: config.listen_addr,
+        })
     }
 
     /// This node's id.
@@ -119,7 +132,9 @@ impl Gossip {
         let summary = keyring_summary(&keyring);
         info!(node_id = self.node_id, primary = keyring.primary().unwrap_or(0), keys = ?keyring.ids(), "gossip keyring set");
         self.transport.set_keyring(keyring);
-        self.handle.with_chitchat(|c| c.self_node_state().set(keys::KEYRING, &summary)).await;
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(keys::KEYRING, &summary))
+            .await;
     }
 
     /// The keyring in use.
@@ -130,7 +145,11 @@ impl Gossip {
     /// Publishes new metadata for this node. `meta.id` and `meta.keyring` are ignored: the id
     /// is fixed at start, the keyring summary follows [`Gossip::set_keyring`].
     pub async fn set_meta(&self, meta: NodeMeta) {
-        let kv: Vec<(String, String)> = meta.to_key_values().into_iter().filter(|(k, _)| k != keys::KEYRING).collect();
+        let kv: Vec<(String, String)> = meta
+            .to_key_values()
+            .into_iter()
+            .filter(|(k, _)| k != keys::KEYRING)
+            .collect();
         self.handle
             .with_chitchat(|c| {
                 let state = c.self_node_state();
@@ -144,13 +163,17 @@ impl Gossip {
 
     /// Publishes this node's health ("ok", or what is wrong).
     pub async fn set_health(&self, health: &str) {
-        self.handle.with_chitchat(|c| c.self_node_state().set(keys::HEALTH, health)).await;
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(keys::HEALTH, health))
+            .await;
     }
 
     /// This node's metadata as it gossips it.
     pub async fn local_meta(&self) -> NodeMeta {
         let id = self.node_id;
-        self.handle.with_chitchat(|c| NodeMeta::from_key_values(id, c.self_node_state().key_values())).await
+        self.handle
+            .with_chitchat(|c| NodeMeta::from_key_values(id, c.self_node_state().key_values()))
+            .await
     }
 
     /// Gossips with `addr` now (a node learnt from elsewhere, e.g. the registry).
@@ -197,7 +220,13 @@ async fn watch_members(
         }
         let (me, known): (ChitchatId, HashSet<u64>) = {
             let c = chitchat.lock().await;
-            (c.self_chitchat_id().clone(), c.node_states().keys().filter_map(|id| id.node_id.parse().ok()).collect())
+            (
+                c.self_chitchat_id().clone(),
+                c.node_states()
+                    .keys()
+                    .filter_map(|id| id.node_id.parse().ok())
+                    .collect(),
+            )
         };
         let nodes: Vec<LiveNode> = live
             .borrow_and_update()
@@ -206,14 +235,19 @@ async fn watch_members(
             // A node id that is not a number is not one of ours: ignore it.
             .filter_map(|(cid, state)| {
                 let id = cid.node_id.parse::<u64>().ok()?;
-                Some(LiveNode { generation: cid.generation_id, meta: NodeMeta::from_key_values(id, state.key_values()) })
+                Some(LiveNode {
+                    generation: cid.generation_id,
+                    meta: NodeMeta::from_key_values(id, state.key_values()),
+                })
             })
             .collect();
         let mut s = shared.write().unwrap_or_else(|p| p.into_inner());
         let next = events::next_view(&s.members, nodes, |id| known.contains(&id));
         for e in events::diff(&s.members, &next) {
             match &e {
-                MemberEvent::Up(m) => info!(node_id = m.id, name = %m.name, rpc_addr = %m.rpc_addr, "member up"),
+                MemberEvent::Up(m) => {
+                    info!(node_id = m.id, name = %m.name, rpc_addr = %m.rpc_addr, "member up")
+                }
                 MemberEvent::Down(m) => info!(node_id = m.id, name = %m.name, "member down"),
                 MemberEvent::Changed(m) => debug!(node_id = m.id, meta = ?m, "member changed"),
             }

@@ -53,7 +53,11 @@ impl NodeMeta {
     /// Parses [`NodeMeta::keyring`]: (primary, installed ids); `None` if absent or garbled.
     pub fn parse_keyring(&self) -> Option<(u32, Vec<u32>)> {
         let (p, ids) = self.keyring.split_once(':')?;
-        let ids = ids.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>()?;
+        let ids = ids
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().ok())
+            .collect::<Option<Vec<u32>>>()?;
         Some((p.parse().ok()?, ids))
     }
 
@@ -110,15 +114,33 @@ mod tests {
     fn missing_and_unknown_keys_are_tolerated() {
         let kv = [("name", "n9"), ("from_the_future", "x")];
         let m = NodeMeta::from_key_values(9, kv.into_iter());
-        assert_eq!(m, NodeMeta { id: 9, name: "n9".into(), ..Default::default() });
+        assert_eq!(
+            m,
+            NodeMeta {
+                id: 9,
+                name: "n9".into(),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
     fn keyring_summary_round_trips_and_garbage_is_none() {
-        let m = NodeMeta { keyring: NodeMeta::keyring_summary(2, &[1, 2]), ..Default::default() };
+        let m = NodeMeta {
+            keyring: NodeMeta::keyring_summary(2, &[1, 2]),
+            ..Default::default()
+        };
         assert_eq!(m.parse_keyring(), Some((2, vec![1, 2])));
         for bad in ["", "2", "x:1", "2:1,y", "2:-1"] {
-            assert_eq!(NodeMeta { keyring: bad.into(), ..Default::default() }.parse_keyring(), None, "{bad}");
+            assert_eq!(
+                NodeMeta {
+                    keyring: bad.into(),
+                    ..Default::default()
+                }
+                .parse_keyring(),
+                None,
+                "{bad}"
+            );
         }
     }
 }

@@ -166,7 +166,10 @@ impl SealedTransport {
 
     /// The keyring in use.
     pub fn keyring(&self) -> Keyring {
-        self.keyring.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The live packet counters.
@@ -175,11 +178,17 @@ impl SealedTransport {
     }
 
     fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        self.sealer.seal(&self.keyring.read().unwrap_or_else(|p| p.into_inner()), plaintext)
+        self.sealer.seal(
+            &self.keyring.read().unwrap_or_else(|p| p.into_inner()),
+            plaintext,
+        )
     }
 
     fn open(&self, packet: &[u8]) -> Result<Opened, SealError> {
-        self.keyring.read().unwrap_or_else(|p| p.into_inner()).open(packet)
+        self.keyring
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .open(packet)
     }
 }
 
@@ -192,8 +201,13 @@ impl Transport for SealedTransport {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let codec = chitchat::transport::UdpSocket::open(loopback).await?;
         let codec_addr = codec.local_addr()?;
-        let relay = tokio::net::UdpSocket::bind(loopback).await.context("cannot bind the gossip relay socket")?;
-        relay.connect(codec_addr).await.context("cannot connect the gossip relay socket")?;
+        let relay = tokio::net::UdpSocket::bind(loopback)
+            .await
+            .context("cannot bind the gossip relay socket")?;
+        relay
+            .connect(codec_addr)
+            .await
+            .context("cannot connect the gossip relay socket")?;
         let relay_addr = relay.local_addr()?;
         Ok(Box::new(SealedSocket {
             transport: self.clone(),
@@ -246,7 +260,11 @@ impl SealedSocket {
             // Our own datagram came back (we are in our own seed list): nothing to learn.
             return false;
         }
-        let fresh = self.replay.lock().unwrap_or_else(|p| p.into_inner()).check_and_update(opened.sender, opened.epoch, opened.counter);
+        let fresh = self
+            .replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_and_update(opened.sender, opened.epoch, opened.counter);
         if let Err(e) = fresh {
             Counters::bump(&c.dropped_replay);
             debug!(%from, sender = opened.sender, epoch = opened.epoch, counter = opened.counter, error = %e, "gossip replay dropped");
@@ -262,7 +280,10 @@ impl SealedSocket {
         // cancelled `recv` loses nothing.
         match self.relay.try_send(p) {
             Ok(_) => {
-                self.in_flight = Some(InFlight { from, deadline: Instant::now() + RELAY_WAIT });
+                self.in_flight = Some(InFlight {
+                    from,
+                    deadline: Instant::now() + RELAY_WAIT,
+                });
                 true
             }
             Err(e) => {
@@ -280,9 +301,16 @@ impl Socket for SealedSocket {
         Ok(self.outer.local_addr()?)
     }
 
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
         // Encode through chitchat's socket into the relay.
-        self.codec.send(self.relay_addr, envelope).await.context("gossip codec")?;
+        self.codec
+            .send(self.relay_addr, envelope)
+            .await
+            .context("gossip codec")?;
         let n = tokio::time::timeout(Duration::from_secs(1), self.relay.recv(&mut self.buf))
             .await
             .context("gossip codec did not answer")?
@@ -299,7 +327,9 @@ impl Socket for SealedSocket {
         match self.outer.send_to(&packet, to).await {
             Ok(sent) => {
                 Counters::bump(&t.counters.sent);
-                Ok(SendOutcome { num_bytes_sent: sent })
+                Ok(SendOutcome {
+                    num_bytes_sent: sent,
+                })
             }
             // A peer that is gone is the failure detector's business, not a broken socket;
             // a datagram too large is chitchat's delta exceeding the sealed MTU.

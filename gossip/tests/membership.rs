@@ -31,18 +31,36 @@ async fn t10_five_nodes_converge_and_see_each_others_metadata() {
     nodes[1].set_meta(changed.clone()).await;
     changed.keyring = "1:1".into();
     assert_eq!(nodes[1].local_meta().await, changed);
-    let seen = wait_for(Duration::from_secs(5), || nodes.iter().all(|g| g.node_id() == 2 || g.member(2).map(|(_, m)| m) == Some(changed.clone()))).await;
+    let seen = wait_for(Duration::from_secs(5), || {
+        nodes
+            .iter()
+            .all(|g| g.node_id() == 2 || g.member(2).map(|(_, m)| m) == Some(changed.clone()))
+    })
+    .await;
     assert!(seen.is_some(), "metadata change not seen everywhere");
     for (g, rx) in nodes.iter().zip(subs.iter_mut()) {
         if g.node_id() == 2 {
             continue;
         }
         let events = drain(rx);
-        assert_eq!(events.last(), Some(&MemberEvent::Changed(changed.clone())), "node {}: {events:?}", g.node_id());
-        assert!(events.iter().all(|e| matches!(e, MemberEvent::Changed(_))), "{events:?}");
+        assert_eq!(
+            events.last(),
+            Some(&MemberEvent::Changed(changed.clone())),
+            "node {}: {events:?}",
+            g.node_id()
+        );
+        assert!(
+            events.iter().all(|e| matches!(e, MemberEvent::Changed(_))),
+            "{events:?}"
+        );
     }
     nodes[2].set_health("degraded").await;
-    assert!(wait_for(Duration::from_secs(5), || nodes[0].member(3).map(|(_, m)| m.health) == Some("degraded".into())).await.is_some());
+    assert!(wait_for(Duration::from_secs(5), || nodes[0]
+        .member(3)
+        .map(|(_, m)| m.health)
+        == Some("degraded".into()))
+    .await
+    .is_some());
     shutdown_all(nodes).await;
 }
 
@@ -56,15 +74,37 @@ async fn t11_a_node_that_stops_is_down_everywhere_within_3s() {
     let victim = nodes.pop().expect("four nodes");
     let stopped = Instant::now();
     victim.shutdown().await;
-    let detected = wait_for(Duration::from_secs(10), || nodes.iter().all(|g| g.state_of(4) == Some(MemberState::Down))).await;
-    let detected = detected.map(|_| stopped.elapsed()).expect("node 4 never marked down everywhere");
+    let detected = wait_for(Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|g| g.state_of(4) == Some(MemberState::Down))
+    })
+    .await;
+    let detected = detected
+        .map(|_| stopped.elapsed())
+        .expect("node 4 never marked down everywhere");
     // The functional requirement (a LAN; loopback here): down within 3 s.
-    assert!(detected < Duration::from_secs(3), "node 4 marked down everywhere only after {detected:?}");
+    assert!(
+        detected < Duration::from_secs(3),
+        "node 4 marked down everywhere only after {detected:?}"
+    );
     eprintln!("node 4 marked down everywhere {detected:?} after it stopped");
     for rx in &mut subs {
         let events = drain(rx);
-        assert_eq!(events.iter().filter(|e| matches!(e, MemberEvent::Down(m) if m.id == 4)).count(), 1, "{events:?}");
-        assert!(!events.iter().any(|e| matches!(e, MemberEvent::Down(m) if m.id != 4)), "false down: {events:?}");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, MemberEvent::Down(m) if m.id == 4))
+                .count(),
+            1,
+            "{events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, MemberEvent::Down(m) if m.id != 4)),
+            "false down: {events:?}"
+        );
     }
     // The others stay alive.
     for g in &nodes {
@@ -81,7 +121,11 @@ async fn t12_an_idle_cluster_has_no_false_downs() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     for (g, rx) in nodes.iter().zip(subs.iter_mut()) {
         let events = drain(rx);
-        assert!(events.is_empty(), "node {} saw {events:?} on an idle cluster", g.node_id());
+        assert!(
+            events.is_empty(),
+            "node {} saw {events:?} on an idle cluster",
+            g.node_id()
+        );
         assert_eq!(alive_count(g), 2);
     }
     shutdown_all(nodes).await;
@@ -93,15 +137,25 @@ async fn t13_a_restarted_node_comes_back_up_under_a_new_epoch() {
     converge(&nodes).await;
     let mut rx = nodes[0].subscribe();
     nodes.pop().expect("three nodes").shutdown().await;
-    assert!(wait_for(Duration::from_secs(10), || nodes[0].state_of(3) == Some(MemberState::Down)).await.is_some());
+    assert!(wait_for(Duration::from_secs(10), || nodes[0].state_of(3)
+        == Some(MemberState::Down))
+    .await
+    .is_some());
     // Same id and address, new process: new epoch, counters from 1 again.
     tokio::time::sleep(Duration::from_millis(5)).await;
     nodes.push(node_at(3, addrs[2], &addrs[..1], ring()).await);
     converge(&nodes).await;
     let events = drain(&mut rx);
-    assert!(matches!(events.as_slice(), [MemberEvent::Down(a), MemberEvent::Up(b)] if a.id == 3 && b.id == 3), "{events:?}");
+    assert!(
+        matches!(events.as_slice(), [MemberEvent::Down(a), MemberEvent::Up(b)] if a.id == 3 && b.id == 3),
+        "{events:?}"
+    );
     // The restarted sender's counters were not mistaken for replays.
     assert_eq!(nodes[0].counters().dropped_replay, 0);
-    assert_eq!(nodes[0].members().len(), 2, "one entry per node id, whatever the generations");
+    assert_eq!(
+        nodes[0].members().len(),
+        2,
+        "one entry per node id, whatever the generations"
+    );
     shutdown_all(nodes).await;
 }

@@ -15,7 +15,14 @@ use tokio::net::UdpSocket;
 
 /// A tap on loopback: forwards `client`'s datagrams to `server` and the server's answers back,
 /// keeping a copy of every datagram the client sent, as a wire-sniffing attacker would.
-async fn tap(client: SocketAddr, server: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>, tokio::task::JoinHandle<()>) {
+async fn tap(
+    client: SocketAddr,
+    server: SocketAddr,
+) -> (
+    SocketAddr,
+    Arc<Mutex<Vec<Vec<u8>>>>,
+    tokio::task::JoinHandle<()>,
+) {
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("tap socket");
     let addr = sock.local_addr().expect("tap address");
     let captured: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -23,7 +30,9 @@ async fn tap(client: SocketAddr, server: SocketAddr) -> (SocketAddr, Arc<Mutex<V
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf).await else { return };
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
             if from == client {
                 copy.lock().expect("capture").push(buf[..n].to_vec());
                 let _ = sock.send_to(&buf[..n], server).await;
@@ -65,7 +74,9 @@ async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counte
     let members_before = n1.members();
     let mut rx = n1.subscribe();
     let before = n1.counters();
-    let raw = UdpSocket::bind("127.0.0.1:0").await.expect("attacker socket");
+    let raw = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("attacker socket");
     let to = addrs[0];
     let genuine = &recorded[recorded.len() - 1];
     // Replays of everything node 4 sent to node 1 through the tap, all already accepted.
@@ -81,7 +92,14 @@ async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counte
         forged += 1;
     }
     // Sealed with the right key id but other key bytes: an outsider guessing.
-    raw.send_to(&Keyring::single(1, [8; 32]).seal(4, 1, 1, b"x").expect("seal"), to).await.expect("send");
+    raw.send_to(
+        &Keyring::single(1, [8; 32])
+            .seal(4, 1, 1, b"x")
+            .expect("seal"),
+        to,
+    )
+    .await
+    .expect("send");
     forged += 1;
     // Truncated (twice), unknown version, unknown key id.
     raw.send_to(&genuine[..HEADER_LEN], to).await.expect("send");
@@ -93,7 +111,14 @@ async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counte
     k9[1..5].copy_from_slice(&9u32.to_be_bytes());
     raw.send_to(&k9, to).await.expect("send");
     // Authentic (the attacker has the key, say a decommissioned node) but not chitchat.
-    raw.send_to(&ring().seal(77, 1, 1, b"not a chitchat message").expect("seal"), to).await.expect("send");
+    raw.send_to(
+        &ring()
+            .seal(77, 1, 1, b"not a chitchat message")
+            .expect("seal"),
+        to,
+    )
+    .await
+    .expect("send");
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = delta(before, n1.counters());
@@ -121,14 +146,30 @@ async fn t21_a_node_with_the_wrong_key_is_never_admitted() {
     let wrong_id = node_at(11, free_addr(), &addrs, Keyring::single(2, [7; 32])).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for g in &nodes {
-        assert_eq!(g.state_of(10), None, "node {} admitted the wrong-key node", g.node_id());
-        assert_eq!(g.state_of(11), None, "node {} admitted the wrong-key-id node", g.node_id());
+        assert_eq!(
+            g.state_of(10),
+            None,
+            "node {} admitted the wrong-key node",
+            g.node_id()
+        );
+        assert_eq!(
+            g.state_of(11),
+            None,
+            "node {} admitted the wrong-key-id node",
+            g.node_id()
+        );
         assert_eq!(alive_count(g), 2);
     }
-    assert!(wrong_bytes.members().is_empty() && wrong_id.members().is_empty(), "the strangers learnt the cluster");
+    assert!(
+        wrong_bytes.members().is_empty() && wrong_id.members().is_empty(),
+        "the strangers learnt the cluster"
+    );
     let c: Vec<CountersSnapshot> = nodes.iter().map(|g| g.counters()).collect();
     assert!(c.iter().map(|c| c.dropped_forged).sum::<u64>() > 0, "{c:?}");
-    assert!(c.iter().map(|c| c.dropped_unknown_key).sum::<u64>() > 0, "{c:?}");
+    assert!(
+        c.iter().map(|c| c.dropped_unknown_key).sum::<u64>() > 0,
+        "{c:?}"
+    );
     // The strangers got nothing they could open either.
     assert_eq!(wrong_bytes.counters().received, 0);
     assert_eq!(wrong_id.counters().received, 0);
@@ -140,7 +181,11 @@ async fn t21_a_node_with_the_wrong_key_is_never_admitted() {
 /// Waits, as the agent's rotation does, until every node reports `summary` for every other.
 async fn rotation_step(nodes: &[Gossip], summary: &str) {
     let ok = wait_for(Duration::from_secs(10), || {
-        nodes.iter().all(|g| g.members().values().all(|(s, m)| *s == MemberState::Alive && m.keyring == summary))
+        nodes.iter().all(|g| {
+            g.members()
+                .values()
+                .all(|(s, m)| *s == MemberState::Alive && m.keyring == summary)
+        })
     })
     .await;
     assert!(ok.is_some(), "not every node reports keyring {summary}");
@@ -154,12 +199,14 @@ async fn t22_key_rotation_keeps_the_cluster_converged() {
     let (old, new) = ([7u8; 32], [8u8; 32]);
     // 1. install the new key everywhere, the old one still seals;
     for g in &nodes {
-        g.set_keyring(Keyring::new([(1, old), (2, new)], 1).expect("ring")).await;
+        g.set_keyring(Keyring::new([(1, old), (2, new)], 1).expect("ring"))
+            .await;
     }
     rotation_step(&nodes, "1:1,2").await;
     // 2. seal with the new key everywhere;
     for g in &nodes {
-        g.set_keyring(Keyring::new([(1, old), (2, new)], 2).expect("ring")).await;
+        g.set_keyring(Keyring::new([(1, old), (2, new)], 2).expect("ring"))
+            .await;
     }
     rotation_step(&nodes, "2:1,2").await;
     // 3. remove the old key.
@@ -171,18 +218,46 @@ async fn t22_key_rotation_keeps_the_cluster_converged() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for ((g, rx), b) in nodes.iter().zip(subs.iter_mut()).zip(before) {
         let c = g.counters();
-        assert!(c.received > b + 5, "node {} stopped hearing gossip: {c:?}", g.node_id());
-        assert_eq!(c.dropped(), 0, "node {} dropped packets during an ordered rotation: {c:?}", g.node_id());
+        assert!(
+            c.received > b + 5,
+            "node {} stopped hearing gossip: {c:?}",
+            g.node_id()
+        );
+        assert_eq!(
+            c.dropped(),
+            0,
+            "node {} dropped packets during an ordered rotation: {c:?}",
+            g.node_id()
+        );
         let events = drain(rx);
-        assert!(events.iter().all(|e| matches!(e, MemberEvent::Changed(_))), "node {}: {events:?}", g.node_id());
+        assert!(
+            events.iter().all(|e| matches!(e, MemberEvent::Changed(_))),
+            "node {}: {events:?}",
+            g.node_id()
+        );
         assert_eq!(alive_count(g), 2);
     }
     // A node still on the old key is now a stranger; one with the new key joins.
     let stale = node_at(20, free_addr(), &addrs, ring()).await;
     nodes.push(node_at(21, free_addr(), &addrs, Keyring::single(2, new)).await);
-    assert!(wait_for(Duration::from_secs(10), || nodes.iter().take(3).all(|g| g.state_of(21) == Some(MemberState::Alive))).await.is_some());
-    let refused = wait_for(Duration::from_secs(5), || nodes.iter().map(|g| g.counters().dropped_unknown_key).sum::<u64>() > 0).await;
-    assert!(refused.is_some(), "the stale node's packets were not refused as sealed with an unknown key");
+    assert!(wait_for(Duration::from_secs(10), || nodes
+        .iter()
+        .take(3)
+        .all(|g| g.state_of(21) == Some(MemberState::Alive)))
+    .await
+    .is_some());
+    let refused = wait_for(Duration::from_secs(5), || {
+        nodes
+            .iter()
+            .map(|g| g.counters().dropped_unknown_key)
+            .sum::<u64>()
+            > 0
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the stale node's packets were not refused as sealed with an unknown key"
+    );
     assert!(nodes.iter().all(|g| g.state_of(20).is_none()));
     assert!(stale.members().is_empty());
     nodes.push(stale);

@@ -37,22 +37,36 @@ impl Cluster {
     pub fn init(name_hint: &str, hosts: usize) -> anyhow::Result<(Cluster, InitInfo)> {
         let lab = Lab::new(name_hint, hosts)?;
         let h1 = lab.host(1).clone();
-        let out = run_ok(&membrane(&lab, 1, &[
-            "init",
-            "--state-dir",
-            &h1.state_dir().display().to_string(),
-            "--cluster-name",
-            CLUSTER_NAME,
-            "--name",
-            h1.name(),
-            "--advertise-addr",
-            &h1.rpc_addr().to_string(),
-            "-o",
-            "json",
-        ])?)?;
+        let out = run_ok(&membrane(
+            &lab,
+            1,
+            &[
+                "init",
+                "--state-dir",
+                &h1.state_dir().display().to_string(),
+                "--cluster-name",
+                CLUSTER_NAME,
+                "--name",
+                h1.name(),
+                "--advertise-addr",
+                &h1.rpc_addr().to_string(),
+                "-o",
+                "json",
+            ],
+        )?)?;
         let v = json(&out)?;
-        let info = InitInfo { ca_hash: string(&v, "ca_hash")?, token: string(&v, "token")? };
-        Ok((Cluster { lab, ca_hash: info.ca_hash.clone(), agent_args: Vec::new() }, info))
+        let info = InitInfo {
+            ca_hash: string(&v, "ca_hash")?,
+            token: string(&v, "token")?,
+        };
+        Ok((
+            Cluster {
+                lab,
+                ca_hash: info.ca_hash.clone(),
+                agent_args: Vec::new(),
+            },
+            info,
+        ))
     }
 
     /// A cluster of `hosts` nodes, all joined and with `min(hosts, 3)` voters.
@@ -175,7 +189,10 @@ impl Cluster {
             if !self.lab.is_running(i)? {
                 bail!("agent on host {i} exited: {}", self.log_tail(i));
             }
-            Ok(self.status(i).map(|s| s["raft_state"] == "leader").unwrap_or(false))
+            Ok(self
+                .status(i)
+                .map(|s| s["raft_state"] == "leader")
+                .unwrap_or(false))
         })
         .with_context(|| format!("host {i} did not become leader; log: {}", self.log_tail(i)))
     }
@@ -188,8 +205,12 @@ impl Cluster {
     /// Waits until the cluster has `n` voters, as host 1 sees it.
     pub fn wait_for_voters(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
         wait_until(timeout, Duration::from_millis(300), || {
-            let Ok(s) = self.status(1) else { return Ok(false) };
-            let voters = s["members"].as_array().map(|m| m.iter().filter(|m| m["role"] == "voter").count());
+            let Ok(s) = self.status(1) else {
+                return Ok(false);
+            };
+            let voters = s["members"]
+                .as_array()
+                .map(|m| m.iter().filter(|m| m["role"] == "voter").count());
             Ok(voters == Some(n))
         })
         .with_context(|| format!("the cluster did not reach {n} voters"))
@@ -227,5 +248,8 @@ fn json(out: &Output) -> anyhow::Result<Value> {
 }
 
 fn string(v: &Value, key: &str) -> anyhow::Result<String> {
-    v[key].as_str().map(str::to_string).ok_or_else(|| anyhow!("no {key:?} in {v}"))
+    v[key]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no {key:?} in {v}"))
 }

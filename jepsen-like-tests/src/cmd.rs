@@ -24,15 +24,24 @@ pub(crate) fn run_with_stdin<S: AsRef<OsStr>>(
     let line = render(program, args);
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("cannot run `{line}`"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run `{line}`"))?;
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().context("child has no stdin pipe")?;
-        pipe.write_all(text.as_bytes()).with_context(|| format!("cannot feed `{line}`"))?;
+        pipe.write_all(text.as_bytes())
+            .with_context(|| format!("cannot feed `{line}`"))?;
     }
-    let out = child.wait_with_output().with_context(|| format!("cannot wait for `{line}`"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("cannot wait for `{line}`"))?;
     if !out.status.success() {
         bail!(
             "`{line}` failed ({}): {}",

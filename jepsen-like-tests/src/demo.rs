@@ -15,25 +15,44 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     step("Creating 3 hosts (network namespaces on one bridge), `membrane init` on h1, joining h2 and h3 with tokens");
     let c = Cluster::start("demo", 3).context("starting the cluster")?;
     // Give gossip a moment to hear from everyone, so the listings show liveness too.
-    let _ = crate::wait_until(std::time::Duration::from_secs(10), std::time::Duration::from_millis(200), || {
-        let all_alive = (1..=3).all(|i| {
-            c.cli_json(i, &["node", "list"])
-                .map(|v| v["nodes"].as_array().is_some_and(|n| n.iter().all(|n| n["gossip_state"] == "alive")))
-                .unwrap_or(false)
-        });
-        Ok(all_alive)
-    });
+    let _ = crate::wait_until(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(200),
+        || {
+            let all_alive = (1..=3).all(|i| {
+                c.cli_json(i, &["node", "list"])
+                    .map(|v| {
+                        v["nodes"]
+                            .as_array()
+                            .is_some_and(|n| n.iter().all(|n| n["gossip_state"] == "alive"))
+                    })
+                    .unwrap_or(false)
+            });
+            Ok(all_alive)
+        },
+    );
     for i in 1..=3 {
         let h = c.lab().host(i);
-        step(&format!("membrane status   (on {} {}, netns {})", h.name(), h.ip(), h.netns()));
+        step(&format!(
+            "membrane status   (on {} {}, netns {})",
+            h.name(),
+            h.ip(),
+            h.netns()
+        ));
         print!("{}", c.cli(i, &["status"])?);
     }
     step("membrane node list   (on h2)");
     print!("{}", c.cli(2, &["node", "list"])?);
     step("membrane identity allocate app=web tier=frontend   (on h3; the write is forwarded to the leader)");
-    print!("{}", c.cli(3, &["identity", "allocate", "app=web", "tier=frontend"])?);
+    print!(
+        "{}",
+        c.cli(3, &["identity", "allocate", "app=web", "tier=frontend"])?
+    );
     step("membrane identity allocate tier=frontend app=web   (on h1; same labels, same identity)");
-    print!("{}", c.cli(1, &["identity", "allocate", "tier=frontend", "app=web"])?);
+    print!(
+        "{}",
+        c.cli(1, &["identity", "allocate", "tier=frontend", "app=web"])?
+    );
     step("membrane token list   (on h1)");
     print!("{}", c.cli(1, &["token", "list"])?);
 
@@ -41,9 +60,16 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         let bin = crate::membrane_binary()?;
         println!("\nThe cluster keeps running. Talk to it with:");
         for i in 1..=3 {
-            println!("  {} --socket {} status", bin.display(), c.lab().host(i).socket().display());
+            println!(
+                "  {} --socket {} status",
+                bin.display(),
+                c.lab().host(i).socket().display()
+            );
         }
-        println!("Agent logs are in {}. Press Ctrl-C to tear it down.", c.lab().dir().display());
+        println!(
+            "Agent logs are in {}. Press Ctrl-C to tear it down.",
+            c.lab().dir().display()
+        );
         wait_for_signal()?;
     }
     step("Tearing down: stopping agents, deleting namespaces");

@@ -56,7 +56,9 @@ impl Faults {
         }
         let mut assigned = Vec::with_capacity(hosts);
         for (i, g) in group_of.into_iter().enumerate() {
-            let Some(g) = g else { bail!("partition leaves out host {}; put it in a group", i + 1) };
+            let Some(g) = g else {
+                bail!("partition leaves out host {}; put it in a group", i + 1)
+            };
             assigned.push(g);
         }
         self.groups = Some(assigned);
@@ -91,7 +93,10 @@ impl Faults {
                     .map(|(_, (to, _))| format!("\"{to}\""))
                     .collect();
                 if !others.is_empty() {
-                    rules.push(format!("iifname \"{from}\" oifname {{ {} }} drop", others.join(", ")));
+                    rules.push(format!(
+                        "iifname \"{from}\" oifname {{ {} }} drop",
+                        others.join(", ")
+                    ));
                 }
             }
         }
@@ -118,7 +123,10 @@ mod tests {
     #[test]
     fn no_faults_only_removes_the_table() {
         let s = Faults::default().ruleset(&PORTS);
-        assert_eq!(s, "table bridge membrane_lab {}\ndelete table bridge membrane_lab\n");
+        assert_eq!(
+            s,
+            "table bridge membrane_lab {}\ndelete table bridge membrane_lab\n"
+        );
     }
 
     #[test]
@@ -138,7 +146,10 @@ mod tests {
         let mut f = Faults::default();
         f.partition(3, &[&[1], &[2, 3]]).expect("valid partition");
         let s = f.ruleset(&PORTS);
-        assert!(s.contains("iifname \"h1\" oifname { \"h2\", \"h3\" } drop"), "{s}");
+        assert!(
+            s.contains("iifname \"h1\" oifname { \"h2\", \"h3\" } drop"),
+            "{s}"
+        );
         assert!(s.contains("iifname \"h2\" oifname { \"h1\" } drop"), "{s}");
         assert!(s.contains("iifname \"h3\" oifname { \"h1\" } drop"), "{s}");
         f.heal_partition();

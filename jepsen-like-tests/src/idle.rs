@@ -34,7 +34,10 @@ pub fn run(hosts: usize, minutes: u64) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if !line.contains("\"kind\":\"alive\"") {
-                    events.lock().expect("events").push(format!("host {i}: {line}"));
+                    events
+                        .lock()
+                        .expect("events")
+                        .push(format!("host {i}: {line}"));
                 }
             }
         });
@@ -47,8 +50,15 @@ pub fn run(hosts: usize, minutes: u64) -> anyhow::Result<()> {
         let _ = ch.wait();
     }
     let events = events.lock().expect("events").clone();
-    let downs: Vec<&String> = events.iter().filter(|e| e.contains("\"kind\":\"down\"")).collect();
-    println!("{hosts} nodes idle for {minutes} min: {} membership events, {} down", events.len(), downs.len());
+    let downs: Vec<&String> = events
+        .iter()
+        .filter(|e| e.contains("\"kind\":\"down\""))
+        .collect();
+    println!(
+        "{hosts} nodes idle for {minutes} min: {} membership events, {} down",
+        events.len(),
+        downs.len()
+    );
     for e in &events {
         println!("  {e}");
     }

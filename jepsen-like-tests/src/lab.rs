@@ -77,7 +77,12 @@ impl Lab {
 
     /// Builds lab `id`, failing on purpose once host `fail_after` is plugged in, so a test can
     /// check the cleanup of a half-built lab.
-    fn build_as(id: &str, name_hint: &str, hosts: usize, fail_after: Option<usize>) -> anyhow::Result<Lab> {
+    fn build_as(
+        id: &str,
+        name_hint: &str,
+        hosts: usize,
+        fail_after: Option<usize>,
+    ) -> anyhow::Result<Lab> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{id}-{}-", sanitize(name_hint)))
             .tempdir()
@@ -96,7 +101,10 @@ impl Lab {
         for h in &lab.hosts {
             let socket = h.socket();
             if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                bail!("socket path {} is too long for a Unix socket; use a shorter TMPDIR", socket.display());
+                bail!(
+                    "socket path {} is too long for a Unix socket; use a shorter TMPDIR",
+                    socket.display()
+                );
             }
             std::fs::create_dir_all(h.state_dir())
                 .with_context(|| format!("cannot create {}", h.state_dir().display()))?;
@@ -125,7 +133,10 @@ impl Lab {
 
     /// The lab's temp dir, holding one directory per host.
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().map(TempDir::path).unwrap_or(Path::new(""))
+        self.dir
+            .as_ref()
+            .map(TempDir::path)
+            .unwrap_or(Path::new(""))
     }
 
     /// The namespace that holds the bridge `br0` and the faults' nftables table.
@@ -167,7 +178,11 @@ impl Lab {
     fn slot(&self, i: usize) -> anyhow::Result<usize> {
         match i.checked_sub(1) {
             Some(k) if k < self.hosts.len() => Ok(k),
-            _ => bail!("lab {} has hosts 1..={}, not {i}", self.id, self.hosts.len()),
+            _ => bail!(
+                "lab {} has hosts 1..={}, not {i}",
+                self.id,
+                self.hosts.len()
+            ),
         }
     }
 
@@ -207,7 +222,10 @@ impl Lab {
     pub fn restart(&self, i: usize) -> anyhow::Result<u32> {
         let (host, proc) = self.proc(i)?;
         let Some(launch) = proc.last_launch() else {
-            bail!("nothing was ever started on {}; use start first", host.name());
+            bail!(
+                "nothing was ever started on {}; use start first",
+                host.name()
+            );
         };
         proc.stop(STOP_GRACE)?;
         proc.start(host.netns(), launch, &host.log_path())
@@ -272,7 +290,14 @@ impl Lab {
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .with_context(|| format!("cannot run `{} --socket {} {}`", bin.display(), socket.display(), args.join(" ")))
+            .with_context(|| {
+                format!(
+                    "cannot run `{} --socket {} {}`",
+                    bin.display(),
+                    socket.display(),
+                    args.join(" ")
+                )
+            })
     }
 
     /// Runs `cmd` inside host `i`'s namespace (`ip netns exec`) and returns its output,
@@ -353,14 +378,21 @@ impl Lab {
 
     /// Applies `change` to a copy of the faults, installs the resulting ruleset, and keeps the
     /// new faults only if nft accepted it, so the recorded faults always match the kernel.
-    fn change_faults(&self, change: impl FnOnce(&mut Faults) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    fn change_faults(
+        &self,
+        change: impl FnOnce(&mut Faults) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let mut current = self.faults();
         let mut next = current.clone();
         change(&mut next)?;
         let ports: Vec<&str> = self.hosts.iter().map(Host::underlay_port).collect();
         let script = next.ruleset(&ports);
-        run_with_stdin("ip", &["netns", "exec", &self.underlay, "nft", "-f", "-"], Some(&script))
-            .with_context(|| format!("cannot apply faults:\n{script}"))?;
+        run_with_stdin(
+            "ip",
+            &["netns", "exec", &self.underlay, "nft", "-f", "-"],
+            Some(&script),
+        )
+        .with_context(|| format!("cannot apply faults:\n{script}"))?;
         *current = next;
         Ok(())
     }
@@ -371,7 +403,11 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for (h, p) in self.hosts.iter().zip(&self.procs) {
             if let Err(e) = p.kill() {
-                eprintln!("lab {}: cannot kill the process of {}: {e:#}", self.id, h.name());
+                eprintln!(
+                    "lab {}: cannot kill the process of {}: {e:#}",
+                    self.id,
+                    h.name()
+                );
             }
         }
         for ns in self.created.iter().rev() {
@@ -380,9 +416,15 @@ impl Drop for Lab {
             }
         }
         if let Some(dir) = self.dir.take() {
-            let keep = std::env::var(KEEP_ENV).map(|v| !v.is_empty() && v != "0").unwrap_or(false);
+            let keep = std::env::var(KEEP_ENV)
+                .map(|v| !v.is_empty() && v != "0")
+                .unwrap_or(false);
             if keep {
-                eprintln!("lab {}: kept {} ({KEEP_ENV} is set)", self.id, dir.keep().display());
+                eprintln!(
+                    "lab {}: kept {} ({KEEP_ENV} is set)",
+                    self.id,
+                    dir.keep().display()
+                );
             } else {
                 let path = dir.path().to_path_buf();
                 if let Err(e) = dir.close() {
@@ -403,7 +445,12 @@ fn pick_id(hosts: usize) -> anyhow::Result<String> {
         let mut h = RandomState::new().build_hasher();
         h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
         h.write_u32(std::process::id());
-        h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
         let id = format!("mb{:04x}", h.finish() & 0xffff);
         let taken = netns::exists(&format!("{id}-ul"))
             || (1..=hosts).any(|i| netns::exists(&format!("{id}-h{i}")));
@@ -417,7 +464,13 @@ fn pick_id(hosts: usize) -> anyhow::Result<String> {
 /// The name hint as it may appear in a path: short, and only `[A-Za-z0-9_-]`.
 fn sanitize(hint: &str) -> String {
     hint.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(24)
         .collect()
 }
@@ -442,7 +495,12 @@ mod tests {
             Err(e) => e,
         };
         assert!(format!("{err:#}").contains("injected failure"), "{err:#}");
-        for ns in [format!("{id}-ul"), format!("{id}-h1"), format!("{id}-h2"), format!("{id}-h3")] {
+        for ns in [
+            format!("{id}-ul"),
+            format!("{id}-h1"),
+            format!("{id}-h2"),
+            format!("{id}-h3"),
+        ] {
             assert!(!netns::exists(&ns), "namespace {ns} left behind");
         }
         let prefix = format!("{id}-halfway-");

@@ -27,11 +27,11 @@
 
 pub mod bench;
 pub mod cluster;
-pub mod demo;
-pub mod idle;
 mod cmd;
+pub mod demo;
 mod faults;
 mod host;
+pub mod idle;
 mod lab;
 mod netns;
 mod process;

@@ -51,8 +51,18 @@ pub(crate) fn setup_underlay(ns: &str) -> anyhow::Result<()> {
 /// Plugs a host into the underlay: a veth pair created in the underlay namespace as `port`
 /// (enslaved to `br0`) whose peer is born directly in `host_ns` as `eth0`, so no interface
 /// ever appears in the root namespace, not even for an instant.
-pub(crate) fn plug_host(underlay: &str, host_ns: &str, port: &str, cidr: &str) -> anyhow::Result<()> {
-    ip(underlay, &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host_ns])?;
+pub(crate) fn plug_host(
+    underlay: &str,
+    host_ns: &str,
+    port: &str,
+    cidr: &str,
+) -> anyhow::Result<()> {
+    ip(
+        underlay,
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host_ns,
+        ],
+    )?;
     ip(underlay, &["link", "set", port, "master", "br0", "up"])?;
     ip(host_ns, &["link", "set", "lo", "up"])?;
     ip(host_ns, &["addr", "add", cidr, "dev", "eth0"])?;
@@ -72,7 +82,8 @@ where
     F: FnOnce() -> T + Send,
 {
     let path = netns_path(netns);
-    let file = File::open(&path).with_context(|| format!("cannot open namespace {}", path.display()))?;
+    let file =
+        File::open(&path).with_context(|| format!("cannot open namespace {}", path.display()))?;
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> anyhow::Result<T> {
             setns(&file, CloneFlags::CLONE_NEWNET)
@@ -93,8 +104,10 @@ where
 /// has one). Silence — a timeout or an unreachable host — means not reachable.
 pub fn tcp_reachable(from: &str, to: IpAddr, port: u16, timeout: Duration) -> anyhow::Result<bool> {
     let addr = SocketAddr::new(to, port);
-    in_netns(from, move || match TcpStream::connect_timeout(&addr, timeout) {
-        Ok(_) => true,
-        Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+    in_netns(from, move || {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => true,
+            Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+        }
     })
 }

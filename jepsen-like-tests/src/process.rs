@@ -50,7 +50,9 @@ impl State {
     }
 
     fn signal(&self, sig: Signal) -> anyhow::Result<()> {
-        let Some(child) = self.child.as_ref() else { bail!("no process is running") };
+        let Some(child) = self.child.as_ref() else {
+            bail!("no process is running")
+        };
         let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
         kill(pid, sig).with_context(|| format!("cannot send {sig} to pid {pid}"))
     }
@@ -66,7 +68,9 @@ impl State {
     }
 
     fn reap(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else { return Ok(None) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
         self.paused = false;
         let status = child.wait().context("cannot reap the host's process")?;
         self.last_exit = Some(status);
@@ -92,19 +96,30 @@ impl Proc {
         let mut st = self.lock();
         st.refresh()?;
         if let Some(child) = st.child.as_ref() {
-            bail!("a process (pid {}) is already running in {netns}; stop it first", child.id());
+            bail!(
+                "a process (pid {}) is already running in {netns}; stop it first",
+                child.id()
+            );
         }
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("cannot open log {}", log.display()))?;
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let line = crate::cmd::render(&launch.program.to_string_lossy(), &launch.args);
         // A marker per start, so restarts are easy to find in the log.
-        writeln!(file, "=== lab: t={:.3} start in {netns}: {line}", since_epoch.as_secs_f64())
-            .with_context(|| format!("cannot write log {}", log.display()))?;
-        let stderr = file.try_clone().context("cannot duplicate the log file handle")?;
+        writeln!(
+            file,
+            "=== lab: t={:.3} start in {netns}: {line}",
+            since_epoch.as_secs_f64()
+        )
+        .with_context(|| format!("cannot write log {}", log.display()))?;
+        let stderr = file
+            .try_clone()
+            .context("cannot duplicate the log file handle")?;
         let child = Command::new("ip")
             .args(["netns", "exec", netns])
             .arg(&launch.program)

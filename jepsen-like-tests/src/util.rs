@@ -27,11 +27,19 @@ pub fn membrane_binary() -> anyhow::Result<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
-        let dir = if dir.is_absolute() { dir } else { workspace.join(dir) };
+        let dir = if dir.is_absolute() {
+            dir
+        } else {
+            workspace.join(dir)
+        };
         candidates.push(dir.join("debug").join("membrane"));
     }
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(profile) = exe.parent().filter(|d| d.ends_with("deps")).and_then(Path::parent) {
+        if let Some(profile) = exe
+            .parent()
+            .filter(|d| d.ends_with("deps"))
+            .and_then(Path::parent)
+        {
             candidates.push(profile.join("membrane"));
         }
     }

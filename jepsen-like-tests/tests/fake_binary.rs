@@ -39,16 +39,28 @@ fn start_restart_and_cli_run_the_membrane_binary() -> anyhow::Result<()> {
         let log = std::fs::read_to_string(h.log_path())?;
         Ok(log.matches(&expected).count() >= n)
     };
-    wait_until(Duration::from_secs(5), Duration::from_millis(20), || log_has(1)).context("first start")?;
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        log_has(1)
+    })
+    .context("first start")?;
     assert!(lab.is_running(1)?);
 
     let pid2 = lab.restart(1)?;
     assert_ne!(pid, pid2);
-    wait_until(Duration::from_secs(5), Duration::from_millis(20), || log_has(2)).context("restart")?;
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        log_has(2)
+    })
+    .context("restart")?;
 
     let out = lab.cli(1, &["status", "-o", "json"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert_eq!(text.trim(), format!("fake membrane: --socket {} status -o json", h.socket().display()));
+    assert_eq!(
+        text.trim(),
+        format!(
+            "fake membrane: --socket {} status -o json",
+            h.socket().display()
+        )
+    );
     Ok(())
 }

@@ -15,26 +15,36 @@ use membrane_jepsen::{require_root, wait_until, Lab};
 const PROBE: Duration = Duration::from_millis(500);
 
 fn netns_list() -> anyhow::Result<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().context("ip netns list")?;
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .context("ip netns list")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The one-letter state in /proc/<pid>/stat (R, S, T, Z, ...).
 fn proc_state(pid: u32) -> anyhow::Result<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).unwrap_or("");
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.trim_start())
+        .unwrap_or("");
     after.chars().next().context("no state in /proc/<pid>/stat")
 }
 
 fn wait_reachable(lab: &Lab, from: usize, to: usize) -> anyhow::Result<()> {
-    wait_until(Duration::from_secs(5), Duration::from_millis(50), || lab.reachable(from, to, PROBE))
-        .with_context(|| format!("h{from} never reached h{to}"))
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        lab.reachable(from, to, PROBE)
+    })
+    .with_context(|| format!("h{from} never reached h{to}"))
 }
 
 fn assert_cleaned(namespaces: &[String], dir: &Path, pid: Option<u32>) -> anyhow::Result<()> {
     let list = netns_list()?;
     for ns in namespaces {
-        let left = list.lines().any(|l| l.split_whitespace().next() == Some(ns.as_str()));
+        let left = list
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(ns.as_str()));
         assert!(!left, "namespace {ns} is still listed:\n{list}");
     }
     // MEMBRANE_LAB_KEEP asks for the temp dir to stay, for debugging.
@@ -42,7 +52,10 @@ fn assert_cleaned(namespaces: &[String], dir: &Path, pid: Option<u32>) -> anyhow
         assert!(!dir.exists(), "temp dir {} still exists", dir.display());
     }
     if let Some(pid) = pid {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived the lab");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} survived the lab"
+        );
     }
     Ok(())
 }
@@ -71,9 +84,15 @@ fn hosts_have_unique_short_names_and_their_own_paths() -> anyhow::Result<()> {
 
     let out = a.exec(2, &["ip", "-br", "addr", "show", "eth0"])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("10.77.0.12/24"), "{text}");
+    assert!(
+        out.status.success() && text.contains("10.77.0.12/24"),
+        "{text}"
+    );
     let out = a.exec(1, &["ip", "-br", "link", "show", "lo"])?;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("UP"), "lo is not up in h1");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("UP"),
+        "lo is not up in h1"
+    );
     Ok(())
 }
 
@@ -89,11 +108,20 @@ fn cut_isolates_one_host_and_heal_restores_it() -> anyhow::Result<()> {
     assert!(!lab.reachable(2, 1, PROBE)?, "cut h2 still reaches h1");
     assert!(!lab.reachable(1, 2, PROBE)?, "h1 still reaches cut h2");
     assert!(!lab.reachable(3, 2, PROBE)?, "h3 still reaches cut h2");
-    assert!(lab.reachable(1, 3, PROBE)?, "h1 lost h3 though only h2 is cut");
-    assert!(lab.reachable(3, 1, PROBE)?, "h3 lost h1 though only h2 is cut");
+    assert!(
+        lab.reachable(1, 3, PROBE)?,
+        "h1 lost h3 though only h2 is cut"
+    );
+    assert!(
+        lab.reachable(3, 1, PROBE)?,
+        "h3 lost h1 though only h2 is cut"
+    );
     // A cut is a silent network, not a pulled cable: the host's link stays up.
     let out = lab.exec(2, &["ip", "-br", "link", "show", "eth0"])?;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("LOWER_UP"), "eth0 of h2 lost its carrier");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("LOWER_UP"),
+        "eth0 of h2 lost its carrier"
+    );
 
     lab.heal(2)?;
     wait_reachable(&lab, 2, 1)?;
@@ -113,12 +141,18 @@ fn partition_splits_hosts_into_groups() -> anyhow::Result<()> {
     assert!(!lab.reachable(1, 2, PROBE)?);
     assert!(!lab.reachable(3, 1, PROBE)?);
     assert!(lab.reachable(2, 3, PROBE)?);
-    assert!(lab.partition(&[&[1], &[2]]).is_err(), "a partition that leaves out h3 is refused");
+    assert!(
+        lab.partition(&[&[1], &[2]]).is_err(),
+        "a partition that leaves out h3 is refused"
+    );
 
     lab.cut(3)?;
     lab.heal_partition()?;
     wait_reachable(&lab, 1, 2)?;
-    assert!(!lab.reachable(1, 3, PROBE)?, "healing the partition must not heal a cut");
+    assert!(
+        !lab.reachable(1, 3, PROBE)?,
+        "healing the partition must not heal a cut"
+    );
     lab.heal_all()?;
     wait_reachable(&lab, 1, 3)?;
     Ok(())
@@ -129,7 +163,10 @@ fn process_control_hits_the_program_itself() -> anyhow::Result<()> {
     require_root()?;
     let lab = Lab::new("procs", 2)?;
     let pid = lab.start_command(1, "sleep", &["1000"])?;
-    assert!(lab.start_command(1, "sleep", &["1000"]).is_err(), "a second process on h1");
+    assert!(
+        lab.start_command(1, "sleep", &["1000"]).is_err(),
+        "a second process on h1"
+    );
 
     // `ip netns exec` execs the program: the tracked pid is sleep, in h1's namespace.
     wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
@@ -142,16 +179,23 @@ fn process_control_hits_the_program_itself() -> anyhow::Result<()> {
     assert_eq!(lab.pid(1)?, Some(pid));
 
     lab.pause(1)?;
-    wait_until(Duration::from_secs(2), Duration::from_millis(10), || Ok(proc_state(pid)? == 'T'))?;
+    wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
+        Ok(proc_state(pid)? == 'T')
+    })?;
     assert!(lab.is_running(1)? && lab.is_paused(1)?);
     lab.resume(1)?;
-    wait_until(Duration::from_secs(2), Duration::from_millis(10), || Ok(proc_state(pid)? != 'T'))?;
+    wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
+        Ok(proc_state(pid)? != 'T')
+    })?;
     assert!(!lab.is_paused(1)?);
 
     let status = lab.kill(1)?.context("kill found nothing running")?;
     assert_eq!(status.signal(), Some(9), "{status}");
     assert!(!lab.is_running(1)?);
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "killed process was not reaped");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "killed process was not reaped"
+    );
     assert_eq!(lab.kill(1)?, None, "kill of nothing is a no-op");
     assert!(lab.pause(1).is_err(), "nothing to pause");
 
@@ -163,14 +207,22 @@ fn process_control_hits_the_program_itself() -> anyhow::Result<()> {
     let t = Instant::now();
     let status = lab.stop(1)?.context("stop found nothing running")?;
     assert_eq!(status.signal(), Some(15), "{status}");
-    assert!(t.elapsed() < Duration::from_secs(4), "stop waited for the SIGKILL fallback");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stop waited for the SIGKILL fallback"
+    );
 
     // A process that ends on its own is noticed, and its output is in the host's log.
     lab.start_command(2, "sh", &["-c", "echo hello-from-h2; exit 3"])?;
-    wait_until(Duration::from_secs(5), Duration::from_millis(20), || Ok(!lab.is_running(2)?))?;
+    wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        Ok(!lab.is_running(2)?)
+    })?;
     assert_eq!(lab.last_exit(2)?.and_then(|s| s.code()), Some(3));
     let log = std::fs::read_to_string(lab.host(2).log_path())?;
-    assert!(log.contains("=== lab:") && log.contains("hello-from-h2"), "{log}");
+    assert!(
+        log.contains("=== lab:") && log.contains("hello-from-h2"),
+        "{log}"
+    );
     Ok(())
 }
 
@@ -183,7 +235,10 @@ fn drop_removes_processes_namespaces_and_temp_dir() -> anyhow::Result<()> {
     let dir = lab.dir().to_path_buf();
     let list = netns_list()?;
     for ns in &namespaces {
-        assert!(list.contains(ns.as_str()), "{ns} missing before drop:\n{list}");
+        assert!(
+            list.contains(ns.as_str()),
+            "{ns} missing before drop:\n{list}"
+        );
     }
     drop(lab);
     assert_cleaned(&namespaces, &dir, Some(pid))
@@ -196,7 +251,8 @@ fn a_panic_in_a_test_still_cleans_up() -> anyhow::Result<()> {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let lab = Lab::new("panic", 2).expect("lab");
         let pid = lab.start_command(1, "sleep", &["1000"]).expect("sleep");
-        *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some((lab.namespaces().to_vec(), lab.dir().to_path_buf(), pid));
+        *seen.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((lab.namespaces().to_vec(), lab.dir().to_path_buf(), pid));
         panic!("a test failing with a lab alive");
     }));
     if result.is_ok() {

@@ -46,7 +46,10 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
         bail!("--cluster-id must be between 1 and 255");
     }
     if opts.advertise.parse::<std::net::SocketAddr>().is_err() {
-        bail!("--advertise-addr {:?} is not ip:port (e.g. 10.0.0.1:7700)", opts.advertise);
+        bail!(
+            "--advertise-addr {:?} is not ip:port (e.g. 10.0.0.1:7700)",
+            opts.advertise
+        );
     }
     let state = StateDir::open(&opts.state_dir)?;
     if let Some(me) = state.identity()? {
@@ -89,8 +92,16 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
         x25519_public: hex::encode(keys.x25519_public()),
     };
     let expires = first_token.expires_at;
-    let gossip_key = GossipKey { id: 1, key_hex: hex::encode(rand::random::<[u8; 32]>()) };
-    state.write_bootstrap(&Bootstrap { config, first_node, first_token, gossip_key })?;
+    let gossip_key = GossipKey {
+        id: 1,
+        key_hex: hex::encode(rand::random::<[u8; 32]>()),
+    };
+    state.write_bootstrap(&Bootstrap {
+        config,
+        first_node,
+        first_token,
+        gossip_key,
+    })?;
     state.write_certificates(ca.cert_pem(), &node_cert)?;
     state.write_identity(&NodeIdentity {
         cluster_id: opts.cluster_id,

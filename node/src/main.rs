@@ -25,7 +25,9 @@ pub fn default_advertise_addr() -> anyhow::Result<String> {
     use nix::net::if_::InterfaceFlags;
     let addrs = nix::ifaddrs::getifaddrs()?;
     for ifa in addrs {
-        if !ifa.flags.contains(InterfaceFlags::IFF_UP) || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+        if !ifa.flags.contains(InterfaceFlags::IFF_UP)
+            || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        {
             continue;
         }
         if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {

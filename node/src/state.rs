@@ -23,11 +23,20 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot use state directory {path}: {source}; check that it exists and is writable by this user (run as root)")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is corrupt ({reason}); restore it from a backup, or remove the state directory and join the node again")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -61,7 +70,10 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating with mode 0700 if needed) a state directory.
     pub fn open(root: &Path) -> Result<Self, StateError> {
-        let dir_err = |source| StateError::Dir { path: root.to_path_buf(), source };
+        let dir_err = |source| StateError::Dir {
+            path: root.to_path_buf(),
+            source,
+        };
         if root.exists() && !root.is_dir() {
             return Err(StateError::Dir {
                 path: root.to_path_buf(),
@@ -72,9 +84,14 @@ impl StateDir {
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         for sub in ["tls", "keys"] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(|source| StateError::Dir { path: p.clone(), source })?;
+            fs::create_dir_all(&p).map_err(|source| StateError::Dir {
+                path: p.clone(),
+                source,
+            })?;
         }
-        Ok(StateDir { root: root.to_path_buf() })
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -120,7 +137,9 @@ impl StateDir {
     pub fn remove_bootstrap(&self) -> Result<(), StateError> {
         let p = self.bootstrap_path();
         match fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Write { path: p, source: e }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StateError::Write { path: p, source: e })
+            }
             _ => Ok(()),
         }
     }
@@ -131,7 +150,10 @@ impl StateDir {
         let node = read_text(&self.node_cert_path())?;
         for (path, pem) in [(self.ca_cert_path(), &ca), (self.node_cert_path(), &node)] {
             if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(StateError::Corrupt { path, reason: "no PEM certificate in it".into() });
+                return Err(StateError::Corrupt {
+                    path,
+                    reason: "no PEM certificate in it".into(),
+                });
             }
         }
         Ok((ca, node))
@@ -145,8 +167,14 @@ impl StateDir {
 
 fn read_text(path: &Path) -> Result<String, StateError> {
     fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::InvalidData => StateError::Corrupt { path: path.into(), reason: "not UTF-8 text".into() },
-        _ => StateError::Read { path: path.into(), source },
+        std::io::ErrorKind::InvalidData => StateError::Corrupt {
+            path: path.into(),
+            reason: "not UTF-8 text".into(),
+        },
+        _ => StateError::Read {
+            path: path.into(),
+            source,
+        },
     })
 }
 
@@ -154,11 +182,19 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> 
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StateError::Read { path: path.into(), source }),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.into(),
+                source,
+            })
+        }
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| StateError::Corrupt { path: path.into(), reason: e.to_string() })
+        .map_err(|e| StateError::Corrupt {
+            path: path.into(),
+            reason: e.to_string(),
+        })
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
@@ -172,9 +208,18 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
 /// Writes through a temporary file, fsyncs and renames, so a crash leaves the old or the new
 /// file, never half of one. Mode 0600: these files hold secrets (bootstrap.json has the CA key).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let err = |source| StateError::Write { path: path.into(), source };
+    let err = |source| StateError::Write {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;
@@ -199,7 +244,10 @@ mod tests {
         };
         dir.write_identity(&id).unwrap();
         assert_eq!(dir.identity().unwrap(), Some(id));
-        let mode = fs::metadata(tmp.path().join("node.json")).unwrap().permissions().mode();
+        let mode = fs::metadata(tmp.path().join("node.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         fs::write(tmp.path().join("node.json"), b"{not json").unwrap();
         let err = dir.identity().unwrap_err().to_string();

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use membrane_crypto::ca::NODE_SERVER_NAME;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 use tonic::{Request, Status};
 
 /// TLS material of a node that has joined.
@@ -78,7 +80,9 @@ pub async fn pinned_channel(addr: &str, ca_hash: [u8; 32]) -> anyhow::Result<Cha
             let name = rustls::pki_types::ServerName::try_from(NODE_SERVER_NAME)
                 .map_err(std::io::Error::other)?
                 .to_owned();
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
@@ -92,7 +96,9 @@ pub async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_static("http://agent.sock").timeout(Duration::from_secs(60));
     let connector = tower::service_fn(move |_: http::Uri| {
         let path = path.clone();
-        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        async move {
+            Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+        }
     });
     Ok(endpoint.connect_with_connector(connector).await?)
 }

@@ -24,7 +24,8 @@ pub struct GossipKey {
 impl GossipKey {
     /// The key bytes.
     pub fn bytes(&self) -> Result<[u8; 32], RegistryError> {
-        let invalid = || RegistryError::InvalidGossipKey(format!("key {} is not 64 hex characters", self.id));
+        let invalid =
+            || RegistryError::InvalidGossipKey(format!("key {} is not 64 hex characters", self.id));
         let v = hex_decode(&self.key_hex).ok_or_else(invalid)?;
         v.try_into().map_err(|_| invalid())
     }
@@ -34,7 +35,10 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Installed keys and which one is primary.
@@ -48,7 +52,10 @@ impl GossipKeyring {
     /// A keyring with one key, primary.
     pub fn new(key: GossipKey) -> Result<Self, RegistryError> {
         key.bytes()?;
-        Ok(GossipKeyring { primary: key.id, keys: vec![key] })
+        Ok(GossipKeyring {
+            primary: key.id,
+            keys: vec![key],
+        })
     }
 
     pub fn keys(&self) -> &[GossipKey] {
@@ -63,7 +70,10 @@ impl GossipKeyring {
     pub fn install(&mut self, key: GossipKey) -> Result<(), RegistryError> {
         key.bytes()?;
         if self.keys.iter().any(|k| k.id == key.id) {
-            return Err(RegistryError::InvalidGossipKey(format!("key id {} is already installed", key.id)));
+            return Err(RegistryError::InvalidGossipKey(format!(
+                "key id {} is already installed",
+                key.id
+            )));
         }
         if self.keys.len() >= MAX_GOSSIP_KEYS {
             return Err(RegistryError::InvalidGossipKey(format!(
@@ -77,7 +87,9 @@ impl GossipKeyring {
     /// Makes an installed key the one nodes send with.
     pub fn use_key(&mut self, id: u32) -> Result<(), RegistryError> {
         if !self.keys.iter().any(|k| k.id == id) {
-            return Err(RegistryError::InvalidGossipKey(format!("key id {id} is not installed")));
+            return Err(RegistryError::InvalidGossipKey(format!(
+                "key id {id} is not installed"
+            )));
         }
         self.primary = id;
         Ok(())
@@ -93,7 +105,9 @@ impl GossipKeyring {
         let before = self.keys.len();
         self.keys.retain(|k| k.id != id);
         if self.keys.len() == before {
-            return Err(RegistryError::InvalidGossipKey(format!("key id {id} is not installed")));
+            return Err(RegistryError::InvalidGossipKey(format!(
+                "key id {id} is not installed"
+            )));
         }
         Ok(())
     }
@@ -104,7 +118,10 @@ mod tests {
     use super::*;
 
     fn key(id: u32) -> GossipKey {
-        GossipKey { id, key_hex: format!("{:02x}", id).repeat(32) }
+        GossipKey {
+            id,
+            key_hex: format!("{:02x}", id).repeat(32),
+        }
     }
 
     #[test]
@@ -123,14 +140,27 @@ mod tests {
     fn bad_keys_and_ids_are_refused() {
         let mut ring = GossipKeyring::new(key(1)).unwrap();
         assert!(ring.install(key(1)).is_err());
-        assert!(ring.install(GossipKey { id: 9, key_hex: "abc".into() }).is_err());
-        assert!(ring.install(GossipKey { id: 9, key_hex: "zz".repeat(32) }).is_err());
+        assert!(ring
+            .install(GossipKey {
+                id: 9,
+                key_hex: "abc".into()
+            })
+            .is_err());
+        assert!(ring
+            .install(GossipKey {
+                id: 9,
+                key_hex: "zz".repeat(32)
+            })
+            .is_err());
         assert!(ring.use_key(7).is_err());
         assert!(ring.remove(7).is_err());
         for id in 2..=4 {
             ring.install(key(id)).unwrap();
         }
-        assert!(ring.install(key(5)).is_err(), "at most {MAX_GOSSIP_KEYS} keys");
+        assert!(
+            ring.install(key(5)).is_err(),
+            "at most {MAX_GOSSIP_KEYS} keys"
+        );
         assert_eq!(key(3).bytes().unwrap(), [3u8; 32]);
     }
 }

@@ -47,21 +47,38 @@ struct TableRepr {
 
 impl From<TableRepr> for IdentityTable {
     fn from(r: TableRepr) -> Self {
-        let by_labels = r.records.iter().map(|rec| (rec.labels.clone(), rec.id)).collect();
+        let by_labels = r
+            .records
+            .iter()
+            .map(|rec| (rec.labels.clone(), rec.id))
+            .collect();
         let by_id = r.records.into_iter().map(|rec| (rec.id, rec)).collect();
-        IdentityTable { cluster_id: r.cluster_id, by_id, by_labels, cursor: r.cursor }
+        IdentityTable {
+            cluster_id: r.cluster_id,
+            by_id,
+            by_labels,
+            cursor: r.cursor,
+        }
     }
 }
 
 impl From<IdentityTable> for TableRepr {
     fn from(t: IdentityTable) -> Self {
-        TableRepr { cluster_id: t.cluster_id, records: t.by_id.into_values().collect(), cursor: t.cursor }
+        TableRepr {
+            cluster_id: t.cluster_id,
+            records: t.by_id.into_values().collect(),
+            cursor: t.cursor,
+        }
     }
 }
 
 impl IdentityTable {
     pub fn new(cluster_id: u8) -> Self {
-        IdentityTable { cluster_id, cursor: IDENTITY_FIRST_LOCAL, ..Default::default() }
+        IdentityTable {
+            cluster_id,
+            cursor: IDENTITY_FIRST_LOCAL,
+            ..Default::default()
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &IdentityRecord> {
@@ -79,14 +96,25 @@ impl IdentityTable {
     /// Returns the identity of `labels`, creating it if needed, and takes a reference.
     pub fn allocate(&mut self, labels: LabelSet) -> Result<(IdentityRecord, bool), RegistryError> {
         if let Some(id) = self.by_labels.get(&labels) {
-            let rec = self.by_id.get_mut(id).expect("label index points at a record");
+            let rec = self
+                .by_id
+                .get_mut(id)
+                .expect("label index points at a record");
             rec.references += 1;
             return Ok((rec.clone(), false));
         }
         let local = self.next_free_local()?;
         let id = (u32::from(self.cluster_id) << 16) | local;
-        self.cursor = if local == IDENTITY_MAX_LOCAL { IDENTITY_FIRST_LOCAL } else { local + 1 };
-        let rec = IdentityRecord { id, labels: labels.clone(), references: 1 };
+        self.cursor = if local == IDENTITY_MAX_LOCAL {
+            IDENTITY_FIRST_LOCAL
+        } else {
+            local + 1
+        };
+        let rec = IdentityRecord {
+            id,
+            labels: labels.clone(),
+            references: 1,
+        };
         self.by_labels.insert(labels, id);
         self.by_id.insert(id, rec.clone());
         Ok((rec, true))
@@ -98,8 +126,13 @@ impl IdentityTable {
         let id = *self
             .by_labels
             .get(labels)
-            .ok_or_else(|| RegistryError::IdentityNotFound { labels: labels.to_string() })?;
-        let rec = self.by_id.get_mut(&id).expect("label index points at a record");
+            .ok_or_else(|| RegistryError::IdentityNotFound {
+                labels: labels.to_string(),
+            })?;
+        let rec = self
+            .by_id
+            .get_mut(&id)
+            .expect("label index points at a record");
         rec.references = rec.references.saturating_sub(1);
         let left = rec.references;
         if left == 0 {
@@ -116,7 +149,10 @@ impl IdentityTable {
         (0..count)
             .map(|step| IDENTITY_FIRST_LOCAL + (start - IDENTITY_FIRST_LOCAL + step) % count)
             .find(|local| !self.by_id.contains_key(&(base | local)))
-            .ok_or(RegistryError::IdentitySpaceExhausted { cluster_id: self.cluster_id, count })
+            .ok_or(RegistryError::IdentitySpaceExhausted {
+                cluster_id: self.cluster_id,
+                count,
+            })
     }
 }
 
@@ -170,7 +206,11 @@ mod tests {
         let (last, _) = t.allocate(labels("app=last")).unwrap();
         assert_eq!(last.id & 0xFFFF, IDENTITY_MAX_LOCAL);
         let (next, _) = t.allocate(labels("app=next")).unwrap();
-        assert_eq!(next.id, first.id + 1, "wrapped to 256, which is taken, so 257");
+        assert_eq!(
+            next.id,
+            first.id + 1,
+            "wrapped to 256, which is taken, so 257"
+        );
     }
 
     #[test]

@@ -89,7 +89,11 @@ fn validate_part(what: &str, s: &str, is_key: bool) -> Result<(), RegistryError>
     if let Some(bad) = s.chars().find(|c| !allowed(*c)) {
         return Err(RegistryError::InvalidLabels(format!(
             "label {what} {s:?} contains {bad:?}; use letters, digits, '-', '_', '.', '/'{}",
-            if is_key { " and ':' for a source prefix" } else { "" }
+            if is_key {
+                " and ':' for a source prefix"
+            } else {
+                ""
+            }
         )));
     }
     Ok(())

@@ -53,7 +53,9 @@ impl ClusterConfig {
             ));
         }
         if self.name.trim().is_empty() {
-            return Err(RegistryError::InvalidClusterConfig("cluster name is empty".into()));
+            return Err(RegistryError::InvalidClusterConfig(
+                "cluster name is empty".into(),
+            ));
         }
         pod_cidr::validate(self.pod_pool, self.node_prefix_len)
     }
@@ -135,20 +137,46 @@ impl TokenRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Creates the cluster: settings, the first node (id 1) and the first join token.
-    Bootstrap { config: ClusterConfig, first_node: NewNode, first_token: TokenRecord, gossip_key: GossipKey },
-    CreateToken { token: TokenRecord },
-    RevokeToken { id: String },
+    Bootstrap {
+        config: ClusterConfig,
+        first_node: NewNode,
+        first_token: TokenRecord,
+        gossip_key: GossipKey,
+    },
+    CreateToken {
+        token: TokenRecord,
+    },
+    RevokeToken {
+        id: String,
+    },
     /// Admits a node that presented a join token. `presented_hash` is the hash of the token
     /// it presented (the secret itself never enters the log); `now` is the proposer's clock.
-    AdmitNode { token_id: String, presented_hash: String, node: NewNode, now: i64 },
+    AdmitNode {
+        token_id: String,
+        presented_hash: String,
+        node: NewNode,
+        now: i64,
+    },
     /// Removes a node and frees its pod CIDR. Its id is never given out again.
-    RemoveNode { id: u64 },
-    AllocateIdentity { labels: LabelSet },
-    ReleaseIdentity { labels: LabelSet },
+    RemoveNode {
+        id: u64,
+    },
+    AllocateIdentity {
+        labels: LabelSet,
+    },
+    ReleaseIdentity {
+        labels: LabelSet,
+    },
     /// Gossip key rotation: install (accepted by all), use (sent with), remove.
-    InstallGossipKey { key: GossipKey },
-    UseGossipKey { id: u32 },
-    RemoveGossipKey { id: u32 },
+    InstallGossipKey {
+        key: GossipKey,
+    },
+    UseGossipKey {
+        id: u32,
+    },
+    RemoveGossipKey {
+        id: u32,
+    },
     /// Several independent commands in one log entry, applied in order, each with its own
     /// response (a refused one changes nothing, and does not stop the others). Agents batch
     /// concurrent writes this way so that one Raft round trip carries many of them.
@@ -162,8 +190,15 @@ pub enum Response {
     /// with nothing to report.
     Ok,
     Node(NodeRecord),
-    Identity { identity: IdentityRecord, created: bool },
-    Released { id: u32, references: u64, removed: bool },
+    Identity {
+        identity: IdentityRecord,
+        created: bool,
+    },
+    Released {
+        id: u32,
+        references: u64,
+        removed: bool,
+    },
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
     Err(RegistryError),
@@ -195,21 +230,29 @@ impl Registry {
     /// Applies one command. Deterministic; a refused command changes nothing.
     pub fn apply(&mut self, cmd: Command) -> Response {
         let result = match cmd {
-            Command::Bootstrap { config, first_node, first_token, gossip_key } => {
-                self.bootstrap(config, first_node, first_token, gossip_key)
-            }
+            Command::Bootstrap {
+                config,
+                first_node,
+                first_token,
+                gossip_key,
+            } => self.bootstrap(config, first_node, first_token, gossip_key),
             Command::InstallGossipKey { key } => self.with_keyring(|k| k.install(key)),
             Command::UseGossipKey { id } => self.with_keyring(|k| k.use_key(id)),
             Command::RemoveGossipKey { id } => self.with_keyring(|k| k.remove(id)),
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { id } => self.revoke_token(&id),
-            Command::AdmitNode { token_id, presented_hash, node, now } => {
-                self.admit_node(&token_id, &presented_hash, node, now)
-            }
+            Command::AdmitNode {
+                token_id,
+                presented_hash,
+                node,
+                now,
+            } => self.admit_node(&token_id, &presented_hash, node, now),
             Command::RemoveNode { id } => self.remove_node(id),
             Command::AllocateIdentity { labels } => self.allocate_identity(labels),
             Command::ReleaseIdentity { labels } => self.release_identity(&labels),
-            Command::Batch(cmds) => Ok(Response::Batch(cmds.into_iter().map(|c| self.apply(c)).collect())),
+            Command::Batch(cmds) => Ok(Response::Batch(
+                cmds.into_iter().map(|c| self.apply(c)).collect(),
+            )),
         };
         result.unwrap_or_else(Response::Err)
     }
@@ -268,12 +311,16 @@ impl Registry {
         gossip_key: GossipKey,
     ) -> Result<Response, RegistryError> {
         if let Some(c) = &self.cluster {
-            return Err(RegistryError::AlreadyBootstrapped { id: c.cluster_id, name: c.name.clone() });
+            return Err(RegistryError::AlreadyBootstrapped {
+                id: c.cluster_id,
+                name: c.name.clone(),
+            });
         }
         config.validate()?;
         validate_token(&first_token)?;
         let keyring = GossipKeyring::new(gossip_key)?;
-        let pod_cidr = pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
+        let pod_cidr =
+            pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
         let node = NodeRecord {
             id: 1,
             name: first_node.name,
@@ -297,7 +344,10 @@ impl Registry {
         &mut self,
         change: impl FnOnce(&mut GossipKeyring) -> Result<(), RegistryError>,
     ) -> Result<Response, RegistryError> {
-        let mut ring = self.gossip_keyring.clone().ok_or(RegistryError::NotBootstrapped)?;
+        let mut ring = self
+            .gossip_keyring
+            .clone()
+            .ok_or(RegistryError::NotBootstrapped)?;
         change(&mut ring)?;
         self.gossip_keyring = Some(ring);
         Ok(Response::Ok)
@@ -333,23 +383,42 @@ impl Registry {
         let token = self
             .tokens
             .get(token_id)
-            .ok_or_else(|| RegistryError::TokenNotFound { id: token_id.to_string() })?;
+            .ok_or_else(|| RegistryError::TokenNotFound {
+                id: token_id.to_string(),
+            })?;
         // Checked before the state so a wrong secret reveals nothing about the token.
         if token.secret_hash != presented_hash {
-            return Err(RegistryError::TokenSecretMismatch { id: token_id.to_string() });
+            return Err(RegistryError::TokenSecretMismatch {
+                id: token_id.to_string(),
+            });
         }
         match token.state(now) {
             TokenState::Valid => {}
-            TokenState::Expired => return Err(RegistryError::TokenExpired { id: token_id.into() }),
-            TokenState::Revoked => return Err(RegistryError::TokenRevoked { id: token_id.into() }),
+            TokenState::Expired => {
+                return Err(RegistryError::TokenExpired {
+                    id: token_id.into(),
+                })
+            }
+            TokenState::Revoked => {
+                return Err(RegistryError::TokenRevoked {
+                    id: token_id.into(),
+                })
+            }
             TokenState::Used => {
-                return Err(RegistryError::TokenUsedUp { id: token_id.into(), uses: token.uses })
+                return Err(RegistryError::TokenUsedUp {
+                    id: token_id.into(),
+                    uses: token.uses,
+                })
             }
         }
         if let Some(existing) = self.node_by_name(&new.name) {
-            return Err(RegistryError::NodeNameTaken { name: new.name, id: existing.id });
+            return Err(RegistryError::NodeNameTaken {
+                name: new.name,
+                id: existing.id,
+            });
         }
-        let pod_cidr = pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
+        let pod_cidr =
+            pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
         // Every check passed: from here on the command cannot fail.
         let id = self.next_node_id.max(2);
         self.next_node_id = id + 1;
@@ -370,7 +439,9 @@ impl Registry {
     }
 
     fn remove_node(&mut self, id: u64) -> Result<Response, RegistryError> {
-        self.nodes.remove(&id).ok_or(RegistryError::NodeNotFound { id })?;
+        self.nodes
+            .remove(&id)
+            .ok_or(RegistryError::NodeNotFound { id })?;
         Ok(Response::Ok)
     }
 
@@ -383,7 +454,11 @@ impl Registry {
     fn release_identity(&mut self, labels: &LabelSet) -> Result<Response, RegistryError> {
         self.config()?;
         let (id, references) = self.identities.release(labels)?;
-        Ok(Response::Released { id, references, removed: references == 0 })
+        Ok(Response::Released {
+            id,
+            references,
+            removed: references == 0,
+        })
     }
 
     fn used_cidrs(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
@@ -393,13 +468,19 @@ impl Registry {
 
 fn validate_token(token: &TokenRecord) -> Result<(), RegistryError> {
     if token.max_uses == 0 {
-        return Err(RegistryError::InvalidToken("a token must allow at least one use".into()));
+        return Err(RegistryError::InvalidToken(
+            "a token must allow at least one use".into(),
+        ));
     }
     if token.expires_at <= token.created_at {
-        return Err(RegistryError::InvalidToken("a token must expire after it is created".into()));
+        return Err(RegistryError::InvalidToken(
+            "a token must expire after it is created".into(),
+        ));
     }
     if token.secret_hash.len() != 64 || !token.secret_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(RegistryError::InvalidToken("the token hash must be 64 hex characters".into()));
+        return Err(RegistryError::InvalidToken(
+            "the token hash must be 64 hex characters".into(),
+        ));
     }
     Ok(())
 }

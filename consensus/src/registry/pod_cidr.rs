@@ -34,7 +34,10 @@ pub fn allocate(
     used: impl Iterator<Item = Ipv4Net>,
 ) -> Result<Ipv4Net, RegistryError> {
     let used: Vec<Ipv4Net> = used.collect();
-    let exhausted = || RegistryError::PodCidrExhausted { pool: pool.to_string(), prefix };
+    let exhausted = || RegistryError::PodCidrExhausted {
+        pool: pool.to_string(),
+        prefix,
+    };
     let blocks = pool.subnets(prefix).map_err(|_| exhausted())?;
     for block in blocks {
         if !used.iter().any(|u| u.contains(&block) || block.contains(u)) {
@@ -55,9 +58,15 @@ mod tests {
     #[test]
     fn lowest_free_block_is_chosen() {
         let pool = net("10.128.0.0/9");
-        assert_eq!(allocate(pool, 24, [].into_iter()).unwrap(), net("10.128.0.0/24"));
+        assert_eq!(
+            allocate(pool, 24, [].into_iter()).unwrap(),
+            net("10.128.0.0/24")
+        );
         let used = [net("10.128.0.0/24"), net("10.128.2.0/24")];
-        assert_eq!(allocate(pool, 24, used.into_iter()).unwrap(), net("10.128.1.0/24"));
+        assert_eq!(
+            allocate(pool, 24, used.into_iter()).unwrap(),
+            net("10.128.1.0/24")
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ fn token(id: &str, hash: &str, max_uses: u32) -> TokenRecord {
 }
 
 fn gossip_key(id: u32) -> GossipKey {
-    GossipKey { id, key_hex: "ab".repeat(32) }
+    GossipKey {
+        id,
+        key_hex: "ab".repeat(32),
+    }
 }
 
 fn bootstrapped() -> Registry {
@@ -52,7 +55,10 @@ fn bootstrapped() -> Registry {
         first_token: token("abcdef", HASH_A, 1),
         gossip_key: gossip_key(1),
     });
-    assert!(matches!(resp, Response::Node(NodeRecord { id: 1, .. })), "{resp:?}");
+    assert!(
+        matches!(resp, Response::Node(NodeRecord { id: 1, .. })),
+        "{resp:?}"
+    );
     r
 }
 
@@ -102,12 +108,18 @@ fn t11_bootstrap_twice_is_refused() {
 #[test]
 fn t12_commands_before_bootstrap_are_refused() {
     let mut r = Registry::default();
-    refused(&mut r, Command::CreateToken { token: token("abcdef", HASH_A, 1) }, |e| {
-        matches!(e, RegistryError::NotBootstrapped)
-    });
     refused(
         &mut r,
-        Command::AllocateIdentity { labels: LabelSet::parse(&["app=web"]).unwrap() },
+        Command::CreateToken {
+            token: token("abcdef", HASH_A, 1),
+        },
+        |e| matches!(e, RegistryError::NotBootstrapped),
+    );
+    refused(
+        &mut r,
+        Command::AllocateIdentity {
+            labels: LabelSet::parse(&["app=web"]).unwrap(),
+        },
         |e| matches!(e, RegistryError::NotBootstrapped),
     );
 }
@@ -115,7 +127,9 @@ fn t12_commands_before_bootstrap_are_refused() {
 #[test]
 fn t20_admit_with_a_valid_token_assigns_id_and_cidr() {
     let mut r = bootstrapped();
-    let Response::Node(n) = admit(&mut r, "abcdef", HASH_A, "n2", T0 + 10) else { panic!() };
+    let Response::Node(n) = admit(&mut r, "abcdef", HASH_A, "n2", T0 + 10) else {
+        panic!()
+    };
     assert_eq!(n.id, 2);
     assert_eq!(n.pod_cidr.to_string(), "10.128.1.0/24");
     assert_eq!(r.token("abcdef").unwrap().uses, 1);
@@ -130,7 +144,9 @@ fn t21_token_faults_are_refused_with_their_reason_and_change_nothing() {
         node: new_node(name),
         now,
     };
-    refused(&mut r, cmd("nosuch", HASH_A, "n2", T0), |e| matches!(e, RegistryError::TokenNotFound { .. }));
+    refused(&mut r, cmd("nosuch", HASH_A, "n2", T0), |e| {
+        matches!(e, RegistryError::TokenNotFound { .. })
+    });
     refused(&mut r, cmd("abcdef", HASH_B, "n2", T0), |e| {
         matches!(e, RegistryError::TokenSecretMismatch { .. })
     });
@@ -138,51 +154,96 @@ fn t21_token_faults_are_refused_with_their_reason_and_change_nothing() {
         matches!(e, RegistryError::TokenExpired { .. })
     });
     // Use it once; the single-use token is then used up.
-    assert!(matches!(admit(&mut r, "abcdef", HASH_A, "n2", T0), Response::Node(_)));
+    assert!(matches!(
+        admit(&mut r, "abcdef", HASH_A, "n2", T0),
+        Response::Node(_)
+    ));
     refused(&mut r, cmd("abcdef", HASH_A, "n3", T0), |e| {
         matches!(e, RegistryError::TokenUsedUp { uses: 1, .. })
     });
     // Revoked.
-    assert_eq!(r.apply(Command::CreateToken { token: token("ghijkl", HASH_B, 5) }), Response::Ok);
-    assert_eq!(r.apply(Command::RevokeToken { id: "ghijkl".into() }), Response::Ok);
-    refused(&mut r, cmd("ghijkl", HASH_B, "n3", T0), |e| matches!(e, RegistryError::TokenRevoked { .. }));
+    assert_eq!(
+        r.apply(Command::CreateToken {
+            token: token("ghijkl", HASH_B, 5)
+        }),
+        Response::Ok
+    );
+    assert_eq!(
+        r.apply(Command::RevokeToken {
+            id: "ghijkl".into()
+        }),
+        Response::Ok
+    );
+    refused(&mut r, cmd("ghijkl", HASH_B, "n3", T0), |e| {
+        matches!(e, RegistryError::TokenRevoked { .. })
+    });
     assert_eq!(r.token("ghijkl").unwrap().state(T0), TokenState::Revoked);
 }
 
 #[test]
 fn t22_a_taken_name_is_refused() {
     let mut r = bootstrapped();
-    r.apply(Command::CreateToken { token: token("multi1", HASH_B, 10) });
+    r.apply(Command::CreateToken {
+        token: token("multi1", HASH_B, 10),
+    });
     refused(
         &mut r,
-        Command::AdmitNode { token_id: "multi1".into(), presented_hash: HASH_B.into(), node: new_node("n1"), now: T0 },
+        Command::AdmitNode {
+            token_id: "multi1".into(),
+            presented_hash: HASH_B.into(),
+            node: new_node("n1"),
+            now: T0,
+        },
         |e| matches!(e, RegistryError::NodeNameTaken { id: 1, .. }),
     );
-    assert_eq!(r.token("multi1").unwrap().uses, 0, "a refused join does not use the token");
+    assert_eq!(
+        r.token("multi1").unwrap().uses,
+        0,
+        "a refused join does not use the token"
+    );
 }
 
 #[test]
 fn t23_node_ids_are_never_reused() {
     let mut r = bootstrapped();
-    r.apply(Command::CreateToken { token: token("multi1", HASH_B, 10) });
-    let Response::Node(n2) = admit(&mut r, "multi1", HASH_B, "n2", T0) else { panic!() };
+    r.apply(Command::CreateToken {
+        token: token("multi1", HASH_B, 10),
+    });
+    let Response::Node(n2) = admit(&mut r, "multi1", HASH_B, "n2", T0) else {
+        panic!()
+    };
     assert_eq!(r.apply(Command::RemoveNode { id: n2.id }), Response::Ok);
-    let Response::Node(n3) = admit(&mut r, "multi1", HASH_B, "n3", T0) else { panic!() };
+    let Response::Node(n3) = admit(&mut r, "multi1", HASH_B, "n3", T0) else {
+        panic!()
+    };
     assert_eq!(n3.id, 3);
-    assert_eq!(n3.pod_cidr, n2.pod_cidr, "the freed block is handed out again");
+    assert_eq!(
+        n3.pod_cidr, n2.pod_cidr,
+        "the freed block is handed out again"
+    );
 }
 
 #[test]
 fn t24_pod_cidr_exhaustion_is_refused() {
     let mut r = bootstrapped();
-    r.apply(Command::CreateToken { token: token("multi1", HASH_B, 10) });
+    r.apply(Command::CreateToken {
+        token: token("multi1", HASH_B, 10),
+    });
     for name in ["n2", "n3", "n4"] {
-        assert!(matches!(admit(&mut r, "multi1", HASH_B, name, T0), Response::Node(_)));
+        assert!(matches!(
+            admit(&mut r, "multi1", HASH_B, name, T0),
+            Response::Node(_)
+        ));
     }
     // The /22 pool holds four /24 blocks.
     refused(
         &mut r,
-        Command::AdmitNode { token_id: "multi1".into(), presented_hash: HASH_B.into(), node: new_node("n5"), now: T0 },
+        Command::AdmitNode {
+            token_id: "multi1".into(),
+            presented_hash: HASH_B.into(),
+            node: new_node("n5"),
+            now: T0,
+        },
         |e| matches!(e, RegistryError::PodCidrExhausted { prefix: 24, .. }),
     );
 }
@@ -191,45 +252,79 @@ fn t24_pod_cidr_exhaustion_is_refused() {
 fn t30_token_validation() {
     let mut r = bootstrapped();
     let mut bad = token("tok001", HASH_B, 0);
-    refused(&mut r, Command::CreateToken { token: bad.clone() }, |e| matches!(e, RegistryError::InvalidToken(_)));
+    refused(&mut r, Command::CreateToken { token: bad.clone() }, |e| {
+        matches!(e, RegistryError::InvalidToken(_))
+    });
     bad.max_uses = 1;
     bad.expires_at = bad.created_at;
-    refused(&mut r, Command::CreateToken { token: bad }, |e| matches!(e, RegistryError::InvalidToken(_)));
-    refused(&mut r, Command::CreateToken { token: token("abcdef", HASH_B, 1) }, |e| {
-        matches!(e, RegistryError::TokenExists { .. })
+    refused(&mut r, Command::CreateToken { token: bad }, |e| {
+        matches!(e, RegistryError::InvalidToken(_))
     });
-    refused(&mut r, Command::RevokeToken { id: "nosuch".into() }, |e| {
-        matches!(e, RegistryError::TokenNotFound { .. })
-    });
+    refused(
+        &mut r,
+        Command::CreateToken {
+            token: token("abcdef", HASH_B, 1),
+        },
+        |e| matches!(e, RegistryError::TokenExists { .. }),
+    );
+    refused(
+        &mut r,
+        Command::RevokeToken {
+            id: "nosuch".into(),
+        },
+        |e| matches!(e, RegistryError::TokenNotFound { .. }),
+    );
 }
 
 #[test]
 fn t40_identities_through_commands() {
     let mut r = bootstrapped();
     let labels = LabelSet::parse(&["app=web"]).unwrap();
-    let Response::Identity { identity, created: true } =
-        r.apply(Command::AllocateIdentity { labels: labels.clone() })
+    let Response::Identity {
+        identity,
+        created: true,
+    } = r.apply(Command::AllocateIdentity {
+        labels: labels.clone(),
+    })
     else {
         panic!()
     };
     assert_eq!(identity.id, (7 << 16) | 256);
-    let again = r.apply(Command::AllocateIdentity { labels: labels.clone() });
+    let again = r.apply(Command::AllocateIdentity {
+        labels: labels.clone(),
+    });
     assert!(matches!(again, Response::Identity { created: false, .. }));
     assert_eq!(
-        r.apply(Command::ReleaseIdentity { labels: labels.clone() }),
-        Response::Released { id: identity.id, references: 1, removed: false }
+        r.apply(Command::ReleaseIdentity {
+            labels: labels.clone()
+        }),
+        Response::Released {
+            id: identity.id,
+            references: 1,
+            removed: false
+        }
     );
     assert_eq!(
-        r.apply(Command::ReleaseIdentity { labels: labels.clone() }),
-        Response::Released { id: identity.id, references: 0, removed: true }
+        r.apply(Command::ReleaseIdentity {
+            labels: labels.clone()
+        }),
+        Response::Released {
+            id: identity.id,
+            references: 0,
+            removed: true
+        }
     );
-    refused(&mut r, Command::ReleaseIdentity { labels }, |e| matches!(e, RegistryError::IdentityNotFound { .. }));
+    refused(&mut r, Command::ReleaseIdentity { labels }, |e| {
+        matches!(e, RegistryError::IdentityNotFound { .. })
+    });
 }
 
 #[test]
 fn t50_registry_survives_a_serde_round_trip() {
     let mut r = bootstrapped();
-    r.apply(Command::AllocateIdentity { labels: LabelSet::parse(&["app=web"]).unwrap() });
+    r.apply(Command::AllocateIdentity {
+        labels: LabelSet::parse(&["app=web"]).unwrap(),
+    });
     let bytes = bincode::serialize(&r).unwrap();
     let back: Registry = bincode::deserialize(&bytes).unwrap();
     assert_eq!(back, r);
@@ -243,23 +338,47 @@ fn t60_a_batch_applies_in_order_and_a_refusal_does_not_stop_it() {
     let mut r = bootstrapped();
     let web = LabelSet::parse(&["app=web"]).unwrap();
     let resp = r.apply(Command::Batch(vec![
-        Command::AllocateIdentity { labels: web.clone() },
-        Command::ReleaseIdentity { labels: LabelSet::parse(&["app=none"]).unwrap() },
-        Command::AllocateIdentity { labels: web.clone() },
+        Command::AllocateIdentity {
+            labels: web.clone(),
+        },
+        Command::ReleaseIdentity {
+            labels: LabelSet::parse(&["app=none"]).unwrap(),
+        },
+        Command::AllocateIdentity {
+            labels: web.clone(),
+        },
     ]));
-    let Response::Batch(v) = resp else { panic!("{resp:?}") };
+    let Response::Batch(v) = resp else {
+        panic!("{resp:?}")
+    };
     assert!(matches!(v[0], Response::Identity { created: true, .. }));
-    assert!(matches!(v[1], Response::Err(RegistryError::IdentityNotFound { .. })));
-    assert!(matches!(v[2], Response::Identity { created: false, identity: IdentityRecord { references: 2, .. } }));
+    assert!(matches!(
+        v[1],
+        Response::Err(RegistryError::IdentityNotFound { .. })
+    ));
+    assert!(matches!(
+        v[2],
+        Response::Identity {
+            created: false,
+            identity: IdentityRecord { references: 2, .. }
+        }
+    ));
 }
 
 #[test]
 fn t70_gossip_key_rotation_through_commands() {
     let mut r = bootstrapped();
     assert_eq!(r.gossip_keyring().unwrap().primary(), 1);
-    refused(&mut r, Command::RemoveGossipKey { id: 1 }, |e| matches!(e, RegistryError::InvalidGossipKey(_)));
-    refused(&mut r, Command::UseGossipKey { id: 2 }, |e| matches!(e, RegistryError::InvalidGossipKey(_)));
-    assert_eq!(r.apply(Command::InstallGossipKey { key: gossip_key(2) }), Response::Ok);
+    refused(&mut r, Command::RemoveGossipKey { id: 1 }, |e| {
+        matches!(e, RegistryError::InvalidGossipKey(_))
+    });
+    refused(&mut r, Command::UseGossipKey { id: 2 }, |e| {
+        matches!(e, RegistryError::InvalidGossipKey(_))
+    });
+    assert_eq!(
+        r.apply(Command::InstallGossipKey { key: gossip_key(2) }),
+        Response::Ok
+    );
     assert_eq!(r.apply(Command::UseGossipKey { id: 2 }), Response::Ok);
     assert_eq!(r.apply(Command::RemoveGossipKey { id: 1 }), Response::Ok);
     let ring = r.gossip_keyring().unwrap();

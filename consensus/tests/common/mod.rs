@@ -23,7 +23,10 @@ pub fn bootstrap_cmd() -> Command {
             x25519_public: "11".repeat(32),
         },
         first_token: token("first"),
-        gossip_key: GossipKey { id: 1, key_hex: "cd".repeat(32) },
+        gossip_key: GossipKey {
+            id: 1,
+            key_hex: "cd".repeat(32),
+        },
     }
 }
 

@@ -11,7 +11,9 @@ use tokio::sync::broadcast;
 /// A loopback address whose port was free a moment ago (chitchat must know the address it
 /// advertises before it binds, so port 0 will not do).
 pub fn free_addr() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("a free loopback port")
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free loopback port")
 }
 
 /// The test cluster's key: id 1.
@@ -46,7 +48,8 @@ pub async fn cluster(n: u64) -> (Vec<Gossip>, Vec<SocketAddr>) {
         // socket: pick another then (node 1 is the seed and starts first).
         let mut tries = 0;
         let g = loop {
-            let mut config = GossipConfig::new(meta(i as u64 + 1), addrs[i], addrs[i], ring(), "test");
+            let mut config =
+                GossipConfig::new(meta(i as u64 + 1), addrs[i], addrs[i], ring(), "test");
             config.seeds = vec![addrs[0]];
             match Gossip::start(config).await {
                 Ok(g) => break g,
@@ -64,7 +67,10 @@ pub async fn cluster(n: u64) -> (Vec<Gossip>, Vec<SocketAddr>) {
 }
 
 pub fn alive_count(g: &Gossip) -> usize {
-    g.members().values().filter(|(s, _)| *s == MemberState::Alive).count()
+    g.members()
+        .values()
+        .filter(|(s, _)| *s == MemberState::Alive)
+        .count()
 }
 
 pub fn all_see_all(nodes: &[Gossip]) -> bool {
@@ -85,7 +91,11 @@ pub async fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<
 
 pub async fn converge(nodes: &[Gossip]) {
     let took = wait_for(Duration::from_secs(15), || all_see_all(nodes)).await;
-    assert!(took.is_some(), "no convergence within 15 s: {:?}", nodes.iter().map(|g| g.members()).collect::<Vec<_>>());
+    assert!(
+        took.is_some(),
+        "no convergence within 15 s: {:?}",
+        nodes.iter().map(|g| g.members()).collect::<Vec<_>>()
+    );
 }
 
 /// Everything a receiver holds right now.

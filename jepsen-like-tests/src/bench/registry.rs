@@ -29,11 +29,18 @@ struct Options {
 }
 
 fn parse(args: &[&str]) -> anyhow::Result<Options> {
-    let mut o = Options { clients: 32, ops: 3000, leader_only: false };
+    let mut o = Options {
+        clients: 32,
+        ops: 3000,
+        leader_only: false,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || -> anyhow::Result<usize> {
-            it.next().ok_or_else(|| anyhow!("{a} needs a value"))?.parse().map_err(|e| anyhow!("{a}: {e}"))
+            it.next()
+                .ok_or_else(|| anyhow!("{a} needs a value"))?
+                .parse()
+                .map_err(|e| anyhow!("{a}: {e}"))
         };
         match *a {
             "--clients" => o.clients = value()?,
@@ -56,23 +63,38 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     crate::require_root()?;
     let opts = parse(args)?;
-    let etcd_bin = which("etcd").context("etcd is not installed: run scripts/deps.sh etcd (Debian's etcd-server)")?;
+    let etcd_bin = which("etcd")
+        .context("etcd is not installed: run scripts/deps.sh etcd (Debian's etcd-server)")?;
     eprintln!("starting a 3-node Membrane cluster and a 3-member etcd in the same lab...");
     let cluster = Cluster::start("bench", 3)?;
     let etcd = EtcdCluster::start(cluster.lab(), &etcd_bin)?;
 
     // Warm-up both, then measure.
     let (sockets, endpoints) = if opts.leader_only {
-        let leader = cluster.leader_seen_by(1)?.ok_or_else(|| anyhow!("membrane has no leader"))? as usize;
-        (vec![cluster.lab().host(leader).socket()], vec![etcd.leader(cluster.lab())?])
+        let leader = cluster
+            .leader_seen_by(1)?
+            .ok_or_else(|| anyhow!("membrane has no leader"))? as usize;
+        (
+            vec![cluster.lab().host(leader).socket()],
+            vec![etcd.leader(cluster.lab())?],
+        )
     } else {
-        ((1..=3).map(|i| cluster.lab().host(i).socket()).collect(), etcd.endpoints.clone())
+        (
+            (1..=3).map(|i| cluster.lab().host(i).socket()).collect(),
+            etcd.endpoints.clone(),
+        )
     };
-    let via = if opts.leader_only { "leader" } else { "all nodes" };
+    let via = if opts.leader_only {
+        "leader"
+    } else {
+        "all nodes"
+    };
     let netns = cluster.lab().host(1).netns().to_string();
     let (clients, ops) = (opts.clients, opts.ops);
     let (m, e) = in_netns(&netns, move || -> anyhow::Result<(Summary, Summary)> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             membrane_workload(&sockets, clients, clients * 4, "warm").await?;
             let m = membrane_workload(&sockets, clients, ops, "run").await?;
@@ -85,7 +107,10 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
 
     println!("| system | clients (to {via}) | ops | errors | ops/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
-    for (name, s) in [("membrane (identity allocate)", &m), ("etcd 3.4 (txn create-if-absent)", &e)] {
+    for (name, s) in [
+        ("membrane (identity allocate)", &m),
+        ("etcd 3.4 (txn create-if-absent)", &e),
+    ] {
         println!(
             "| {name} | {clients} | {} | {} | {:.0} | {:.2} | {:.2} |",
             s.ops,
@@ -136,7 +161,11 @@ where
     }
     let elapsed = start.elapsed();
     let lat = std::mem::take(&mut *latencies.lock().await);
-    Summary::new(lat, errors.load(std::sync::atomic::Ordering::Relaxed), elapsed)
+    Summary::new(
+        lat,
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed,
+    )
 }
 
 async fn membrane_workload(
@@ -151,27 +180,46 @@ async fn membrane_workload(
     }
     let local = tokio::task::LocalSet::new();
     Ok(local
-        .run_until(run_clients(channels, clients, total, move |ch: Channel, k, i| async move {
-            let labels = vec![format!("bench={tag}-{k}-{i}")];
-            AgentClient::new(ch).identity_allocate(IdentityRequest { labels }).await?;
-            Ok(())
-        }))
+        .run_until(run_clients(
+            channels,
+            clients,
+            total,
+            move |ch: Channel, k, i| async move {
+                let labels = vec![format!("bench={tag}-{k}-{i}")];
+                AgentClient::new(ch)
+                    .identity_allocate(IdentityRequest { labels })
+                    .await?;
+                Ok(())
+            },
+        ))
         .await)
 }
 
-async fn etcd_workload(endpoints: &[String], clients: usize, total: usize, tag: &'static str) -> anyhow::Result<Summary> {
+async fn etcd_workload(
+    endpoints: &[String],
+    clients: usize,
+    total: usize,
+    tag: &'static str,
+) -> anyhow::Result<Summary> {
     use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-    let client = Client::connect(endpoints, None).await.context("connecting to etcd")?;
+    let client = Client::connect(endpoints, None)
+        .await
+        .context("connecting to etcd")?;
     let local = tokio::task::LocalSet::new();
     Ok(local
-        .run_until(run_clients(vec![client], clients, total, move |mut c: Client, k, i| async move {
-            let key = format!("/identities/bench={tag}-{k}-{i}");
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, "1", None)]);
-            c.txn(txn).await?;
-            Ok(())
-        }))
+        .run_until(run_clients(
+            vec![client],
+            clients,
+            total,
+            move |mut c: Client, k, i| async move {
+                let key = format!("/identities/bench={tag}-{k}-{i}");
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, "1", None)]);
+                c.txn(txn).await?;
+                Ok(())
+            },
+        ))
         .await)
 }
 
@@ -180,10 +228,14 @@ async fn unix_channel(path: &std::path::Path) -> anyhow::Result<Channel> {
     let connector = tower::service_fn(move |_: http::Uri| {
         let path = path.clone();
         async move {
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
         }
     });
-    Ok(tonic::transport::Endpoint::from_static("http://agent.sock").connect_with_connector(connector).await?)
+    Ok(tonic::transport::Endpoint::from_static("http://agent.sock")
+        .connect_with_connector(connector)
+        .await?)
 }
 
 fn which(cmd: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -204,8 +256,13 @@ struct EtcdCluster {
 
 impl EtcdCluster {
     fn start(lab: &Lab, bin: &std::path::Path) -> anyhow::Result<EtcdCluster> {
-        let peers: Vec<String> = (1..=3).map(|i| format!("e{i}=http://{}:2380", lab.host(i).ip())).collect();
-        let mut cluster = EtcdCluster { children: Vec::new(), endpoints: Vec::new() };
+        let peers: Vec<String> = (1..=3)
+            .map(|i| format!("e{i}=http://{}:2380", lab.host(i).ip()))
+            .collect();
+        let mut cluster = EtcdCluster {
+            children: Vec::new(),
+            endpoints: Vec::new(),
+        };
         for i in 1..=3 {
             let h = lab.host(i);
             let ip = h.ip();
@@ -217,11 +274,19 @@ impl EtcdCluster {
                 .arg("--data-dir")
                 .arg(h.dir().join("etcd"))
                 .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
-                .args(["--initial-advertise-peer-urls", &format!("http://{ip}:2380")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{ip}:2380"),
+                ])
                 .args(["--listen-client-urls", &format!("http://{ip}:2379")])
                 .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
                 .args(["--initial-cluster", &peers.join(",")])
-                .args(["--initial-cluster-state", "new", "--initial-cluster-token", lab.id()])
+                .args([
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    lab.id(),
+                ])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -235,7 +300,9 @@ impl EtcdCluster {
         wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
             let endpoints = endpoints.clone();
             in_netns(&netns, move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 rt.block_on(async move {
                     let mut c = etcd_client::Client::connect(&endpoints, None).await?;
                     c.put("/bench/ready", "1", None).await?;
@@ -254,7 +321,9 @@ impl EtcdCluster {
     fn leader(&self, lab: &Lab) -> anyhow::Result<String> {
         let endpoints = self.endpoints.clone();
         in_netns(lab.host(1).netns(), move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 for ep in &endpoints {
                     let mut c = etcd_client::Client::connect([ep.as_str()], None).await?;

@@ -28,7 +28,13 @@ impl Summary {
                 latencies[((latencies.len() as f64 - 1.0) * q).round() as usize]
             }
         };
-        Summary { ops: latencies.len(), errors, elapsed, p50: pick(0.50), p99: pick(0.99) }
+        Summary {
+            ops: latencies.len(),
+            errors,
+            elapsed,
+            p50: pick(0.50),
+            p99: pick(0.99),
+        }
     }
 
     /// Successful operations per second of wall time.

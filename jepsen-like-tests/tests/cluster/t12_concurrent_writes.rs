@@ -9,10 +9,14 @@ async fn unix_channel(path: std::path::PathBuf) -> anyhow::Result<Channel> {
     let connector = tower::service_fn(move |_: http::Uri| {
         let path = path.clone();
         async move {
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
         }
     });
-    Ok(Endpoint::from_static("http://agent.sock").connect_with_connector(connector).await?)
+    Ok(Endpoint::from_static("http://agent.sock")
+        .connect_with_connector(connector)
+        .await?)
 }
 
 /// Many concurrent writes on every node are batched by the agents; each caller must still
@@ -22,7 +26,10 @@ fn t12_concurrent_writes_each_get_their_own_answer() -> anyhow::Result<()> {
     require_root()?;
     let c = Cluster::start("concurrent", 3)?;
     let sockets: Vec<_> = (1..=3).map(|i| c.lab().host(i).socket()).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let answers: Vec<(String, u32, u64)> = rt.block_on(async move {
         let mut channels = Vec::new();
         for s in sockets {
@@ -34,11 +41,18 @@ fn t12_concurrent_writes_each_get_their_own_answer() -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let label = format!("app=a{}", k % 16);
                 let r = AgentClient::new(ch)
-                    .identity_allocate(IdentityRequest { labels: vec![label.clone()] })
+                    .identity_allocate(IdentityRequest {
+                        labels: vec![label.clone()],
+                    })
                     .await?
                     .into_inner();
                 let id = r.identity.expect("an identity");
-                anyhow::ensure!(id.labels == vec![label.clone()], "answer for {:?} is about {:?}", label, id.labels);
+                anyhow::ensure!(
+                    id.labels == vec![label.clone()],
+                    "answer for {:?} is about {:?}",
+                    label,
+                    id.labels
+                );
                 Ok::<_, anyhow::Error>((label, id.id, id.references))
             }));
         }
@@ -53,12 +67,20 @@ fn t12_concurrent_writes_each_get_their_own_answer() -> anyhow::Result<()> {
     let mut ids: BTreeMap<String, u32> = BTreeMap::new();
     let mut refs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (label, id, r) in answers {
-        assert_eq!(*ids.entry(label.clone()).or_insert(id), id, "{label} got two ids");
+        assert_eq!(
+            *ids.entry(label.clone()).or_insert(id),
+            id,
+            "{label} got two ids"
+        );
         refs.entry(label).or_default().push(r);
     }
     for (label, mut seen) in refs {
         seen.sort();
-        assert_eq!(seen, (1..=15).collect::<Vec<u64>>(), "{label}: each allocation sees its own count");
+        assert_eq!(
+            seen,
+            (1..=15).collect::<Vec<u64>>(),
+            "{label}: each allocation sees its own count"
+        );
     }
     let list = c.cli_json(2, &["identity", "list"])?;
     let listed = list["identities"].as_array().unwrap();

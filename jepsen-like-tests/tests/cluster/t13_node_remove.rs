@@ -5,7 +5,13 @@ use membrane_jepsen::{require_root, wait_until, Cluster};
 
 fn voters(c: &Cluster, host: usize) -> anyhow::Result<BTreeSet<u64>> {
     let s = c.status(host)?;
-    Ok(s["members"].as_array().unwrap().iter().filter(|m| m["role"] == "voter").map(|m| m["node_id"].as_u64().unwrap()).collect())
+    Ok(s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect())
 }
 
 /// `membrane node remove` takes a voter out of the registry; the autopilot replaces it with
@@ -14,7 +20,9 @@ fn voters(c: &Cluster, host: usize) -> anyhow::Result<BTreeSet<u64>> {
 fn t13_removing_a_voter_promotes_the_learner() -> anyhow::Result<()> {
     require_root()?;
     let c = Cluster::start("remove", 4)?;
-    wait_until(Duration::from_secs(15), Duration::from_millis(300), || Ok(c.status(1)?["members"].as_array().unwrap().len() == 4))?;
+    wait_until(Duration::from_secs(15), Duration::from_millis(300), || {
+        Ok(c.status(1)?["members"].as_array().unwrap().len() == 4)
+    })?;
     let before = voters(&c, 1)?;
     assert_eq!(before.len(), 3);
     let leader = c.leader_seen_by(1)?.expect("a leader");
@@ -25,16 +33,34 @@ fn t13_removing_a_voter_promotes_the_learner() -> anyhow::Result<()> {
     expected.insert(learner);
     c.cli(leader as usize, &["node", "remove", &gone.to_string()])?;
     wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
-        let members: BTreeSet<u64> =
-            c.status(leader as usize)?["members"].as_array().unwrap().iter().map(|m| m["node_id"].as_u64().unwrap()).collect();
+        let members: BTreeSet<u64> = c.status(leader as usize)?["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["node_id"].as_u64().unwrap())
+            .collect();
         Ok(voters(&c, leader as usize)? == expected && !members.contains(&gone))
     })?;
     let nodes = c.cli_json(leader as usize, &["node", "list"])?;
-    let ids: BTreeSet<u64> = nodes["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_u64().unwrap()).collect();
+    let ids: BTreeSet<u64> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, expected);
     // Writes still work, and a removed id is unknown.
-    c.cli(learner as usize, &["identity", "allocate", "app=after-remove"])?;
-    let err = c.cli(leader as usize, &["node", "remove", &gone.to_string()]).unwrap_err().to_string();
-    assert!(err.contains(&format!("node {gone} is not in the registry")), "{err}");
+    c.cli(
+        learner as usize,
+        &["identity", "allocate", "app=after-remove"],
+    )?;
+    let err = c
+        .cli(leader as usize, &["node", "remove", &gone.to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("node {gone} is not in the registry")),
+        "{err}"
+    );
     Ok(())
 }

@@ -11,9 +11,14 @@ fn t14_a_node_joins_through_a_follower() -> anyhow::Result<()> {
     c.start_first()?;
     c.join(2, &c.create_token(1)?)?;
     wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
-        Ok(c.status(2).map(|s| s["raft_state"] == "follower").unwrap_or(false))
+        Ok(c.status(2)
+            .map(|s| s["raft_state"] == "follower")
+            .unwrap_or(false))
     })?;
-    let token = c.cli_json(2, &["token", "create"])?["token"].as_str().unwrap().to_string();
+    let token = c.cli_json(2, &["token", "create"])?["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     c.join_via(3, &token, 2)?;
     c.wait_for_voters(3, Duration::from_secs(30))?;
     let nodes = c.cli_json(3, &["node", "list"])?;

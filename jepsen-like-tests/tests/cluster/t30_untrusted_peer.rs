@@ -18,12 +18,18 @@ async fn anonymous_channel(addr: String, pin: [u8; 32]) -> anyhow::Result<Channe
         let (config, addr) = (config.clone(), addr.clone());
         async move {
             let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let name = rustls::pki_types::ServerName::try_from(NODE_SERVER_NAME).unwrap().to_owned();
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let name = rustls::pki_types::ServerName::try_from(NODE_SERVER_NAME)
+                .unwrap()
+                .to_owned();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });
-    Ok(Endpoint::from_static("http://node").connect_with_connector(connector).await?)
+    Ok(Endpoint::from_static("http://node")
+        .connect_with_connector(connector)
+        .await?)
 }
 
 /// A peer without a certificate from the cluster CA cannot call any node RPC but Join, and a
@@ -40,20 +46,36 @@ fn t30_peers_without_a_cluster_certificate_are_refused() -> anyhow::Result<()> {
     let ca_pem = std::fs::read_to_string(c.lab().host(1).state_dir().join("tls/ca.crt"))?;
 
     in_netns(&netns, move || -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             let _ = rustls::crypto::ring::default_provider().install_default();
             // 1. TLS without a client certificate.
             let ch = anonymous_channel(addr.clone(), pin).await?;
-            let err = ClusterClient::new(ch.clone()).write(ForwardRequest { data: vec![1, 2, 3] }).await.unwrap_err();
+            let err = ClusterClient::new(ch.clone())
+                .write(ForwardRequest {
+                    data: vec![1, 2, 3],
+                })
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
-            let err = RaftClient::new(ch.clone()).vote(RaftPayload { data: vec![] }).await.unwrap_err();
+            let err = RaftClient::new(ch.clone())
+                .vote(RaftPayload { data: vec![] })
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
-            let err = RaftClient::new(ch.clone()).append_entries(RaftPayload { data: vec![] }).await.unwrap_err();
+            let err = RaftClient::new(ch.clone())
+                .append_entries(RaftPayload { data: vec![] })
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
             // Join is reachable without a certificate, and refuses a bad token.
             let err = JoinClient::new(ch)
-                .join(JoinRequest { token: "abcdef.0123456789abcdef".into(), ..Default::default() })
+                .join(JoinRequest {
+                    token: "abcdef.0123456789abcdef".into(),
+                    ..Default::default()
+                })
                 .await
                 .unwrap_err();
             assert_ne!(err.code(), tonic::Code::Unauthenticated);
@@ -73,11 +95,17 @@ fn t30_peers_without_a_cluster_certificate_are_refused() -> anyhow::Result<()> {
                 .connect_lazy();
             // Had the server accepted the certificate, the RPC would have run and refused the
             // empty payload with InvalidArgument; a TLS refusal is a transport error instead.
-            let err = ClusterClient::new(ch).write(ForwardRequest { data: vec![] }).await.unwrap_err();
+            let err = ClusterClient::new(ch)
+                .write(ForwardRequest { data: vec![] })
+                .await
+                .unwrap_err();
             assert!(
                 matches!(
                     err.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled
+                    tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Internal
+                        | tonic::Code::Cancelled
                 ),
                 "a rogue peer must not get an answer: {err:?}"
             );

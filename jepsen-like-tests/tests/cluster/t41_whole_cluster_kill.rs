@@ -21,11 +21,20 @@ fn t41_killing_every_node_loses_no_acknowledged_write() -> anyhow::Result<()> {
         c.lab().restart(h)?;
     }
     wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
-        Ok((1..=3).any(|h| c.status(h).map(|s| s["raft_state"] == "leader").unwrap_or(false)))
+        Ok((1..=3).any(|h| {
+            c.status(h)
+                .map(|s| s["raft_state"] == "leader")
+                .unwrap_or(false)
+        }))
     })?;
     for h in 1..=3 {
         let v = c.cli_json(h, &["identity", "list"])?;
-        let ids: BTreeSet<u64> = v["identities"].as_array().unwrap().iter().map(|i| i["id"].as_u64().unwrap()).collect();
+        let ids: BTreeSet<u64> = v["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect();
         assert_eq!(ids, acknowledged, "host {h}");
     }
     c.cli(2, &["identity", "allocate", "app=after"])?;

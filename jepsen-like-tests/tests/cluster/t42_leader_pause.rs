@@ -12,14 +12,21 @@ fn t42_a_paused_leader_is_replaced_and_catches_up() -> anyhow::Result<()> {
     c.lab().pause(old)?;
     let others: Vec<usize> = (1..=3).filter(|h| *h != old).collect();
     wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
-        Ok(c.leader_seen_by(others[0]).unwrap_or(None).is_some_and(|l| l as usize != old))
+        Ok(c.leader_seen_by(others[0])
+            .unwrap_or(None)
+            .is_some_and(|l| l as usize != old))
     })?;
     for k in 0..5 {
-        c.cli(others[k % 2], &["identity", "allocate", &format!("app=while-paused-{k}")])?;
+        c.cli(
+            others[k % 2],
+            &["identity", "allocate", &format!("app=while-paused-{k}")],
+        )?;
     }
     c.lab().resume(old)?;
     wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
-        let Ok(s) = c.status(old) else { return Ok(false) };
+        let Ok(s) = c.status(old) else {
+            return Ok(false);
+        };
         if s["raft_state"] == "leader" && c.leader_seen_by(others[0])? != Some(old as u64) {
             return Ok(false);
         }

@@ -6,24 +6,48 @@ use membrane_jepsen::membrane_binary;
 /// Runs `membrane agent` on a state dir with a socket of its own; returns its output.
 fn agent(state: &Path, socket: &Path) -> anyhow::Result<Output> {
     Ok(Command::new(membrane_binary()?)
-        .args(["--socket", &socket.display().to_string(), "agent", "--state-dir", &state.display().to_string()])
+        .args([
+            "--socket",
+            &socket.display().to_string(),
+            "agent",
+            "--state-dir",
+            &state.display().to_string(),
+        ])
         .args(["--listen-addr", "127.0.0.1:0"])
         .output()?)
 }
 
 fn init(state: &Path) -> anyhow::Result<()> {
     let out = Command::new(membrane_binary()?)
-        .args(["init", "--state-dir", &state.display().to_string(), "--advertise-addr", "127.0.0.1:17700", "--name", "n1"])
+        .args([
+            "init",
+            "--state-dir",
+            &state.display().to_string(),
+            "--advertise-addr",
+            "127.0.0.1:17700",
+            "--name",
+            "n1",
+        ])
         .output()?;
-    anyhow::ensure!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
 fn assert_clear_failure(out: &Output, expected: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the agent must refuse to start");
-    assert!(!stderr.contains("panicked"), "a panic instead of an error: {stderr}");
-    assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic instead of an error: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
 }
 
 /// Corrupt or unreadable state: a clear error at start, never a panic, and nothing rewritten.
@@ -70,7 +94,13 @@ fn t50_corrupt_state_is_a_clear_error() -> anyhow::Result<()> {
 
     // init on an existing cluster's state refuses and keeps it.
     let out = Command::new(membrane_binary()?)
-        .args(["init", "--state-dir", &s1.display().to_string(), "--advertise-addr", "127.0.0.1:17700"])
+        .args([
+            "init",
+            "--state-dir",
+            &s1.display().to_string(),
+            "--advertise-addr",
+            "127.0.0.1:17700",
+        ])
         .output()?;
     assert!(!out.status.success());
     Ok(())

@@ -5,7 +5,13 @@ use membrane_jepsen::{require_root, wait_until, Cluster};
 
 fn voters(c: &Cluster, host: usize) -> anyhow::Result<BTreeSet<u64>> {
     let s = c.status(host)?;
-    Ok(s["members"].as_array().unwrap().iter().filter(|m| m["role"] == "voter").map(|m| m["node_id"].as_u64().unwrap()).collect())
+    Ok(s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "voter")
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect())
 }
 
 /// Five nodes; SIGKILL a voter: within 15 s a learner takes its place, writes keep
@@ -28,14 +34,22 @@ fn t60_a_dead_voter_is_replaced_by_a_learner() -> anyhow::Result<()> {
     })?;
     eprintln!("voter {victim} replaced after {:?}", killed_at.elapsed());
     for k in 0..5 {
-        c.cli(survivor, &["identity", "allocate", &format!("app=during-{k}")])?;
+        c.cli(
+            survivor,
+            &["identity", "allocate", &format!("app=during-{k}")],
+        )?;
     }
 
     // The node restarts with its stored identity and keys and is a member again.
     c.lab().restart(victim)?;
     wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
         let nodes = c.cli_json(survivor, &["node", "list"])?;
-        let n = nodes["nodes"].as_array().unwrap().iter().find(|n| n["id"] == victim as u64).cloned();
+        let n = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == victim as u64)
+            .cloned();
         Ok(n.is_some_and(|n| n["gossip_state"] == "alive" && n["raft_role"] != "none"))
     })?;
     c.cli(victim, &["identity", "allocate", "app=after-rejoin"])?;

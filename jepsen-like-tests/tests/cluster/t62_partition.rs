@@ -17,11 +17,18 @@ fn gossip_state(c: &Cluster, observer: usize, node: u64) -> anyhow::Result<Strin
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// Streams `membrane members --watch` on `host`; sends (host, event) for every line.
-fn watch(c: &Cluster, host: usize, tx: mpsc::Sender<(usize, serde_json::Value)>) -> anyhow::Result<Child> {
+fn watch(
+    c: &Cluster,
+    host: usize,
+    tx: mpsc::Sender<(usize, serde_json::Value)>,
+) -> anyhow::Result<Child> {
     let mut child = Command::new(membrane_binary()?)
         .arg("--socket")
         .arg(c.lab().host(host).socket())
@@ -51,7 +58,11 @@ fn t62_a_partitioned_node_is_marked_down_and_comes_back() -> anyhow::Result<()> 
         c.cli(1 + k % 4, &["identity", "allocate", &format!("app=p{k}")])?;
     }
     wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-        Ok((1..=3).all(|o| gossip_state(&c, o, 4).map(|s| s == "alive").unwrap_or(false)))
+        Ok((1..=3).all(|o| {
+            gossip_state(&c, o, 4)
+                .map(|s| s == "alive")
+                .unwrap_or(false)
+        }))
     })?;
     // Let the failure detector learn the heartbeat intervals of a settled cluster.
     std::thread::sleep(Duration::from_secs(2));
@@ -69,7 +80,9 @@ fn t62_a_partitioned_node_is_marked_down_and_comes_back() -> anyhow::Result<()> 
     while detected.len() < 3 && std::time::Instant::now() < deadline {
         if let Ok((host, e)) = rx.recv_timeout(Duration::from_millis(200)) {
             if e["kind"] == "down" && e["node_id"] == 4 {
-                detected.entry(host).or_insert(e["at_unix_ms"].as_i64().unwrap() - cut_at);
+                detected
+                    .entry(host)
+                    .or_insert(e["at_unix_ms"].as_i64().unwrap() - cut_at);
             }
         }
     }
@@ -77,14 +90,22 @@ fn t62_a_partitioned_node_is_marked_down_and_comes_back() -> anyhow::Result<()> 
         let _ = w.kill();
         let _ = w.wait();
     }
-    assert_eq!(detected.len(), 3, "not every node saw node 4 go down: {detected:?}");
+    assert_eq!(
+        detected.len(),
+        3,
+        "not every node saw node 4 go down: {detected:?}"
+    );
     for (host, ms) in &detected {
         assert!(*ms < 3000, "host {host} marked node 4 down after {ms} ms");
     }
 
     c.lab().heal(4)?;
     wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
-        Ok((1..=3).all(|o| gossip_state(&c, o, 4).map(|s| s == "alive").unwrap_or(false)))
+        Ok((1..=3).all(|o| {
+            gossip_state(&c, o, 4)
+                .map(|s| s == "alive")
+                .unwrap_or(false)
+        }))
     })?;
     let ids = c.cli_json(4, &["identity", "list"])?;
     assert_eq!(ids["identities"].as_array().unwrap().len(), 10);

@@ -37,7 +37,11 @@ fn role_name(state: ServerState) -> &'static str {
 }
 
 fn identity_info(rec: &IdentityRecord) -> pb::IdentityInfo {
-    pb::IdentityInfo { id: rec.id, labels: rec.labels.to_strings(), references: rec.references }
+    pb::IdentityInfo {
+        id: rec.id,
+        labels: rec.labels.to_strings(),
+        references: rec.references,
+    }
 }
 
 fn token_info(t: &TokenRecord, now: i64) -> pb::TokenInfo {
@@ -70,9 +74,18 @@ fn member_event(kind: &str, m: &membrane_gossip::NodeMeta, at_unix_ms: i64) -> p
     }
 }
 
-fn keyring_response(ring: &membrane_consensus::registry::GossipKeyring) -> pb::GossipKeyringResponse {
+fn keyring_response(
+    ring: &membrane_consensus::registry::GossipKeyring,
+) -> pb::GossipKeyringResponse {
     pb::GossipKeyringResponse {
-        keys: ring.keys().iter().map(|k| pb::GossipKeyInfo { id: k.id, primary: k.id == ring.primary() }).collect(),
+        keys: ring
+            .keys()
+            .iter()
+            .map(|k| pb::GossipKeyInfo {
+                id: k.id,
+                primary: k.id == ring.primary(),
+            })
+            .collect(),
     }
 }
 
@@ -92,7 +105,12 @@ impl Agent for AgentApi {
             .map(|(id, node)| pb::Member {
                 node_id: *id,
                 rpc_addr: node.addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
             })
             .collect();
         // 0.9's metrics carry no commit index; ask the Raft core for it.
@@ -139,8 +157,16 @@ impl Agent for AgentApi {
         }))
     }
 
-    async fn node_list(&self, _: Request<pb::Empty>) -> Result<Response<pb::NodeListResponse>, Status> {
-        let QueryResult::Nodes { nodes, voters, learners } = self.client.query(Query::Nodes).await? else {
+    async fn node_list(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::NodeListResponse>, Status> {
+        let QueryResult::Nodes {
+            nodes,
+            voters,
+            learners,
+        } = self.client.query(Query::Nodes).await?
+        else {
             return Err(Status::internal("unexpected answer to a node query"));
         };
         let nodes = nodes
@@ -162,7 +188,11 @@ impl Agent for AgentApi {
                 x25519_public: n.x25519_public,
                 joined_at_unix: n.joined_at,
                 gossip_state: match self.gossip.get() {
-                    Some(g) => g.state_of(n.id).map(|st| st.as_str()).unwrap_or("unknown").to_string(),
+                    Some(g) => g
+                        .state_of(n.id)
+                        .map(|st| st.as_str())
+                        .unwrap_or("unknown")
+                        .to_string(),
                     None => "unknown".to_string(),
                 },
             })
@@ -170,9 +200,14 @@ impl Agent for AgentApi {
         Ok(Response::new(pb::NodeListResponse { nodes }))
     }
 
-    async fn node_remove(&self, req: Request<pb::NodeRemoveRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn node_remove(
+        &self,
+        req: Request<pb::NodeRemoveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let id = req.into_inner().id;
-        let others = self.client.local(|r| r.nodes().filter(|n| n.id != id).count());
+        let others = self
+            .client
+            .local(|r| r.nodes().filter(|n| n.id != id).count());
         if others == 0 {
             return Err(Status::failed_precondition(format!(
                 "node {id} is the only node of the cluster; it cannot be removed"
@@ -187,9 +222,14 @@ impl Agent for AgentApi {
     type WatchMembersStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::MemberEvent, Status>> + Send>>;
 
-    async fn watch_members(&self, _: Request<pb::Empty>) -> Result<Response<Self::WatchMembersStream>, Status> {
+    async fn watch_members(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<Self::WatchMembersStream>, Status> {
         use tokio_stream::StreamExt;
-        let gossip = self.gossip.get().cloned().ok_or_else(|| Status::unavailable("gossip is not running yet; try again in a moment"))?;
+        let gossip = self.gossip.get().cloned().ok_or_else(|| {
+            Status::unavailable("gossip is not running yet; try again in a moment")
+        })?;
         // Snapshot and subscription taken together, so no change falls between them.
         let (members, rx) = gossip.subscribe_with_snapshot();
         let now = super::unix_now_ms();
@@ -206,16 +246,29 @@ impl Agent for AgentApi {
             };
             Some(Ok(member_event(kind, meta, super::unix_now_ms())))
         });
-        Ok(Response::new(Box::pin(tokio_stream::iter(initial).chain(updates))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::iter(initial).chain(updates),
+        )))
     }
 
-    async fn gossip_keyring(&self, _: Request<pb::Empty>) -> Result<Response<pb::GossipKeyringResponse>, Status> {
-        let ring = self.client.local(|r| r.gossip_keyring().cloned()).ok_or_else(|| Status::unavailable("no keyring yet"))?;
+    async fn gossip_keyring(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::GossipKeyringResponse>, Status> {
+        let ring = self
+            .client
+            .local(|r| r.gossip_keyring().cloned())
+            .ok_or_else(|| Status::unavailable("no keyring yet"))?;
         Ok(Response::new(keyring_response(&ring)))
     }
 
-    async fn gossip_rotate_key(&self, _: Request<pb::Empty>) -> Result<Response<pb::GossipKeyringResponse>, Status> {
-        let gossip = self.gossip.get().cloned().ok_or_else(|| Status::unavailable("gossip is not running yet; try again in a moment"))?;
+    async fn gossip_rotate_key(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::GossipKeyringResponse>, Status> {
+        let gossip = self.gossip.get().cloned().ok_or_else(|| {
+            Status::unavailable("gossip is not running yet; try again in a moment")
+        })?;
         let ring = super::rotation::rotate(&self.client, &gossip).await?;
         Ok(Response::new(keyring_response(&ring)))
     }
@@ -225,11 +278,21 @@ impl Agent for AgentApi {
         req: Request<pb::TokenCreateRequest>,
     ) -> Result<Response<pb::TokenCreateResponse>, Status> {
         let req = req.into_inner();
-        let ttl = if req.ttl_seconds == 0 { DEFAULT_TOKEN_TTL_SECS } else { req.ttl_seconds };
+        let ttl = if req.ttl_seconds == 0 {
+            DEFAULT_TOKEN_TTL_SECS
+        } else {
+            req.ttl_seconds
+        };
         if ttl > 365 * 24 * 3600 {
-            return Err(Status::invalid_argument("token TTL is longer than a year; pick a shorter --ttl"));
+            return Err(Status::invalid_argument(
+                "token TTL is longer than a year; pick a shorter --ttl",
+            ));
         }
-        let max_uses = if req.max_uses == 0 { DEFAULT_TOKEN_USES } else { req.max_uses };
+        let max_uses = if req.max_uses == 0 {
+            DEFAULT_TOKEN_USES
+        } else {
+            req.max_uses
+        };
         let token = JoinToken::generate();
         let now = super::unix_now();
         let record = TokenRecord {
@@ -243,7 +306,9 @@ impl Agent for AgentApi {
             revoked: false,
         };
         let expires_at = record.expires_at;
-        self.client.write(Command::CreateToken { token: record }).await?;
+        self.client
+            .write(Command::CreateToken { token: record })
+            .await?;
         let full = token.to_string();
         Ok(Response::new(pb::TokenCreateResponse {
             join_command: join_command(&self.me.rpc_addr, &full, &self.ca_hash),
@@ -254,15 +319,23 @@ impl Agent for AgentApi {
         }))
     }
 
-    async fn token_list(&self, _: Request<pb::Empty>) -> Result<Response<pb::TokenListResponse>, Status> {
+    async fn token_list(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::TokenListResponse>, Status> {
         let QueryResult::Tokens(tokens) = self.client.query(Query::Tokens).await? else {
             return Err(Status::internal("unexpected answer to a token query"));
         };
         let now = super::unix_now();
-        Ok(Response::new(pb::TokenListResponse { tokens: tokens.iter().map(|t| token_info(t, now)).collect() }))
+        Ok(Response::new(pb::TokenListResponse {
+            tokens: tokens.iter().map(|t| token_info(t, now)).collect(),
+        }))
     }
 
-    async fn token_revoke(&self, req: Request<pb::TokenRevokeRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn token_revoke(
+        &self,
+        req: Request<pb::TokenRevokeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let id = req.into_inner().id;
         // Accept a whole token too: people paste what they have.
         let id = id.split('.').next().unwrap_or_default().to_string();
@@ -275,19 +348,33 @@ impl Agent for AgentApi {
         req: Request<pb::IdentityRequest>,
     ) -> Result<Response<pb::IdentityResponse>, Status> {
         let labels = parse_labels(&req.into_inner().labels)?;
-        match self.client.write(Command::AllocateIdentity { labels }).await? {
+        match self
+            .client
+            .write(Command::AllocateIdentity { labels })
+            .await?
+        {
             RegistryResponse::Identity { identity, created } => {
-                Ok(Response::new(pb::IdentityResponse { identity: Some(identity_info(&identity)), created }))
+                Ok(Response::new(pb::IdentityResponse {
+                    identity: Some(identity_info(&identity)),
+                    created,
+                }))
             }
-            other => Err(Status::internal(format!("unexpected registry response {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected registry response {other:?}"
+            ))),
         }
     }
 
-    async fn identity_list(&self, _: Request<pb::Empty>) -> Result<Response<pb::IdentityListResponse>, Status> {
+    async fn identity_list(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::IdentityListResponse>, Status> {
         let QueryResult::Identities(ids) = self.client.query(Query::Identities).await? else {
             return Err(Status::internal("unexpected answer to an identity query"));
         };
-        Ok(Response::new(pb::IdentityListResponse { identities: ids.iter().map(identity_info).collect() }))
+        Ok(Response::new(pb::IdentityListResponse {
+            identities: ids.iter().map(identity_info).collect(),
+        }))
     }
 
     async fn identity_release(
@@ -295,11 +382,23 @@ impl Agent for AgentApi {
         req: Request<pb::IdentityRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let labels = parse_labels(&req.into_inner().labels)?;
-        match self.client.write(Command::ReleaseIdentity { labels }).await? {
-            RegistryResponse::Released { id, references, removed } => {
-                Ok(Response::new(pb::ReleaseResponse { references, removed, id }))
-            }
-            other => Err(Status::internal(format!("unexpected registry response {other:?}"))),
+        match self
+            .client
+            .write(Command::ReleaseIdentity { labels })
+            .await?
+        {
+            RegistryResponse::Released {
+                id,
+                references,
+                removed,
+            } => Ok(Response::new(pb::ReleaseResponse {
+                references,
+                removed,
+                id,
+            })),
+            other => Err(Status::internal(format!(
+                "unexpected registry response {other:?}"
+            ))),
         }
     }
 }

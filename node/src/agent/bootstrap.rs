@@ -13,11 +13,18 @@ use tracing::info;
 use super::registry_client::{ClientError, RegistryClient};
 use crate::state::{Bootstrap, NodeIdentity};
 
-pub async fn bootstrap(raft: &Raft, client: &RegistryClient, b: Bootstrap, me: &NodeIdentity) -> anyhow::Result<()> {
+pub async fn bootstrap(
+    raft: &Raft,
+    client: &RegistryClient,
+    b: Bootstrap,
+    me: &NodeIdentity,
+) -> anyhow::Result<()> {
     let members = BTreeMap::from([(me.node_id, BasicNode::new(&me.rpc_addr))]);
     match raft.initialize(members).await {
         Ok(()) => info!("raft initialised with this node as the only voter"),
-        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => info!("raft already initialised"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+            info!("raft already initialised")
+        }
         Err(e) => bail!("cannot initialise raft: {e}"),
     }
     raft.wait(Some(Duration::from_secs(30)))
@@ -32,7 +39,9 @@ pub async fn bootstrap(raft: &Raft, client: &RegistryClient, b: Bootstrap, me: &
     };
     match client.write(cmd).await {
         Ok(_) => info!("cluster created"),
-        Err(ClientError::Refused(RegistryError::AlreadyBootstrapped { .. })) => info!("cluster already created"),
+        Err(ClientError::Refused(RegistryError::AlreadyBootstrapped { .. })) => {
+            info!("cluster already created")
+        }
         Err(e) => bail!("cannot commit the cluster settings: {e}"),
     }
     Ok(())

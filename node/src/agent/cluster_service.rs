@@ -24,16 +24,32 @@ fn not_leader(e: ClientError) -> Status {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn write(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
-        let cmd: Command = decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn write(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let cmd: Command =
+            decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // A refusal travels inside the response (Response::Err), not as a Status.
         let resp = self.client.write_as_leader(cmd).await.map_err(not_leader)?;
-        Ok(Response::new(ForwardResponse { data: encode(&resp) }))
+        Ok(Response::new(ForwardResponse {
+            data: encode(&resp),
+        }))
     }
 
-    async fn read(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
-        let query: Query = decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let result = self.client.query_as_leader(&query).await.map_err(not_leader)?;
-        Ok(Response::new(ForwardResponse { data: encode(&result) }))
+    async fn read(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let query: Query =
+            decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let result = self
+            .client
+            .query_as_leader(&query)
+            .await
+            .map_err(not_leader)?;
+        Ok(Response::new(ForwardResponse {
+            data: encode(&result),
+        }))
     }
 }

@@ -30,12 +30,21 @@ pub fn gossip_addr_of(rpc_addr: &str) -> Option<SocketAddr> {
 
 /// Converts the registry's keyring into the sealing keyring.
 pub fn keyring_of(ring: &GossipKeyring) -> Option<Keyring> {
-    let keys: Vec<(u32, [u8; 32])> = ring.keys().iter().filter_map(|k| Some((k.id, k.bytes().ok()?))).collect();
+    let keys: Vec<(u32, [u8; 32])> = ring
+        .keys()
+        .iter()
+        .filter_map(|k| Some((k.id, k.bytes().ok()?)))
+        .collect();
     Keyring::new(keys, ring.primary())
 }
 
 /// Starts gossip in the background and keeps it in step with the registry.
-pub fn spawn(client: Arc<RegistryClient>, me: NodeIdentity, listen: Option<SocketAddr>, liveness: Liveness) -> GossipSlot {
+pub fn spawn(
+    client: Arc<RegistryClient>,
+    me: NodeIdentity,
+    listen: Option<SocketAddr>,
+    liveness: Liveness,
+) -> GossipSlot {
     let slot: GossipSlot = Arc::default();
     let out = slot.clone();
     tokio::spawn(async move {
@@ -54,9 +63,15 @@ pub fn spawn(client: Arc<RegistryClient>, me: NodeIdentity, listen: Option<Socke
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         let (seeds, meta) = client.local(|r| {
-            let seeds: Vec<SocketAddr> =
-                r.nodes().filter(|n| n.id != me.node_id).filter_map(|n| gossip_addr_of(&n.rpc_addr)).collect();
-            let pod_cidr = r.node(me.node_id).map(|n| n.pod_cidr.to_string()).unwrap_or_default();
+            let seeds: Vec<SocketAddr> = r
+                .nodes()
+                .filter(|n| n.id != me.node_id)
+                .filter_map(|n| gossip_addr_of(&n.rpc_addr))
+                .collect();
+            let pod_cidr = r
+                .node(me.node_id)
+                .map(|n| n.pod_cidr.to_string())
+                .unwrap_or_default();
             (seeds, pod_cidr)
         });
         let meta = NodeMeta {
@@ -113,18 +128,28 @@ async fn track_liveness(gossip: Arc<Gossip>, liveness: Liveness) {
 }
 
 /// Applies keyring changes committed in the registry (rotation) to the transport.
-async fn keep_keyring_in_step(client: Arc<RegistryClient>, gossip: Arc<Gossip>, mut current: GossipKeyring) {
+async fn keep_keyring_in_step(
+    client: Arc<RegistryClient>,
+    gossip: Arc<Gossip>,
+    mut current: GossipKeyring,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
-        let Some(latest) = client.local(|r| r.gossip_keyring().cloned()) else { continue };
+        let Some(latest) = client.local(|r| r.gossip_keyring().cloned()) else {
+            continue;
+        };
         if latest == current {
             continue;
         }
         match keyring_of(&latest) {
             Some(k) => {
                 gossip.set_keyring(k).await;
-                info!(primary = latest.primary(), keys = latest.keys().len(), "gossip keyring updated");
+                info!(
+                    primary = latest.primary(),
+                    keys = latest.keys().len(),
+                    "gossip keyring updated"
+                );
                 current = latest;
             }
             None => warn!("the registry's gossip keyring is unusable; keeping the current one"),

@@ -50,12 +50,17 @@ pub async fn join(
         .into_inner();
 
     // The server proved the pinned CA during the handshake; check it hands back the same.
-    let ca_der = pem_to_der(&resp.ca_cert_pem).context("the CA certificate in the join response")?;
+    let ca_der =
+        pem_to_der(&resp.ca_cert_pem).context("the CA certificate in the join response")?;
     let got = ca_hash_of_cert_der(&ca_der)?;
     if parse_ca_hash(&got)? != pin {
-        bail!("the cluster answered with CA {got}, not the pinned {}; refusing it", args.ca_hash);
+        bail!(
+            "the cluster answered with CA {got}, not the pinned {}; refusing it",
+            args.ca_hash
+        );
     }
-    let cluster_id = u8::try_from(resp.cluster_id).map_err(|_| anyhow!("cluster id {} out of range", resp.cluster_id))?;
+    let cluster_id = u8::try_from(resp.cluster_id)
+        .map_err(|_| anyhow!("cluster id {} out of range", resp.cluster_id))?;
     state.write_certificates(&resp.ca_cert_pem, &resp.node_cert_pem)?;
     let identity = NodeIdentity {
         cluster_id,

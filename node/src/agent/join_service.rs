@@ -39,9 +39,15 @@ impl Join for JoinService {
 
 impl JoinService {
     async fn admit(&self, req: JoinRequest) -> Result<Response<JoinResponse>, Status> {
-        let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(format!("malformed join token: {e}")))?;
+        let token = JoinToken::parse(&req.token)
+            .map_err(|e| Status::invalid_argument(format!("malformed join token: {e}")))?;
         let name = req.name.trim().to_string();
-        if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
             return Err(Status::invalid_argument(format!(
                 "node name {name:?} is invalid; use 1-63 letters, digits, '-' or '.'"
             )));
@@ -57,12 +63,13 @@ impl JoinService {
             .as_slice()
             .try_into()
             .map_err(|_| Status::invalid_argument("the X25519 public key must be 32 bytes"))?;
-        let tls_key_sha256 = membrane_crypto::ca::csr_public_key_sha256(&req.csr_der)
-            .map_err(|e| Status::invalid_argument(format!("bad certificate signing request: {e}")))?;
-        let config = self
-            .client
-            .local(|r| r.cluster().cloned())
-            .ok_or_else(|| Status::unavailable("this node has not caught up with the cluster yet; try again"))?;
+        let tls_key_sha256 =
+            membrane_crypto::ca::csr_public_key_sha256(&req.csr_der).map_err(|e| {
+                Status::invalid_argument(format!("bad certificate signing request: {e}"))
+            })?;
+        let config = self.client.local(|r| r.cluster().cloned()).ok_or_else(|| {
+            Status::unavailable("this node has not caught up with the cluster yet; try again")
+        })?;
         let ca = ClusterCa::from_pem(&config.ca_cert_pem, &config.ca_key_pem)
             .map_err(|e| Status::internal(format!("cluster CA unusable: {e}")))?;
 
@@ -70,19 +77,30 @@ impl JoinService {
         let cmd = Command::AdmitNode {
             token_id: token.id().to_string(),
             presented_hash: token.secret_hash(),
-            node: NewNode { name, rpc_addr: req.rpc_addr, tls_key_sha256, x25519_public: hex::encode(x25519) },
+            node: NewNode {
+                name,
+                rpc_addr: req.rpc_addr,
+                tls_key_sha256,
+                x25519_public: hex::encode(x25519),
+            },
             now,
         };
         let node = match self.client.write(cmd).await {
             Ok(RegistryResponse::Node(node)) => node,
-            Ok(other) => return Err(Status::internal(format!("unexpected registry response {other:?}"))),
+            Ok(other) => {
+                return Err(Status::internal(format!(
+                    "unexpected registry response {other:?}"
+                )))
+            }
             Err(e @ ClientError::Refused(_)) => return Err(Status::from(e)),
             Err(e) => return Err(e.into()),
         };
         let cert_pem = ca
             .sign_node_csr(&req.csr_der, node.id)
             .map_err(|e| Status::internal(format!("signing the node certificate failed: {e}")))?;
-        let members = self.client.local(|r| r.nodes().map(|n| (n.id, n.rpc_addr.clone())).collect());
+        let members = self
+            .client
+            .local(|r| r.nodes().map(|n| (n.id, n.rpc_addr.clone())).collect());
         Ok(Response::new(JoinResponse {
             node_id: node.id,
             cluster_id: u32::from(config.cluster_id),

@@ -52,21 +52,33 @@ pub struct Liveness(Arc<RwLock<BTreeMap<u64, Instant>>>);
 
 impl Liveness {
     pub fn set_down(&self, id: u64) {
-        self.0.write().expect("liveness lock").entry(id).or_insert_with(Instant::now);
+        self.0
+            .write()
+            .expect("liveness lock")
+            .entry(id)
+            .or_insert_with(Instant::now);
     }
     pub fn set_up(&self, id: u64) {
         self.0.write().expect("liveness lock").remove(&id);
     }
     /// How long each down node has been down.
     pub fn down_for(&self) -> BTreeMap<u64, Duration> {
-        self.0.read().expect("liveness lock").iter().map(|(id, since)| (*id, since.elapsed())).collect()
+        self.0
+            .read()
+            .expect("liveness lock")
+            .iter()
+            .map(|(id, since)| (*id, since.elapsed()))
+            .collect()
     }
 }
 
 /// One change decided by the autopilot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    AddLearner { id: u64, addr: String },
+    AddLearner {
+        id: u64,
+        addr: String,
+    },
     /// Make these the voters.
     SetVoters(BTreeSet<u64>),
     /// Remove these non-voters from the membership.
@@ -106,7 +118,11 @@ impl View<'_> {
             .iter()
             .copied()
             .filter(|id| self.registered.contains_key(id) && self.is_live(*id))
-            .filter(|id| self.matched.get(id).is_some_and(|m| m + MAX_PROMOTION_LAG >= self.last_log_index))
+            .filter(|id| {
+                self.matched
+                    .get(id)
+                    .is_some_and(|m| m + MAX_PROMOTION_LAG >= self.last_log_index)
+            })
             .collect()
     }
 
@@ -130,13 +146,24 @@ pub fn plan(v: &View) -> Vec<Action> {
     }
 
     for (id, addr) in v.registered {
-        if !v.voters.contains(id) && !v.learners.contains(id) && !v.down_longer_than(*id, c.remove_after) {
-            actions.push(Action::AddLearner { id: *id, addr: addr.clone() });
+        if !v.voters.contains(id)
+            && !v.learners.contains(id)
+            && !v.down_longer_than(*id, c.remove_after)
+        {
+            actions.push(Action::AddLearner {
+                id: *id,
+                addr: addr.clone(),
+            });
         }
     }
 
     // Members that are no longer registered leave: learners at once, voters if safe.
-    let gone_learners: BTreeSet<u64> = v.learners.iter().copied().filter(|id| !v.registered.contains_key(id)).collect();
+    let gone_learners: BTreeSet<u64> = v
+        .learners
+        .iter()
+        .copied()
+        .filter(|id| !v.registered.contains_key(id))
+        .collect();
     if !gone_learners.is_empty() {
         actions.push(Action::RemoveLearners(gone_learners));
     }
@@ -201,7 +228,11 @@ pub async fn run(client: Arc<RegistryClient>, liveness: Liveness, config: Autopi
         let matched: BTreeMap<u64, u64> = metrics
             .replication
             .as_ref()
-            .map(|r| r.iter().filter_map(|(id, log)| log.map(|l| (*id, l.index))).collect())
+            .map(|r| {
+                r.iter()
+                    .filter_map(|(id, log)| log.map(|l| (*id, l.index)))
+                    .collect()
+            })
             .unwrap_or_default();
         let down_for = liveness.down_for();
         let view = View {
@@ -219,22 +250,26 @@ pub async fn run(client: Arc<RegistryClient>, liveness: Liveness, config: Autopi
             let raft = client.raft();
             let act = async {
                 match &action {
-                Action::AddLearner { id, addr } => {
-                    raft.add_learner(*id, BasicNode::new(addr), false).await.map(|_| ()).map_err(|e| e.to_string())
-                }
-                Action::SetVoters(voters) => raft
-                    .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Action::RemoveLearners(ids) => raft
-                    .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Action::Deregister(id) => {
-                    client.write(Command::RemoveNode { id: *id }).await.map(|_| ()).map_err(|e| e.to_string())
-                }
+                    Action::AddLearner { id, addr } => raft
+                        .add_learner(*id, BasicNode::new(addr), false)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Action::SetVoters(voters) => raft
+                        .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Action::RemoveLearners(ids) => raft
+                        .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    Action::Deregister(id) => client
+                        .write(Command::RemoveNode { id: *id })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                 }
             };
             // A change that cannot commit (the cluster lost its quorum meanwhile) must not
@@ -280,7 +315,11 @@ mod tests {
 
     fn run_plan(c: Case) -> Vec<Action> {
         let registered = registered(&c.registered);
-        let down_for: BTreeMap<u64, Duration> = c.down.iter().map(|(id, s)| (*id, Duration::from_secs(*s))).collect();
+        let down_for: BTreeMap<u64, Duration> = c
+            .down
+            .iter()
+            .map(|(id, s)| (*id, Duration::from_secs(*s)))
+            .collect();
         let config = AutopilotConfig::default();
         plan(&View {
             registered: &registered,
@@ -296,8 +335,20 @@ mod tests {
 
     #[test]
     fn t10_new_nodes_become_learners() {
-        let a = run_plan(Case { registered: vec![1, 2], voters: vec![1], learners: vec![], matched: BTreeMap::new(), down: vec![] });
-        assert_eq!(a, vec![Action::AddLearner { id: 2, addr: "10.0.0.2:7700".into() }]);
+        let a = run_plan(Case {
+            registered: vec![1, 2],
+            voters: vec![1],
+            learners: vec![],
+            matched: BTreeMap::new(),
+            down: vec![],
+        });
+        assert_eq!(
+            a,
+            vec![Action::AddLearner {
+                id: 2,
+                addr: "10.0.0.2:7700".into()
+            }]
+        );
     }
 
     #[test]
@@ -316,7 +367,13 @@ mod tests {
     fn t12_lagging_or_dead_learners_are_not_promoted() {
         let mut matched = caught_up(&[3, 4], 100);
         matched.insert(2, 10);
-        let a = run_plan(Case { registered: vec![1, 2, 3, 4], voters: vec![1], learners: vec![2, 3, 4], matched, down: vec![(3, 1)] });
+        let a = run_plan(Case {
+            registered: vec![1, 2, 3, 4],
+            voters: vec![1],
+            learners: vec![2, 3, 4],
+            matched,
+            down: vec![(3, 1)],
+        });
         assert_eq!(a, vec![Action::SetVoters(ids(&[1, 4]))]);
     }
 
@@ -403,7 +460,10 @@ mod tests {
             matched: caught_up(&[2, 3, 5], 100),
             down: vec![(5, day)],
         });
-        assert_eq!(a, vec![Action::Deregister(5), Action::RemoveLearners(ids(&[4]))]);
+        assert_eq!(
+            a,
+            vec![Action::Deregister(5), Action::RemoveLearners(ids(&[4]))]
+        );
     }
 
     #[test]
@@ -416,7 +476,13 @@ mod tests {
             down: vec![],
         });
         assert_eq!(a, vec![Action::SetVoters(ids(&[1, 2, 4]))]);
-        let a = run_plan(Case { registered: vec![1, 2], voters: vec![1, 2, 3], learners: vec![], matched: caught_up(&[2], 100), down: vec![] });
+        let a = run_plan(Case {
+            registered: vec![1, 2],
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            matched: caught_up(&[2], 100),
+            down: vec![],
+        });
         assert_eq!(a, vec![Action::SetVoters(ids(&[1, 2]))]);
     }
 }

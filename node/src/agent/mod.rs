@@ -109,7 +109,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         let der = tonic_pem_to_der(&ca_pem)?;
         ca_hash_of_cert_der(&der)?
     };
-    let tls = NodeTls { ca_pem, cert_pem, key_pem: keys.tls_key_pem().to_string() };
+    let tls = NodeTls {
+        ca_pem,
+        cert_pem,
+        key_pem: keys.tls_key_pem().to_string(),
+    };
 
     let (log_store, sm_store) = membrane_consensus::store::open(&state.raft_dir())?;
     let registry = sm_store.registry();
@@ -122,13 +126,22 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow!("cannot start raft: {e}"))?;
-    let client = Arc::new(registry_client::RegistryClient::new(raft.clone(), registry, tls.clone()));
+    let client = Arc::new(registry_client::RegistryClient::new(
+        raft.clone(),
+        registry,
+        tls.clone(),
+    ));
 
     // Node RPC server.
     let listen = match opts.listen {
         Some(l) => l,
         None => {
-            let port = me.rpc_addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(crate::DEFAULT_RPC_PORT);
+            let port = me
+                .rpc_addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(crate::DEFAULT_RPC_PORT);
             SocketAddr::from(([0, 0, 0, 0], port))
         }
     };
@@ -137,7 +150,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}; is another agent running?"))?;
     let node_server = tonic::transport::Server::builder()
         .tls_config(tls.server_config())?
-        .add_service(JoinServer::new(join_service::JoinService { client: client.clone() }))
+        .add_service(JoinServer::new(join_service::JoinService {
+            client: client.clone(),
+        }))
         .add_service(InterceptedService::new(
             // Snapshots can exceed tonic's default 4 MiB message limit.
             RaftServer::new(RaftService::new(raft.clone()))
@@ -146,20 +161,34 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             require_node_certificate,
         ))
         .add_service(ClusterServer::with_interceptor(
-            cluster_service::ClusterService { client: client.clone() },
+            cluster_service::ClusterService {
+                client: client.clone(),
+            },
             require_node_certificate,
         ))
         // Nagle off: Raft and forwarded writes are small request/response messages, and
         // Nagle against delayed ACKs stalls them by 40 ms.
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true)));
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(tcp).with_nodelay(Some(true)),
+        );
     let node_server = tokio::spawn(node_server);
 
     let liveness = membership::Liveness::default();
-    let gossip = gossip::spawn(client.clone(), me.clone(), opts.gossip_listen, liveness.clone());
+    let gossip = gossip::spawn(
+        client.clone(),
+        me.clone(),
+        opts.gossip_listen,
+        liveness.clone(),
+    );
 
     // Local API on the Unix socket.
     let unix = bind_unix(&opts.socket)?;
-    let api = api::AgentApi { client: client.clone(), gossip: gossip.clone(), me: me.clone(), ca_hash };
+    let api = api::AgentApi {
+        client: client.clone(),
+        gossip: gossip.clone(),
+        me: me.clone(),
+        ca_hash,
+    };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
         .serve_with_incoming(UnixListenerStream::new(unix));
@@ -170,7 +199,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bootstrap::bootstrap(&raft, &client, b, &me).await?;
         state.remove_bootstrap()?;
     }
-    let reconciler = tokio::spawn(membership::run(client.clone(), liveness.clone(), opts.autopilot.clone()));
+    let reconciler = tokio::spawn(membership::run(
+        client.clone(),
+        liveness.clone(),
+        opts.autopilot.clone(),
+    ));
 
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
@@ -195,11 +228,16 @@ fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener>
     // A socket left by a crashed agent: remove it, but never a live agent's.
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another agent is serving {}; stop it first or pass a different --socket", path.display());
+            bail!(
+                "another agent is serving {}; stop it first or pass a different --socket",
+                path.display()
+            );
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
@@ -207,7 +245,9 @@ fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener>
 
 fn tonic_pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
     let mut reader = std::io::BufReader::new(pem.as_bytes());
-    let cert = rustls_pemfile::certs(&mut reader).next().ok_or_else(|| anyhow!("no certificate in the CA file"))??;
+    let cert = rustls_pemfile::certs(&mut reader)
+        .next()
+        .ok_or_else(|| anyhow!("no certificate in the CA file"))??;
     Ok(cert.to_vec())
 }
 

@@ -17,15 +17,28 @@ pub enum Query {
 /// The answer to a [`Query`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum QueryResult {
-    Nodes { nodes: Vec<NodeRecord>, voters: BTreeSet<u64>, learners: BTreeSet<u64> },
+    Nodes {
+        nodes: Vec<NodeRecord>,
+        voters: BTreeSet<u64>,
+        learners: BTreeSet<u64>,
+    },
     Tokens(Vec<TokenRecord>),
     Identities(Vec<IdentityRecord>),
 }
 
 /// Answers `query` from a registry and the Raft membership it belongs to.
-pub fn answer(query: &Query, registry: &Registry, voters: BTreeSet<u64>, learners: BTreeSet<u64>) -> QueryResult {
+pub fn answer(
+    query: &Query,
+    registry: &Registry,
+    voters: BTreeSet<u64>,
+    learners: BTreeSet<u64>,
+) -> QueryResult {
     match query {
-        Query::Nodes => QueryResult::Nodes { nodes: registry.nodes().cloned().collect(), voters, learners },
+        Query::Nodes => QueryResult::Nodes {
+            nodes: registry.nodes().cloned().collect(),
+            voters,
+            learners,
+        },
         Query::Tokens => QueryResult::Tokens(registry.tokens().cloned().collect()),
         Query::Identities => QueryResult::Identities(registry.identities().cloned().collect()),
     }

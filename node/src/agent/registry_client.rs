@@ -55,7 +55,9 @@ pub enum ClientError {
 impl From<ClientError> for tonic::Status {
     fn from(e: ClientError) -> Self {
         match &e {
-            ClientError::Refused(RegistryError::NotBootstrapped) => tonic::Status::unavailable(e.to_string()),
+            ClientError::Refused(RegistryError::NotBootstrapped) => {
+                tonic::Status::unavailable(e.to_string())
+            }
             ClientError::Refused(
                 RegistryError::TokenNotFound { .. }
                 | RegistryError::TokenExpired { .. }
@@ -64,11 +66,13 @@ impl From<ClientError> for tonic::Status {
                 | RegistryError::TokenSecretMismatch { .. },
             ) => tonic::Status::permission_denied(e.to_string()),
             ClientError::Refused(
-                RegistryError::InvalidLabels(_) | RegistryError::InvalidToken(_) | RegistryError::InvalidClusterConfig(_),
+                RegistryError::InvalidLabels(_)
+                | RegistryError::InvalidToken(_)
+                | RegistryError::InvalidClusterConfig(_),
             ) => tonic::Status::invalid_argument(e.to_string()),
-            ClientError::Refused(RegistryError::IdentityNotFound { .. } | RegistryError::NodeNotFound { .. }) => {
-                tonic::Status::not_found(e.to_string())
-            }
+            ClientError::Refused(
+                RegistryError::IdentityNotFound { .. } | RegistryError::NodeNotFound { .. },
+            ) => tonic::Status::not_found(e.to_string()),
             ClientError::Refused(_) => tonic::Status::failed_precondition(e.to_string()),
             ClientError::NotLeader | ClientError::NoLeader(_) | ClientError::Forward(_) => {
                 tonic::Status::unavailable(e.to_string())
@@ -117,7 +121,12 @@ pub struct Inner {
 impl RegistryClient {
     /// Must be called inside a tokio runtime: it starts the write batcher.
     pub fn new(raft: Raft, registry: RegistryHandle, tls: NodeTls) -> Self {
-        let inner = Arc::new(Inner { raft, registry, tls, channels: Mutex::new(HashMap::new()) });
+        let inner = Arc::new(Inner {
+            raft,
+            registry,
+            tls,
+            channels: Mutex::new(HashMap::new()),
+        });
         let (batches, rx) = mpsc::unbounded_channel();
         tokio::spawn(run_batcher(inner.clone(), rx));
         RegistryClient { inner, batches }
@@ -150,7 +159,9 @@ async fn run_batcher(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Pending>
     loop {
         // Wait for a free slot before taking writes, so that writes arriving while every
         // slot is busy pile up into the next batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Some(first) = rx.recv().await else { return };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -256,7 +267,9 @@ impl Inner {
     pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, ClientError> {
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ClientError::NotLeader),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ClientError::NotLeader)
+            }
             Err(e) => Err(ClientError::Raft(e.to_string())),
         }
     }
@@ -298,7 +311,12 @@ impl Inner {
     pub async fn leader(&self) -> Option<(u64, String)> {
         let metrics = self.raft.metrics().borrow().clone();
         let id = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&id)?.addr.clone();
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .addr
+            .clone();
         Some((id, addr))
     }
 
@@ -307,7 +325,10 @@ impl Inner {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = self.tls.channel(addr).map_err(|e| ClientError::Forward(e.to_string()))?;
+        let c = self
+            .tls
+            .channel(addr)
+            .map_err(|e| ClientError::Forward(e.to_string()))?;
         channels.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -322,7 +343,12 @@ impl Inner {
 
     async fn forward_query(&self, addr: &str, query: &Query) -> Result<QueryResult, ClientError> {
         let mut client = ClusterClient::new(self.channel(addr)?);
-        match client.read(ForwardRequest { data: encode(query) }).await {
+        match client
+            .read(ForwardRequest {
+                data: encode(query),
+            })
+            .await
+        {
             Ok(resp) => decode(&resp.into_inner().data),
             Err(status) => Err(status_to_error(status)),
         }
@@ -334,7 +360,9 @@ impl Inner {
 fn status_to_error(status: tonic::Status) -> ClientError {
     let msg = status.message();
     if status.code() == tonic::Code::Unavailable
-        && (msg.contains("not the leader") || msg.contains("connect error") || msg.contains("Connection refused"))
+        && (msg.contains("not the leader")
+            || msg.contains("connect error")
+            || msg.contains("Connection refused"))
     {
         ClientError::NotLeader
     } else {

@@ -16,13 +16,28 @@ use super::registry_client::RegistryClient;
 const STEP_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn rotate(client: &RegistryClient, gossip: &Gossip) -> Result<GossipKeyring, Status> {
-    let ring = client.local(|r| r.gossip_keyring().cloned()).ok_or_else(|| Status::unavailable("no keyring yet"))?;
+    let ring = client
+        .local(|r| r.gossip_keyring().cloned())
+        .ok_or_else(|| Status::unavailable("no keyring yet"))?;
     let new_id = ring.keys().iter().map(|k| k.id).max().unwrap_or(0) + 1;
-    let key = GossipKey { id: new_id, key_hex: hex::encode(rand::random::<[u8; 32]>()) };
+    let key = GossipKey {
+        id: new_id,
+        key_hex: hex::encode(rand::random::<[u8; 32]>()),
+    };
     client.write(Command::InstallGossipKey { key }).await?;
-    wait_all(gossip, |_, ids| ids.contains(&new_id), &format!("install key {new_id}")).await?;
+    wait_all(
+        gossip,
+        |_, ids| ids.contains(&new_id),
+        &format!("install key {new_id}"),
+    )
+    .await?;
     client.write(Command::UseGossipKey { id: new_id }).await?;
-    wait_all(gossip, |p, _| p == new_id, &format!("switch to key {new_id}")).await?;
+    wait_all(
+        gossip,
+        |p, _| p == new_id,
+        &format!("switch to key {new_id}"),
+    )
+    .await?;
     for old in ring.keys().iter().map(|k| k.id).filter(|id| *id != new_id) {
         client.write(Command::RemoveGossipKey { id: old }).await?;
     }
@@ -30,7 +45,9 @@ pub async fn rotate(client: &RegistryClient, gossip: &Gossip) -> Result<GossipKe
     // The writes went through the leader; answer once this node's copy shows them.
     let deadline = Instant::now() + STEP_WAIT;
     loop {
-        let ring = client.local(|r| r.gossip_keyring().cloned()).ok_or_else(|| Status::internal("keyring vanished"))?;
+        let ring = client
+            .local(|r| r.gossip_keyring().cloned())
+            .ok_or_else(|| Status::internal("keyring vanished"))?;
         if ring.keys().len() == 1 && ring.primary() == new_id || Instant::now() > deadline {
             return Ok(ring);
         }
@@ -39,7 +56,11 @@ pub async fn rotate(client: &RegistryClient, gossip: &Gossip) -> Result<GossipKe
 }
 
 /// Waits until this node and every live member report a keyring satisfying `done`.
-async fn wait_all(gossip: &Gossip, done: impl Fn(u32, &[u32]) -> bool, step: &str) -> Result<(), Status> {
+async fn wait_all(
+    gossip: &Gossip,
+    done: impl Fn(u32, &[u32]) -> bool,
+    step: &str,
+) -> Result<(), Status> {
     let deadline = Instant::now() + STEP_WAIT;
     loop {
         let mine = gossip.keyring();

@@ -21,7 +21,11 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/membrane";
 const DEFAULT_SOCKET: &str = "/run/membrane/agent.sock";
 
 #[derive(Parser)]
-#[command(name = "membrane", version, about = "eBPF networking and security agent with its own Raft registry")]
+#[command(
+    name = "membrane",
+    version,
+    about = "eBPF networking and security agent with its own Raft registry"
+)]
 pub struct Cli {
     /// The local agent's API socket.
     #[arg(long, global = true, env = "MEMBRANE_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -210,15 +214,24 @@ pub fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .map_err(|e| anyhow!("bad --log filter {:?}: {e}", args.log))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
     let join = match (args.join, args.token, args.ca_hash) {
-        (Some(addr), Some(token), Some(ca_hash)) => Some(JoinArgs { addr, token, ca_hash }),
+        (Some(addr), Some(token), Some(ca_hash)) => Some(JoinArgs {
+            addr,
+            token,
+            ca_hash,
+        }),
         _ => None,
     };
     let opts = AgentOptions {
@@ -261,7 +274,12 @@ fn run_init(args: InitArgs, out: &Output) -> anyhow::Result<()> {
 async fn connect(socket: &std::path::Path) -> anyhow::Result<AgentClient<Channel>> {
     let channel = crate::transport::unix_channel(socket)
         .await
-        .with_context(|| format!("cannot reach the agent at {}; is `membrane agent` running (or pass --socket)?", socket.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot reach the agent at {}; is `membrane agent` running (or pass --socket)?",
+                socket.display()
+            )
+        })?;
     Ok(AgentClient::new(channel))
 }
 
@@ -272,35 +290,81 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> anyhow::Result<()> {
     let mut c = connect(socket).await?;
     match cmd {
-        Command::Status => out.status(&c.status(pb::Empty {}).await.map_err(status_err)?.into_inner()),
-        Command::Node(NodeCmd::List) => out.nodes(&c.node_list(pb::Empty {}).await.map_err(status_err)?.into_inner()),
+        Command::Status => out.status(
+            &c.status(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Node(NodeCmd::List) => out.nodes(
+            &c.node_list(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
         Command::Node(NodeCmd::Remove { id }) => {
-            c.node_remove(pb::NodeRemoveRequest { id }).await.map_err(status_err)?;
-            out.message(&format!("node {id} removed"), serde_json::json!({"removed": id}));
+            c.node_remove(pb::NodeRemoveRequest { id })
+                .await
+                .map_err(status_err)?;
+            out.message(
+                &format!("node {id} removed"),
+                serde_json::json!({"removed": id}),
+            );
         }
-        Command::Token(TokenCmd::Create { ttl, uses, description }) => {
+        Command::Token(TokenCmd::Create {
+            ttl,
+            uses,
+            description,
+        }) => {
             if uses == 0 {
                 anyhow::bail!("--uses must be at least 1");
             }
-            let req = pb::TokenCreateRequest { ttl_seconds: ttl, max_uses: uses, description };
+            let req = pb::TokenCreateRequest {
+                ttl_seconds: ttl,
+                max_uses: uses,
+                description,
+            };
             out.token_created(&c.token_create(req).await.map_err(status_err)?.into_inner())
         }
-        Command::Token(TokenCmd::List) => out.tokens(&c.token_list(pb::Empty {}).await.map_err(status_err)?.into_inner()),
+        Command::Token(TokenCmd::List) => out.tokens(
+            &c.token_list(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
         Command::Token(TokenCmd::Revoke { id }) => {
-            c.token_revoke(pb::TokenRevokeRequest { id: id.clone() }).await.map_err(status_err)?;
-            out.message(&format!("token {id} revoked"), serde_json::json!({"revoked": id}));
+            c.token_revoke(pb::TokenRevokeRequest { id: id.clone() })
+                .await
+                .map_err(status_err)?;
+            out.message(
+                &format!("token {id} revoked"),
+                serde_json::json!({"revoked": id}),
+            );
         }
-        Command::Identity(IdentityCmd::Allocate { labels }) => {
-            out.identity(&c.identity_allocate(pb::IdentityRequest { labels }).await.map_err(status_err)?.into_inner())
-        }
-        Command::Identity(IdentityCmd::List) => {
-            out.identities(&c.identity_list(pb::Empty {}).await.map_err(status_err)?.into_inner())
-        }
-        Command::Identity(IdentityCmd::Release { labels }) => {
-            out.released(&c.identity_release(pb::IdentityRequest { labels }).await.map_err(status_err)?.into_inner())
-        }
+        Command::Identity(IdentityCmd::Allocate { labels }) => out.identity(
+            &c.identity_allocate(pb::IdentityRequest { labels })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Identity(IdentityCmd::List) => out.identities(
+            &c.identity_list(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Identity(IdentityCmd::Release { labels }) => out.released(
+            &c.identity_release(pb::IdentityRequest { labels })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
         Command::Members { watch } => {
-            let mut stream = c.watch_members(pb::Empty {}).await.map_err(status_err)?.into_inner();
+            let mut stream = c
+                .watch_members(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
             if watch {
                 while let Some(e) = stream.message().await.map_err(status_err)? {
                     out.member_event(&e);
@@ -317,10 +381,18 @@ async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> any
             }
             out.members(&members);
         }
-        Command::Gossip(GossipCmd::Keys) => out.keyring(&c.gossip_keyring(pb::Empty {}).await.map_err(status_err)?.into_inner()),
-        Command::Gossip(GossipCmd::RotateKey) => {
-            out.keyring(&c.gossip_rotate_key(pb::Empty {}).await.map_err(status_err)?.into_inner())
-        }
+        Command::Gossip(GossipCmd::Keys) => out.keyring(
+            &c.gossip_keyring(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Gossip(GossipCmd::RotateKey) => out.keyring(
+            &c.gossip_rotate_key(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
         Command::Init(_) | Command::Agent(_) => unreachable!("handled before connecting"),
     }
     Ok(())

@@ -19,7 +19,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -33,7 +37,12 @@ fn time(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -70,9 +79,18 @@ impl Output {
         if self.format == Format::Json {
             return self.json(serde_json::to_value(r).unwrap_or_default());
         }
-        println!("Cluster {:?} (id {}) created in {}; this node is node {}.", r.cluster_name, r.cluster_id, r.state_dir, r.node_id);
-        println!("Start its agent with:\n\n  membrane agent --state-dir {}\n", r.state_dir);
-        println!("Then join other nodes with (the token expires at {} and works once):\n", time(r.token_expires_at_unix));
+        println!(
+            "Cluster {:?} (id {}) created in {}; this node is node {}.",
+            r.cluster_name, r.cluster_id, r.state_dir, r.node_id
+        );
+        println!(
+            "Start its agent with:\n\n  membrane agent --state-dir {}\n",
+            r.state_dir
+        );
+        println!(
+            "Then join other nodes with (the token expires at {} and works once):\n",
+            time(r.token_expires_at_unix)
+        );
         println!("  {}\n", r.join_command);
         println!("More tokens: membrane token create");
     }
@@ -100,11 +118,31 @@ impl Output {
             }));
         }
         println!("Cluster:      {} (id {})", s.cluster_name, s.cluster_id);
-        println!("Node:         {} (id {}) at {}", s.node_name, s.node_id, s.rpc_addr);
-        println!("Pod CIDR:     {}", if s.pod_cidr.is_empty() { "-" } else { &s.pod_cidr });
+        println!(
+            "Node:         {} (id {}) at {}",
+            s.node_name, s.node_id, s.rpc_addr
+        );
+        println!(
+            "Pod CIDR:     {}",
+            if s.pod_cidr.is_empty() {
+                "-"
+            } else {
+                &s.pod_cidr
+            }
+        );
         println!("Raft:         {}, term {}", s.raft_state, s.term);
-        println!("Leader:       {}", if s.leader_id == 0 { "none".to_string() } else { format!("node {}", s.leader_id) });
-        println!("Commit index: {} (applied {}, last log {})", s.commit_index, s.applied_index, s.last_log_index);
+        println!(
+            "Leader:       {}",
+            if s.leader_id == 0 {
+                "none".to_string()
+            } else {
+                format!("node {}", s.leader_id)
+            }
+        );
+        println!(
+            "Commit index: {} (applied {}, last log {})",
+            s.commit_index, s.applied_index, s.last_log_index
+        );
         println!("Members:");
         for m in &s.members {
             println!("  node {:<4} {:<8} {}", m.node_id, m.role, m.rpc_addr);
@@ -124,13 +162,27 @@ impl Output {
 
     pub fn members(&self, members: &[pb::MemberEvent]) {
         if self.format == Format::Json {
-            return self.json(json!({"members": members.iter().map(Self::member_json).collect::<Vec<_>>()}));
+            return self.json(
+                json!({"members": members.iter().map(Self::member_json).collect::<Vec<_>>()}),
+            );
         }
         let rows = members
             .iter()
-            .map(|m| vec![m.node_id.to_string(), m.name.clone(), m.kind.clone(), m.rpc_addr.clone(), m.version.clone(), m.health.clone()])
+            .map(|m| {
+                vec![
+                    m.node_id.to_string(),
+                    m.name.clone(),
+                    m.kind.clone(),
+                    m.rpc_addr.clone(),
+                    m.version.clone(),
+                    m.health.clone(),
+                ]
+            })
             .collect();
-        table(&["ID", "NAME", "STATE", "ADDRESS", "VERSION", "HEALTH"], rows);
+        table(
+            &["ID", "NAME", "STATE", "ADDRESS", "VERSION", "HEALTH"],
+            rows,
+        );
     }
 
     pub fn member_event(&self, e: &pb::MemberEvent) {
@@ -139,13 +191,24 @@ impl Output {
         } else {
             let secs = e.at_unix_ms.div_euclid(1000);
             let t = time(secs);
-            println!("{} node {} ({}) {} at {}", &t[11..19], e.node_id, e.name, e.kind, e.rpc_addr);
+            println!(
+                "{} node {} ({}) {} at {}",
+                &t[11..19],
+                e.node_id,
+                e.name,
+                e.kind,
+                e.rpc_addr
+            );
         }
     }
 
     pub fn keyring(&self, r: &pb::GossipKeyringResponse) {
         if self.format == Format::Json {
-            let keys: Vec<Value> = r.keys.iter().map(|k| json!({"id": k.id, "primary": k.primary})).collect();
+            let keys: Vec<Value> = r
+                .keys
+                .iter()
+                .map(|k| json!({"id": k.id, "primary": k.primary}))
+                .collect();
             return self.json(json!({"keys": keys}));
         }
         for k in &r.keys {
@@ -181,16 +244,28 @@ impl Output {
                 ]
             })
             .collect();
-        table(&["ID", "NAME", "ADDRESS", "POD CIDR", "RAFT", "GOSSIP", "JOINED"], rows);
+        table(
+            &[
+                "ID", "NAME", "ADDRESS", "POD CIDR", "RAFT", "GOSSIP", "JOINED",
+            ],
+            rows,
+        );
     }
 
     pub fn token_created(&self, t: &pb::TokenCreateResponse) {
         if self.format == Format::Json {
-            return self.json(json!({"token": t.token, "id": t.id, "expires_at": time(t.expires_at_unix),
-                                    "max_uses": t.max_uses, "join_command": t.join_command}));
+            return self.json(
+                json!({"token": t.token, "id": t.id, "expires_at": time(t.expires_at_unix),
+                                    "max_uses": t.max_uses, "join_command": t.join_command}),
+            );
         }
         println!("{}", t.token);
-        eprintln!("expires {}, {} use(s). Join with:\n  {}", time(t.expires_at_unix), t.max_uses, t.join_command);
+        eprintln!(
+            "expires {}, {} use(s). Join with:\n  {}",
+            time(t.expires_at_unix),
+            t.max_uses,
+            t.join_command
+        );
     }
 
     pub fn tokens(&self, r: &pb::TokenListResponse) {
@@ -207,7 +282,15 @@ impl Output {
         let rows = r
             .tokens
             .iter()
-            .map(|t| vec![t.id.clone(), t.state.clone(), format!("{}/{}", t.uses, t.max_uses), time(t.expires_at_unix), t.description.clone()])
+            .map(|t| {
+                vec![
+                    t.id.clone(),
+                    t.state.clone(),
+                    format!("{}/{}", t.uses, t.max_uses),
+                    time(t.expires_at_unix),
+                    t.description.clone(),
+                ]
+            })
             .collect();
         table(&["ID", "STATE", "USES", "EXPIRES", "DESCRIPTION"], rows);
     }
@@ -223,7 +306,12 @@ impl Output {
             v["created"] = json!(r.created);
             return self.json(v);
         }
-        println!("{}\t{}\t(references: {})", i.id, i.labels.join(","), i.references);
+        println!(
+            "{}\t{}\t(references: {})",
+            i.id,
+            i.labels.join(","),
+            i.references
+        );
     }
 
     pub fn identities(&self, r: &pb::IdentityListResponse) {
@@ -231,7 +319,17 @@ impl Output {
             let ids: Vec<Value> = r.identities.iter().map(Self::identity_json).collect();
             return self.json(json!({ "identities": ids }));
         }
-        let rows = r.identities.iter().map(|i| vec![i.id.to_string(), i.references.to_string(), i.labels.join(",")]).collect();
+        let rows = r
+            .identities
+            .iter()
+            .map(|i| {
+                vec![
+                    i.id.to_string(),
+                    i.references.to_string(),
+                    i.labels.join(","),
+                ]
+            })
+            .collect();
         table(&["ID", "REFS", "LABELS"], rows);
     }
 
@@ -239,9 +337,15 @@ impl Output {
         let text = if r.removed {
             format!("identity {} released and removed", r.id)
         } else {
-            format!("identity {} released; {} reference(s) left", r.id, r.references)
+            format!(
+                "identity {} released; {} reference(s) left",
+                r.id, r.references
+            )
         };
-        self.message(&text, json!({"id": r.id, "references": r.references, "removed": r.removed}));
+        self.message(
+            &text,
+            json!({"id": r.id, "references": r.references, "removed": r.removed}),
+        );
     }
 }
 
