@@ -33,7 +33,7 @@ fn free_addr() -> SocketAddr {
 
 async fn run(n: usize) -> Run {
     let ring = Keyring::single(1, [42u8; 32]);
-    let mut addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let start = Instant::now();
     let mut nodes = Vec::new();
     for i in 0..n {
@@ -46,23 +46,10 @@ async fn run(n: usize) -> Run {
             health: "ok".into(),
             keyring: String::new(),
         };
-        // A port picked free may have been taken since by another node's loopback codec
-        // socket: pick another then.
-        let mut tries = 0;
-        let gossip = loop {
-            let a = addrs[i];
-            let mut config = GossipConfig::new(meta.clone(), a, a, ring.clone(), "bench");
-            config.seeds = addrs.iter().take(3).filter(|s| **s != a).copied().collect();
-            match Gossip::start(config).await {
-                Ok(g) => break g,
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    eprintln!("node {}: {e}; trying another port", i + 1);
-                    addrs[i] = free_addr();
-                }
-                Err(e) => panic!("gossip does not start: {e}"),
-            }
-        };
+        let a = addrs[i];
+        let mut config = GossipConfig::new(meta, a, a, ring.clone(), "bench");
+        config.seeds = addrs.iter().take(3).filter(|s| **s != a).copied().collect();
+        let gossip = Gossip::start(config).await.expect("gossip starts");
         nodes.push(gossip);
     }
     let mut converged = None;

@@ -12,7 +12,7 @@
 //!
 //! chitchat 0.13 keeps its wire codec crate-private (`ChitchatEnvelope::serialize` is
 //! `pub(crate)`), and its `Socket` trait speaks envelopes, not bytes. Rather than re-implement
-//! the codec, the sealed socket uses chitchat's own `UdpSocket` bound on 127.0.0.1 as the
+//! the codec, the sealed socket uses chitchat's own `UdpSocket` bound on 127.0.0.2 as the
 //! codec, with a second loopback socket (the relay) *connected* to it:
 //!
 //! - send: chitchat's socket encodes the envelope to the relay; the relay's bytes are sealed
@@ -39,6 +39,9 @@ use membrane_crypto::replay::ReplayGuard;
 use membrane_crypto::seal::{Keyring, Opened, SealError, Sealer, OVERHEAD};
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+/// The address the codec and relay sockets bind to.
+const CODEC_LOOPBACK: [u8; 4] = [127, 0, 0, 2];
 
 /// Largest UDP payload (IPv4). A sealed packet adds [`OVERHEAD`] bytes to chitchat's, so a
 /// chitchat datagram larger than this minus the overhead cannot be sent (see ALGORITHM.md).
@@ -198,7 +201,9 @@ impl Transport for SealedTransport {
         let outer = tokio::net::UdpSocket::bind(listen_addr)
             .await
             .with_context(|| format!("cannot bind {listen_addr}/UDP for gossip"))?;
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        // A loopback address of their own (Linux answers all of 127/8 on lo): ephemeral
+        // ports taken here can never collide with gossip sockets bound on 127.0.0.1.
+        let loopback = SocketAddr::from((CODEC_LOOPBACK, 0));
         let codec = chitchat::transport::UdpSocket::open(loopback).await?;
         let codec_addr = codec.local_addr()?;
         let relay = tokio::net::UdpSocket::bind(loopback)

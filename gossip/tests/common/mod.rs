@@ -41,26 +41,12 @@ pub async fn node_at(id: u64, addr: SocketAddr, seeds: &[SocketAddr], ring: Keyr
 
 /// `n` nodes with ids 1..=n seeded with node 1, not waited for.
 pub async fn cluster(n: u64) -> (Vec<Gossip>, Vec<SocketAddr>) {
-    let mut addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let mut nodes = Vec::new();
     for i in 0..n as usize {
-        // A port picked free may have been taken since by another node's loopback codec
-        // socket: pick another then (node 1 is the seed and starts first).
-        let mut tries = 0;
-        let g = loop {
-            let mut config =
-                GossipConfig::new(meta(i as u64 + 1), addrs[i], addrs[i], ring(), "test");
-            config.seeds = vec![addrs[0]];
-            match Gossip::start(config).await {
-                Ok(g) => break g,
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    eprintln!("node {}: {e}; trying another port", i + 1);
-                    addrs[i] = free_addr();
-                }
-                Err(e) => panic!("gossip does not start: {e}"),
-            }
-        };
+        let mut config = GossipConfig::new(meta(i as u64 + 1), addrs[i], addrs[i], ring(), "test");
+        config.seeds = vec![addrs[0]];
+        let g = Gossip::start(config).await.expect("gossip starts");
         nodes.push(g);
     }
     (nodes, addrs)
