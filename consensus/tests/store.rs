@@ -46,6 +46,21 @@ fn normal(term: u64, index: u64, cmd: Command) -> Entry<TypeConfig> {
     }
 }
 
+/// Entries 1..=n of term 1, each creating token `t<i>`.
+fn token_entries(n: u64) -> Vec<Entry<TypeConfig>> {
+    (1..=n)
+        .map(|i| {
+            normal(
+                1,
+                i,
+                Command::CreateToken {
+                    token: token(&format!("t{i}")),
+                },
+            )
+        })
+        .collect()
+}
+
 /// Appends through the real trait (callback included), the way openraft does.
 async fn append(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
     // LogFlushed cannot be built outside openraft; RaftLogStorageExt provides a blocking
@@ -59,18 +74,7 @@ async fn t20_log_vote_and_committed_survive_reopen() {
     let dir = TempDir::new().expect("temp dir");
     {
         let (mut log, _sm) = store::open(dir.path()).expect("open");
-        let entries = (1..=5)
-            .map(|i| {
-                normal(
-                    1,
-                    i,
-                    Command::CreateToken {
-                        token: token(&format!("t{i}")),
-                    },
-                )
-            })
-            .collect();
-        append(&mut log, entries).await;
+        append(&mut log, token_entries(5)).await;
         log.save_vote(&Vote::new(3, 2)).await.expect("save vote");
         log.save_committed(Some(log_id(1, 4)))
             .await
@@ -304,18 +308,7 @@ async fn t56_damaged_db_that_sled_recovers_empty_is_refused() {
     let dir = TempDir::new().expect("temp dir");
     {
         let (mut log, _sm) = store::open(dir.path()).expect("open");
-        let entries = (1..=50)
-            .map(|i| {
-                normal(
-                    1,
-                    i,
-                    Command::CreateToken {
-                        token: token(&format!("t{i}")),
-                    },
-                )
-            })
-            .collect();
-        append(&mut log, entries).await;
+        append(&mut log, token_entries(50)).await;
         log.save_vote(&Vote::new(1, 1)).await.expect("save vote");
     }
     let db = dir.path().join("db");

@@ -197,6 +197,36 @@ impl Cluster {
         .with_context(|| format!("host {i} did not become leader; log: {}", self.log_tail(i)))
     }
 
+    /// The Raft voters as host `i` sees them.
+    pub fn voters(&self, i: usize) -> anyhow::Result<std::collections::BTreeSet<u64>> {
+        let s = self.status(i)?;
+        let members = s["members"]
+            .as_array()
+            .ok_or_else(|| anyhow!("no members in {s}"))?;
+        Ok(members
+            .iter()
+            .filter(|m| m["role"] == "voter")
+            .filter_map(|m| m["node_id"].as_u64())
+            .collect())
+    }
+
+    /// Waits until every host's gossip reports every node alive.
+    pub fn wait_all_alive(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_until(timeout, Duration::from_millis(200), || {
+            for i in 1..=self.lab.len() {
+                let nodes = self.cli_json(i, &["node", "list"])?;
+                let all = nodes["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().all(|n| n["gossip_state"] == "alive"));
+                if !all {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .context("gossip did not see every node alive")
+    }
+
     /// The leader's node id as seen by host `i`.
     pub fn leader_seen_by(&self, i: usize) -> anyhow::Result<Option<u64>> {
         Ok(self.status(i)?["leader_id"].as_u64())

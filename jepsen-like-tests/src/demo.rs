@@ -15,22 +15,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     step("Creating 3 hosts (network namespaces on one bridge), `membrane init` on h1, joining h2 and h3 with tokens");
     let c = Cluster::start("demo", 3).context("starting the cluster")?;
     // Give gossip a moment to hear from everyone, so the listings show liveness too.
-    let _ = crate::wait_until(
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(200),
-        || {
-            let all_alive = (1..=3).all(|i| {
-                c.cli_json(i, &["node", "list"])
-                    .map(|v| {
-                        v["nodes"]
-                            .as_array()
-                            .is_some_and(|n| n.iter().all(|n| n["gossip_state"] == "alive"))
-                    })
-                    .unwrap_or(false)
-            });
-            Ok(all_alive)
-        },
-    );
+    let _ = c.wait_all_alive(std::time::Duration::from_secs(10));
     for i in 1..=3 {
         let h = c.lab().host(i);
         step(&format!(

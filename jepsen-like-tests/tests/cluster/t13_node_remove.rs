@@ -3,17 +3,6 @@ use std::time::Duration;
 
 use membrane_jepsen::{require_root, wait_until, Cluster};
 
-fn voters(c: &Cluster, host: usize) -> anyhow::Result<BTreeSet<u64>> {
-    let s = c.status(host)?;
-    Ok(s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "voter")
-        .map(|m| m["node_id"].as_u64().unwrap())
-        .collect())
-}
-
 /// `membrane node remove` takes a voter out of the registry; the autopilot replaces it with
 /// the learner, and its id is never given out again.
 #[test]
@@ -23,7 +12,7 @@ fn t13_removing_a_voter_promotes_the_learner() -> anyhow::Result<()> {
     wait_until(Duration::from_secs(15), Duration::from_millis(300), || {
         Ok(c.status(1)?["members"].as_array().unwrap().len() == 4)
     })?;
-    let before = voters(&c, 1)?;
+    let before = c.voters(1)?;
     assert_eq!(before.len(), 3);
     let leader = c.leader_seen_by(1)?.expect("a leader");
     let gone = *before.iter().find(|v| **v != leader).unwrap();
@@ -39,7 +28,7 @@ fn t13_removing_a_voter_promotes_the_learner() -> anyhow::Result<()> {
             .iter()
             .map(|m| m["node_id"].as_u64().unwrap())
             .collect();
-        Ok(voters(&c, leader as usize)? == expected && !members.contains(&gone))
+        Ok(c.voters(leader as usize)? == expected && !members.contains(&gone))
     })?;
     let nodes = c.cli_json(leader as usize, &["node", "list"])?;
     let ids: BTreeSet<u64> = nodes["nodes"]

@@ -1,18 +1,6 @@
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use membrane_jepsen::{require_root, wait_until, Cluster};
-
-fn voters(c: &Cluster, host: usize) -> anyhow::Result<BTreeSet<u64>> {
-    let s = c.status(host)?;
-    Ok(s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "voter")
-        .map(|m| m["node_id"].as_u64().unwrap())
-        .collect())
-}
 
 /// Five nodes; SIGKILL a voter: within 15 s a learner takes its place, writes keep
 /// succeeding, and the dead node comes back by itself (stored keys, no token) when restarted.
@@ -20,7 +8,7 @@ fn voters(c: &Cluster, host: usize) -> anyhow::Result<BTreeSet<u64>> {
 fn t60_a_dead_voter_is_replaced_by_a_learner() -> anyhow::Result<()> {
     require_root()?;
     let c = Cluster::start("autopilot", 5)?;
-    let before = voters(&c, 1)?;
+    let before = c.voters(1)?;
     assert_eq!(before.len(), 3);
     let leader = c.leader_seen_by(1)?.expect("a leader");
     let victim = *before.iter().find(|v| **v != leader).unwrap() as usize;
@@ -29,7 +17,7 @@ fn t60_a_dead_voter_is_replaced_by_a_learner() -> anyhow::Result<()> {
     let survivor = (1..=5).find(|h| *h != victim).unwrap();
 
     wait_until(Duration::from_secs(15), Duration::from_millis(250), || {
-        let v = voters(&c, survivor)?;
+        let v = c.voters(survivor)?;
         Ok(v.len() == 3 && !v.contains(&(victim as u64)))
     })?;
     eprintln!("voter {victim} replaced after {:?}", killed_at.elapsed());

@@ -58,14 +58,7 @@ fn t61_forged_replayed_and_truncated_gossip_is_dropped_and_counted() -> anyhow::
     require_root()?;
     let c = Cluster::start("inject", 3)?;
     let target: SocketAddr = SocketAddr::new(c.lab().host(2).ip(), GOSSIP_PORT);
-    wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-        let nodes = c.cli_json(2, &["node", "list"])?;
-        Ok(nodes["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["gossip_state"] == "alive"))
-    })?;
+    c.wait_all_alive(Duration::from_secs(10))?;
     let nodes_before = c.cli_json(2, &["node", "list"])?;
     let before = counters(&c, 2)?;
 

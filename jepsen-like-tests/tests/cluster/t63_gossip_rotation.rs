@@ -8,14 +8,7 @@ use membrane_jepsen::{require_root, wait_until, Cluster};
 fn t63_gossip_key_rotation_keeps_everyone_alive() -> anyhow::Result<()> {
     require_root()?;
     let c = Cluster::start("rotate", 3)?;
-    wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-        let nodes = c.cli_json(1, &["node", "list"])?;
-        Ok(nodes["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["gossip_state"] == "alive"))
-    })?;
+    c.wait_all_alive(Duration::from_secs(10))?;
     let keys = c.cli_json(2, &["gossip", "rotate-key"])?;
     assert_eq!(
         keys["keys"],
