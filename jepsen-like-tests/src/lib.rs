@@ -42,3 +42,20 @@ pub use host::{Host, RPC_PORT};
 pub use lab::{Lab, KEEP_ENV};
 pub use netns::{in_netns, tcp_reachable};
 pub use util::{membrane_binary, require_root, wait_until};
+
+/// A gRPC channel to an agent's local API socket, for tests and benchmarks that call the
+/// API directly rather than through the CLI.
+pub async fn unix_channel(path: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
+    let path = path.to_path_buf();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let path = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        }
+    });
+    Ok(tonic::transport::Endpoint::from_static("http://agent.sock")
+        .connect_with_connector(connector)
+        .await?)
+}

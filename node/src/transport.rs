@@ -117,3 +117,12 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// The DER of the first certificate in `pem`.
+pub fn first_cert_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let mut reader = std::io::BufReader::new(pem.as_bytes());
+    let cert = rustls_pemfile::certs(&mut reader)
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no certificate in PEM"))??;
+    Ok(cert.to_vec())
+}

@@ -176,7 +176,7 @@ async fn membrane_workload(
 ) -> anyhow::Result<Summary> {
     let mut channels = Vec::new();
     for s in sockets {
-        channels.push(unix_channel(s).await?);
+        channels.push(crate::unix_channel(s).await?);
     }
     let local = tokio::task::LocalSet::new();
     Ok(local
@@ -221,21 +221,6 @@ async fn etcd_workload(
             },
         ))
         .await)
-}
-
-async fn unix_channel(path: &std::path::Path) -> anyhow::Result<Channel> {
-    let path = path.to_path_buf();
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let path = path.clone();
-        async move {
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                tokio::net::UnixStream::connect(path).await?,
-            ))
-        }
-    });
-    Ok(tonic::transport::Endpoint::from_static("http://agent.sock")
-        .connect_with_connector(connector)
-        .await?)
 }
 
 fn which(cmd: &str) -> anyhow::Result<std::path::PathBuf> {

@@ -1,23 +1,8 @@
 use std::collections::BTreeMap;
 
-use membrane_jepsen::{require_root, Cluster};
+use membrane_jepsen::{require_root, unix_channel, Cluster};
 use membrane_proto::v1::agent_client::AgentClient;
 use membrane_proto::v1::IdentityRequest;
-use tonic::transport::{Channel, Endpoint};
-
-async fn unix_channel(path: std::path::PathBuf) -> anyhow::Result<Channel> {
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let path = path.clone();
-        async move {
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                tokio::net::UnixStream::connect(path).await?,
-            ))
-        }
-    });
-    Ok(Endpoint::from_static("http://agent.sock")
-        .connect_with_connector(connector)
-        .await?)
-}
 
 /// Many concurrent writes on every node are batched by the agents; each caller must still
 /// get the answer to its own command, and the registry must count every one of them.
@@ -33,7 +18,7 @@ fn t12_concurrent_writes_each_get_their_own_answer() -> anyhow::Result<()> {
     let answers: Vec<(String, u32, u64)> = rt.block_on(async move {
         let mut channels = Vec::new();
         for s in sockets {
-            channels.push(unix_channel(s).await?);
+            channels.push(unix_channel(&s).await?);
         }
         let mut tasks = Vec::new();
         for k in 0..240usize {

@@ -50,8 +50,8 @@ pub async fn join(
         .into_inner();
 
     // The server proved the pinned CA during the handshake; check it hands back the same.
-    let ca_der =
-        pem_to_der(&resp.ca_cert_pem).context("the CA certificate in the join response")?;
+    let ca_der = crate::transport::first_cert_der(&resp.ca_cert_pem)
+        .context("the CA certificate in the join response")?;
     let got = ca_hash_of_cert_der(&ca_der)?;
     if parse_ca_hash(&got)? != pin {
         bail!(
@@ -72,12 +72,4 @@ pub async fn join(
     state.write_identity(&identity)?;
     info!(node_id = identity.node_id, cluster = %identity.cluster_name, pod_cidr = %resp.pod_cidr, "joined the cluster");
     Ok(identity)
-}
-
-fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
-    let mut reader = std::io::BufReader::new(pem.as_bytes());
-    let cert = rustls_pemfile::certs(&mut reader)
-        .next()
-        .ok_or_else(|| anyhow!("no certificate in PEM"))??;
-    Ok(cert.to_vec())
 }

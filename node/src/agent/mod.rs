@@ -7,6 +7,7 @@ mod bootstrap;
 mod cluster_service;
 pub mod gossip;
 mod join;
+mod join_service;
 pub mod membership;
 pub mod query;
 pub mod registry_client;
@@ -106,7 +107,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let (ca_pem, cert_pem) = state.certificates()?;
     let ca_hash = {
-        let der = tonic_pem_to_der(&ca_pem)?;
+        let der =
+            crate::transport::first_cert_der(&ca_pem).context("the cluster CA certificate")?;
         ca_hash_of_cert_der(&der)?
     };
     let tls = NodeTls {
@@ -219,8 +221,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     result
 }
 
-mod join_service;
-
 fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -241,14 +241,6 @@ fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener>
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
-}
-
-fn tonic_pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
-    let mut reader = std::io::BufReader::new(pem.as_bytes());
-    let cert = rustls_pemfile::certs(&mut reader)
-        .next()
-        .ok_or_else(|| anyhow!("no certificate in the CA file"))??;
-    Ok(cert.to_vec())
 }
 
 async fn shutdown_signal() {
