@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/membrane/v1/raft.proto",
         "proto/membrane/v1/cluster.proto",
+        "proto/membrane/v1/plugin.proto",
         "proto/membrane/v1/agent.proto",
     ];
     for f in &files {

@@ -1,8 +1,11 @@
-//! `membrane`: the agent and its command-line interface in one binary.
+//! The Membrane agent, its CLI, and the CNI plugin, as a library behind two binaries:
+//! `membrane` (agent and CLI, src/bin/membrane.rs) and `membrane-cni` (src/bin/membrane-cni.rs).
 
-mod agent;
-mod cli;
+pub mod agent;
+pub mod cli;
+pub mod cni;
 mod init;
+pub mod netdev;
 mod state;
 mod transport;
 
@@ -38,7 +41,3 @@ pub fn default_advertise_addr() -> anyhow::Result<String> {
     anyhow::bail!("no non-loopback IPv4 address found; pass --advertise-addr IP:PORT")
 }
 
-fn main() -> std::process::ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    cli::main()
-}

@@ -1,0 +1,2 @@
+//! CNI plugin (filled in by the CNI work).
+pub fn main() -> std::process::ExitCode { std::process::ExitCode::FAILURE }

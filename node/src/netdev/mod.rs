@@ -1,0 +1,1 @@
+//! Network devices through netlink (filled in by the netdev work).
