@@ -40,6 +40,16 @@ pub enum RegistryError {
     IdentitySpaceExhausted { cluster_id: u8, count: u32 },
     #[error("gossip keyring: {0}")]
     InvalidGossipKey(String),
+    #[error("invalid endpoint: {0}")]
+    InvalidEndpoint(String),
+    #[error("{0}")]
+    EndpointConflict(String),
+    #[error("node {node_id}'s pod CIDR {cidr} has no free address (it holds {capacity} endpoints); delete unused endpoints, or re-create the cluster with a larger --node-cidr-size")]
+    EndpointAddressesExhausted {
+        node_id: u64,
+        cidr: String,
+        capacity: u64,
+    },
     #[error("invalid cluster settings: {0}")]
     InvalidClusterConfig(String),
 }

@@ -7,11 +7,14 @@
 //! exactly as it was.
 //!
 //! What it holds: the cluster's settings and CA, nodes (with their pod CIDR), join tokens
-//! (hashed), and security identities (label set <-> number, reference counted).
+//! (hashed), security identities (label set <-> number, reference counted), and endpoints
+//! (address from their node's pod CIDR, identity from their labels).
 
+mod endpoint;
 mod error;
 mod gossip_keys;
 mod identity;
+pub mod ipam;
 mod labels;
 mod pod_cidr;
 
@@ -20,11 +23,13 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub use endpoint::{EndpointRecord, NewEndpoint};
 pub use error::RegistryError;
 pub use gossip_keys::{GossipKey, GossipKeyring, MAX_GOSSIP_KEYS};
 pub use identity::{IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_MAX_LOCAL};
 pub use labels::LabelSet;
 
+use endpoint::EndpointTable;
 use identity::IdentityTable;
 
 /// Cluster-wide settings fixed by `membrane init`.
@@ -157,7 +162,8 @@ pub enum Command {
         node: NewNode,
         now: i64,
     },
-    /// Removes a node and frees its pod CIDR. Its id is never given out again.
+    /// Removes a node, frees its pod CIDR, and removes its endpoints (releasing their
+    /// identity references). Its id is never given out again.
     RemoveNode {
         id: u64,
     },
@@ -166,6 +172,18 @@ pub enum Command {
     },
     ReleaseIdentity {
         labels: LabelSet,
+    },
+    /// Registers an endpoint: allocates its address from its node's pod CIDR and takes a
+    /// reference on the identity of its labels. Idempotent for the same (node, container
+    /// id, ifname) and netns: the existing record is returned and no reference is taken.
+    AddEndpoint {
+        endpoint: NewEndpoint,
+    },
+    /// Removes an endpoint and releases its identity reference; unknown endpoints are fine.
+    RemoveEndpoint {
+        node_id: u64,
+        container_id: String,
+        ifname: String,
     },
     /// Gossip key rotation: install (accepted by all), use (sent with), remove.
     InstallGossipKey {
@@ -199,6 +217,13 @@ pub enum Response {
         references: u64,
         removed: bool,
     },
+    /// `created` is false when the endpoint was already registered (a repeated add).
+    Endpoint {
+        endpoint: EndpointRecord,
+        created: bool,
+    },
+    /// The endpoint that was removed, if there was one.
+    EndpointRemoved(Option<EndpointRecord>),
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
     Err(RegistryError),
@@ -224,6 +249,7 @@ pub struct Registry {
     /// Next node id to hand out; ids are never reused, even after a node is removed.
     next_node_id: u64,
     gossip_keyring: Option<GossipKeyring>,
+    endpoints: EndpointTable,
 }
 
 impl Registry {
@@ -250,6 +276,16 @@ impl Registry {
             Command::RemoveNode { id } => self.remove_node(id),
             Command::AllocateIdentity { labels } => self.allocate_identity(labels),
             Command::ReleaseIdentity { labels } => self.release_identity(&labels),
+            Command::AddEndpoint { endpoint } => self.add_endpoint(endpoint),
+            Command::RemoveEndpoint {
+                node_id,
+                container_id,
+                ifname,
+            } => Ok(Response::EndpointRemoved(self.remove_endpoint(
+                node_id,
+                &container_id,
+                &ifname,
+            ))),
             Command::Batch(cmds) => Ok(Response::Batch(
                 cmds.into_iter().map(|c| self.apply(c)).collect(),
             )),
@@ -297,6 +333,25 @@ impl Registry {
 
     pub fn identity(&self, id: u32) -> Option<&IdentityRecord> {
         self.identities.get(id)
+    }
+
+    /// Every endpoint of every node, by (node, container id, ifname).
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRecord> {
+        self.endpoints.iter()
+    }
+
+    /// The endpoints of one node.
+    pub fn endpoints_on(&self, node_id: u64) -> impl Iterator<Item = &EndpointRecord> {
+        self.endpoints.on_node(node_id)
+    }
+
+    pub fn endpoint(
+        &self,
+        node_id: u64,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<&EndpointRecord> {
+        self.endpoints.get(node_id, container_id, ifname)
     }
 
     fn config(&self) -> Result<&ClusterConfig, RegistryError> {
@@ -442,7 +497,85 @@ impl Registry {
         self.nodes
             .remove(&id)
             .ok_or(RegistryError::NodeNotFound { id })?;
+        for ep in self.endpoints.remove_node(id) {
+            // The reference was taken when the endpoint was added, so it is there.
+            let _ = self.identities.release(&ep.labels);
+        }
         Ok(Response::Ok)
+    }
+
+    fn add_endpoint(&mut self, new: NewEndpoint) -> Result<Response, RegistryError> {
+        self.config()?;
+        let invalid = RegistryError::InvalidEndpoint;
+        endpoint::validate_container_id(&new.container_id).map_err(invalid)?;
+        endpoint::validate_ifname(&new.ifname).map_err(invalid)?;
+        endpoint::validate_netns(&new.netns).map_err(invalid)?;
+        let node = self
+            .nodes
+            .get(&new.node_id)
+            .ok_or(RegistryError::NodeNotFound { id: new.node_id })?;
+        let pod_cidr = node.pod_cidr;
+        if let Some(existing) = self
+            .endpoints
+            .get(new.node_id, &new.container_id, &new.ifname)
+        {
+            if existing.netns != new.netns {
+                return Err(RegistryError::EndpointConflict(format!(
+                    "container {:?} already has interface {:?} in network namespace {}; delete it first or use the same namespace",
+                    new.container_id, new.ifname, existing.netns
+                )));
+            }
+            return Ok(Response::Endpoint {
+                endpoint: existing.clone(),
+                created: false,
+            });
+        }
+        if let Some(other) = self
+            .endpoints
+            .on_node(new.node_id)
+            .find(|e| e.netns == new.netns && e.ifname == new.ifname)
+        {
+            return Err(RegistryError::EndpointConflict(format!(
+                "interface {:?} in network namespace {} already belongs to container {:?}; pick another interface name",
+                new.ifname, new.netns, other.container_id
+            )));
+        }
+        let ipv4 = ipam::allocate(pod_cidr, &self.endpoints.addresses_on(new.node_id)).ok_or(
+            RegistryError::EndpointAddressesExhausted {
+                node_id: new.node_id,
+                cidr: pod_cidr.to_string(),
+                capacity: ipam::capacity(pod_cidr),
+            },
+        )?;
+        // Last fallible step; it changes nothing when it fails.
+        let (identity, _) = self.identities.allocate(new.labels.clone())?;
+        let rec = EndpointRecord {
+            node_id: new.node_id,
+            id: self.endpoints.next_id(new.node_id),
+            container_id: new.container_id,
+            ifname: new.ifname,
+            netns: new.netns,
+            ipv4,
+            identity: identity.id,
+            labels: new.labels,
+            created_at: new.now,
+        };
+        self.endpoints.insert(rec.clone());
+        Ok(Response::Endpoint {
+            endpoint: rec,
+            created: true,
+        })
+    }
+
+    fn remove_endpoint(
+        &mut self,
+        node_id: u64,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<EndpointRecord> {
+        let ep = self.endpoints.remove(node_id, container_id, ifname)?;
+        let _ = self.identities.release(&ep.labels);
+        Some(ep)
     }
 
     fn allocate_identity(&mut self, labels: LabelSet) -> Result<Response, RegistryError> {

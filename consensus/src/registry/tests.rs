@@ -384,3 +384,152 @@ fn t70_gossip_key_rotation_through_commands() {
     let ring = r.gossip_keyring().unwrap();
     assert_eq!((ring.primary(), ring.keys().len()), (2, 1));
 }
+
+fn new_endpoint(node_id: u64, container: &str, ifname: &str, netns: &str, labels: &[&str]) -> Command {
+    Command::AddEndpoint {
+        endpoint: NewEndpoint {
+            node_id,
+            container_id: container.into(),
+            ifname: ifname.into(),
+            netns: netns.into(),
+            labels: LabelSet::parse(labels).unwrap(),
+            now: T0 + 5,
+        },
+    }
+}
+
+fn added(resp: Response) -> (EndpointRecord, bool) {
+    match resp {
+        Response::Endpoint { endpoint, created } => (endpoint, created),
+        other => panic!("expected an endpoint, got {other:?}"),
+    }
+}
+
+#[test]
+fn t80_add_endpoint_allocates_address_and_identity() {
+    let mut r = bootstrapped();
+    let (a, created) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+    assert!(created);
+    assert_eq!(a.ipv4, "10.128.0.2".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(a.id, 1);
+    let ident = r.identity(a.identity).expect("identity allocated");
+    assert_eq!(ident.references, 1);
+    let (b, _) = added(r.apply(new_endpoint(1, "c2", "eth0", "/run/netns/b", &["app=web"])));
+    assert_eq!(b.ipv4, "10.128.0.3".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(b.identity, a.identity, "same labels, same identity");
+    assert_eq!(r.identity(a.identity).unwrap().references, 2);
+    assert_eq!(b.id, 2);
+}
+
+#[test]
+fn t81_repeated_add_returns_the_same_record_and_takes_no_reference() {
+    let mut r = bootstrapped();
+    let (a, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+    let before = r.clone();
+    let (again, created) =
+        added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+    assert!(!created);
+    assert_eq!(again, a);
+    assert_eq!(r, before);
+}
+
+#[test]
+fn t82_conflicting_adds_are_refused_and_change_nothing() {
+    let mut r = bootstrapped();
+    added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+    // Same container and ifname, another namespace.
+    refused(
+        &mut r,
+        new_endpoint(1, "c1", "eth0", "/run/netns/other", &["app=web"]),
+        |e| matches!(e, RegistryError::EndpointConflict(m) if m.contains("already has interface")),
+    );
+    // Another container claiming the same interface of the same namespace.
+    refused(
+        &mut r,
+        new_endpoint(1, "c2", "eth0", "/run/netns/a", &["app=db"]),
+        |e| matches!(e, RegistryError::EndpointConflict(m) if m.contains("already belongs")),
+    );
+    refused(&mut r, new_endpoint(9, "c3", "eth0", "/run/netns/c", &["a=b"]), |e| {
+        matches!(e, RegistryError::NodeNotFound { id: 9 })
+    });
+    for (c, i, n) in [
+        ("", "eth0", "/run/netns/x"),
+        ("c/4", "eth0", "/run/netns/x"),
+        ("c4", "", "/run/netns/x"),
+        ("c4", "a-name-too-long-for-linux", "/run/netns/x"),
+        ("c4", "et h0", "/run/netns/x"),
+        ("c4", "eth0", "relative/path"),
+    ] {
+        refused(&mut r, new_endpoint(1, c, i, n, &["a=b"]), |e| {
+            matches!(e, RegistryError::InvalidEndpoint(_))
+        });
+    }
+}
+
+#[test]
+fn t83_exhausted_pod_cidr_is_refused_and_allocates_nothing() {
+    let mut r = Registry::default();
+    let mut cfg = config();
+    cfg.node_prefix_len = 30;
+    r.apply(Command::Bootstrap {
+        config: cfg,
+        first_node: new_node("n1"),
+        first_token: token("abcdef", HASH_A, 1),
+        gossip_key: gossip_key(1),
+    })
+    .into_result()
+    .unwrap();
+    added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+    refused(
+        &mut r,
+        new_endpoint(1, "c2", "eth0", "/run/netns/b", &["app=new"]),
+        |e| matches!(e, RegistryError::EndpointAddressesExhausted { capacity: 1, .. }),
+    );
+    let labels = LabelSet::parse(&["app=new"]).unwrap();
+    assert!(r.identity_by_labels(&labels).is_none(), "no identity taken");
+}
+
+#[test]
+fn t84_remove_endpoint_frees_address_and_reference() {
+    let mut r = bootstrapped();
+    let (a, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+    let resp = r.apply(Command::RemoveEndpoint {
+        node_id: 1,
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    });
+    assert_eq!(resp, Response::EndpointRemoved(Some(a.clone())));
+    assert!(r.identity(a.identity).is_none(), "last reference released");
+    assert_eq!(r.endpoints().count(), 0);
+    // Unknown: fine, nothing changes.
+    let before = r.clone();
+    let resp = r.apply(Command::RemoveEndpoint {
+        node_id: 1,
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    });
+    assert_eq!(resp, Response::EndpointRemoved(None));
+    assert_eq!(r, before);
+    // The address is free again.
+    let (b, _) = added(r.apply(new_endpoint(1, "c9", "eth0", "/run/netns/z", &["app=web"])));
+    assert_eq!(b.ipv4, a.ipv4);
+}
+
+#[test]
+fn t85_removing_a_node_removes_its_endpoints_and_their_references() {
+    let mut r = bootstrapped();
+    r.apply(Command::CreateToken {
+        token: token("ghijkl", HASH_B, 1),
+    });
+    let n2 = match admit(&mut r, "ghijkl", HASH_B, "n2", T0 + 1) {
+        Response::Node(n) => n,
+        other => panic!("{other:?}"),
+    };
+    let (on1, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+    let (on2, _) = added(r.apply(new_endpoint(n2.id, "c2", "eth0", "/run/netns/b", &["app=web"])));
+    assert_eq!(on2.ipv4, "10.128.1.2".parse::<std::net::Ipv4Addr>().unwrap());
+    assert_eq!(r.identity(on1.identity).unwrap().references, 2);
+    r.apply(Command::RemoveNode { id: n2.id }).into_result().unwrap();
+    assert_eq!(r.endpoints().collect::<Vec<_>>(), vec![&on1]);
+    assert_eq!(r.identity(on1.identity).unwrap().references, 1);
+}
