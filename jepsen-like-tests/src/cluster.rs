@@ -35,25 +35,38 @@ pub struct InitInfo {
 impl Cluster {
     /// Creates a lab of `hosts` hosts and runs `membrane init` on host 1 (agent not started).
     pub fn init(name_hint: &str, hosts: usize) -> anyhow::Result<(Cluster, InitInfo)> {
+        Cluster::init_with(name_hint, hosts, &[])
+    }
+
+    /// Like [`Cluster::init`], with extra `membrane init` arguments (e.g.
+    /// `--node-cidr-size 30`).
+    pub fn init_with(
+        name_hint: &str,
+        hosts: usize,
+        init_args: &[&str],
+    ) -> anyhow::Result<(Cluster, InitInfo)> {
+        // Agents pin their maps below /sys/fs/bpf/membrane; see Host::bpf_pin_dir.
+        crate::require_root()?;
+        crate::ensure_bpffs()?;
         let lab = Lab::new(name_hint, hosts)?;
         let h1 = lab.host(1).clone();
-        let out = run_ok(&membrane(
-            &lab,
-            1,
-            &[
-                "init",
-                "--state-dir",
-                &h1.state_dir().display().to_string(),
-                "--cluster-name",
-                CLUSTER_NAME,
-                "--name",
-                h1.name(),
-                "--advertise-addr",
-                &h1.rpc_addr().to_string(),
-                "-o",
-                "json",
-            ],
-        )?)?;
+        let state_dir = h1.state_dir().display().to_string();
+        let advertise = h1.rpc_addr().to_string();
+        let mut args = vec![
+            "init",
+            "--state-dir",
+            &state_dir,
+            "--cluster-name",
+            CLUSTER_NAME,
+            "--name",
+            h1.name(),
+            "--advertise-addr",
+            &advertise,
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(init_args);
+        let out = run_ok(&membrane(&lab, 1, &args)?)?;
         let v = json(&out)?;
         let info = InitInfo {
             ca_hash: string(&v, "ca_hash")?,
@@ -71,7 +84,16 @@ impl Cluster {
 
     /// A cluster of `hosts` nodes, all joined and with `min(hosts, 3)` voters.
     pub fn start(name_hint: &str, hosts: usize) -> anyhow::Result<Cluster> {
-        let (mut c, _) = Cluster::init(name_hint, hosts)?;
+        Cluster::start_with(name_hint, hosts, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra `membrane init` arguments.
+    pub fn start_with(
+        name_hint: &str,
+        hosts: usize,
+        init_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        let (mut c, _) = Cluster::init_with(name_hint, hosts, init_args)?;
         c.agent_args = Vec::new();
         c.start_first()?;
         for i in 2..=hosts {
@@ -108,6 +130,7 @@ impl Cluster {
             "--state-dir".into(),
             h.state_dir().display().to_string(),
         ];
+        args.extend(datapath_args(h));
         args.extend(self.agent_args.iter().cloned());
         self.lab.start(1, &args)?;
         self.wait_for_leader(1, Duration::from_secs(30))
@@ -133,6 +156,7 @@ impl Cluster {
             "--ca-hash".into(),
             ca_hash.to_string(),
         ];
+        args.extend(datapath_args(h));
         args.extend(self.agent_args.iter().cloned());
         args
     }
@@ -252,6 +276,19 @@ impl Cluster {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
+}
+
+/// Per-host datapath paths, so agents of one lab (and of parallel labs) never share a plugin
+/// socket, a pin dir or a CNI queue.
+fn datapath_args(h: &crate::Host) -> Vec<String> {
+    vec![
+        "--plugin-socket".into(),
+        h.plugin_socket().display().to_string(),
+        "--bpf-pin-dir".into(),
+        h.bpf_pin_dir().display().to_string(),
+        "--cni-queue-dir".into(),
+        h.cni_queue_dir().display().to_string(),
+    ]
 }
 
 /// Runs the membrane binary inside host `i`'s namespace with `args` (for `init`).

@@ -17,7 +17,12 @@ pub struct Host {
     port: String,
     ip: Ipv4Addr,
     dir: PathBuf,
+    pin_dir: PathBuf,
 }
+
+/// Where the lab's agents pin their BPF maps: one directory per host under it, named after
+/// the host's namespace, so labs never share maps and a stale one is easy to spot.
+pub const BPF_PIN_ROOT: &str = "/sys/fs/bpf/membrane";
 
 impl Host {
     pub(crate) fn new(lab_id: &str, index: usize, lab_dir: &Path) -> Host {
@@ -30,6 +35,7 @@ impl Host {
             port: name.clone(),
             ip: Ipv4Addr::new(10, 77, 0, octet),
             dir: lab_dir.join(&name),
+            pin_dir: Path::new(BPF_PIN_ROOT).join(format!("{lab_id}-{name}")),
             name,
         }
     }
@@ -44,7 +50,7 @@ impl Host {
         &self.name
     }
 
-    /// The network namespace, `<lab id>-h<i>` (for `ip netns exec`).
+    /// The network namespace, `<lab id>-h<i>` (for `ip -n` and `nsenter --net=/run/netns/...`).
     pub fn netns(&self) -> &str {
         &self.netns
     }
@@ -82,6 +88,24 @@ impl Host {
     /// The agent's local API socket (`--socket`): `<tmp>/h<i>/agent.sock`.
     pub fn socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
+    }
+
+    /// The agent's plugin API socket (`--plugin-socket`), which `membrane-cni` talks to:
+    /// `<tmp>/h<i>/plugin.sock`.
+    pub fn plugin_socket(&self) -> PathBuf {
+        self.dir.join("plugin.sock")
+    }
+
+    /// Where the agent pins its BPF maps (`--bpf-pin-dir`):
+    /// `/sys/fs/bpf/membrane/<lab id>-h<i>`. Removed by the lab's Drop.
+    pub fn bpf_pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Where `membrane-cni` queues deletes while the agent is down (`--cni-queue-dir`):
+    /// `<tmp>/h<i>/cni-queue`.
+    pub fn cni_queue_dir(&self) -> PathBuf {
+        self.dir.join("cni-queue")
     }
 
     /// The log that every process started on this host appends stdout and stderr to.

@@ -51,6 +51,9 @@ pub struct Lab {
     faults: Mutex<Faults>,
     /// Namespaces this lab created, in creation order: exactly what Drop deletes.
     created: Vec<String>,
+    /// Endpoint namespaces made after the build ([`Lab::add_endpoint_netns`]); behind a lock
+    /// because they are added through `&self`. Drop deletes them before the hosts'.
+    endpoints: Mutex<Vec<String>>,
     dir: Option<TempDir>,
 }
 
@@ -96,15 +99,17 @@ impl Lab {
             hosts: host_list,
             faults: Mutex::new(Faults::default()),
             created: Vec::new(),
+            endpoints: Mutex::new(Vec::new()),
             dir: Some(dir),
         };
         for h in &lab.hosts {
-            let socket = h.socket();
-            if socket.as_os_str().len() > MAX_SOCKET_PATH {
-                bail!(
-                    "socket path {} is too long for a Unix socket; use a shorter TMPDIR",
-                    socket.display()
-                );
+            for socket in [h.socket(), h.plugin_socket()] {
+                if socket.as_os_str().len() > MAX_SOCKET_PATH {
+                    bail!(
+                        "socket path {} is too long for a Unix socket; use a shorter TMPDIR",
+                        socket.display()
+                    );
+                }
             }
             std::fs::create_dir_all(h.state_dir())
                 .with_context(|| format!("cannot create {}", h.state_dir().display()))?;
@@ -147,6 +152,46 @@ impl Lab {
     /// All namespaces the lab created (underlay first), e.g. to check cleanup.
     pub fn namespaces(&self) -> &[String] {
         &self.created
+    }
+
+    /// Creates an empty network namespace `<lab id>-h<host>-<name>` for an endpoint (a
+    /// "container") of host `host`, with `lo` up, and returns its name. The lab deletes it on
+    /// drop. Keep `name` short: namespace names show up in errors and `ip` output.
+    pub fn add_endpoint_netns(&self, host: usize, name: &str) -> anyhow::Result<String> {
+        let h = self.host_checked(host)?;
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            bail!("endpoint namespace name {name:?} must be [A-Za-z0-9-]+");
+        }
+        let ns = format!("{}-{name}", h.netns());
+        let mut list = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if list.contains(&ns) {
+            bail!("endpoint namespace {ns} already exists in lab {}", self.id);
+        }
+        netns::add(&ns)?;
+        list.push(ns.clone());
+        drop(list);
+        netns::ip(&ns, &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Deletes an endpoint namespace made by [`Lab::add_endpoint_netns`] now, rather than on
+    /// drop (which also destroys any veth in it).
+    pub fn delete_endpoint_netns(&self, ns: &str) -> anyhow::Result<()> {
+        let mut list = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pos) = list.iter().position(|n| n == ns) else {
+            bail!("{ns} is not an endpoint namespace of lab {}", self.id);
+        };
+        netns::delete(ns)?;
+        list.remove(pos);
+        Ok(())
+    }
+
+    /// The endpoint namespaces alive now, in creation order.
+    pub fn endpoint_namespaces(&self) -> Vec<String> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The number of hosts.
@@ -203,7 +248,7 @@ impl Lab {
     /// Starts `program <args...>` in host `i`'s namespace as the host's tracked process, with
     /// stdout and stderr appended to [`Host::log_path`] after a `=== lab: ... start` marker
     /// line. Fails if the host already runs one. Returns its pid, which is the program's own
-    /// (`ip netns exec` execs it), so signals reach the program.
+    /// (`nsenter` execs it), so signals reach the program.
     pub fn start_command<P, S>(&self, i: usize, program: P, args: &[S]) -> anyhow::Result<u32>
     where
         P: AsRef<OsStr>,
@@ -410,9 +455,20 @@ impl Drop for Lab {
                 );
             }
         }
-        for ns in self.created.iter().rev() {
+        let endpoints = std::mem::take(self.endpoints.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for ns in endpoints.iter().rev().chain(self.created.iter().rev()) {
             if let Err(e) = netns::delete(ns) {
                 eprintln!("lab {}: cannot delete namespace {ns}: {e:#}", self.id);
+            }
+        }
+        // After the agents are dead and their devices gone, so nothing holds the maps open;
+        // unpinning the last reference frees them.
+        for h in &self.hosts {
+            let pins = h.bpf_pin_dir();
+            if pins.exists() {
+                if let Err(e) = std::fs::remove_dir_all(pins) {
+                    eprintln!("lab {}: cannot remove {}: {e}", self.id, pins.display());
+                }
             }
         }
         if let Some(dir) = self.dir.take() {

@@ -29,19 +29,21 @@ pub mod bench;
 pub mod cluster;
 mod cmd;
 pub mod demo;
+pub mod endpoint;
 mod faults;
 mod host;
 pub mod idle;
 mod lab;
 mod netns;
 mod process;
+pub mod traffic;
 mod util;
 
 pub use cluster::Cluster;
-pub use host::{Host, RPC_PORT};
+pub use host::{Host, BPF_PIN_ROOT, RPC_PORT};
 pub use lab::{Lab, KEEP_ENV};
-pub use netns::{in_netns, tcp_reachable};
-pub use util::{membrane_binary, require_root, wait_until};
+pub use netns::{ensure_bpffs, in_netns, ip_in, netns_path, tcp_reachable};
+pub use util::{cni_binary, membrane_binary, require_root, wait_until};
 
 /// A gRPC channel to an agent's local API socket, for tests and benchmarks that call the
 /// API directly rather than through the CLI.

@@ -12,7 +12,7 @@ use nix::sched::{setns, CloneFlags};
 use crate::cmd::run;
 
 /// Where `ip netns` keeps its named namespaces.
-pub(crate) fn netns_path(name: &str) -> PathBuf {
+pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
 }
 
@@ -38,6 +38,15 @@ pub(crate) fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
     full.extend_from_slice(args);
     run("ip", &full)?;
     Ok(())
+}
+
+/// Runs `ip -n <ns> args...` and returns what it printed (e.g. with `-j` for JSON), for
+/// tests and benchmarks that inspect or wire namespaces the lab made.
+pub fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    let out = run("ip", &full)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Creates the underlay: a bridge `br0` (up) and `lo` (up) in `ns`.
@@ -67,6 +76,23 @@ pub(crate) fn plug_host(
     ip(host_ns, &["link", "set", "lo", "up"])?;
     ip(host_ns, &["addr", "add", cidr, "dev", "eth0"])?;
     ip(host_ns, &["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// Makes sure a bpffs is mounted on /sys/fs/bpf (agents pin their maps below it) and that
+/// the lab's pin root exists. Some machines boot without it; mounting it in the root mount
+/// namespace is what systemd does, so it outlives every agent, as pins must.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("cannot read mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
+    });
+    if !mounted {
+        run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])?;
+    }
+    let root = std::path::Path::new(crate::host::BPF_PIN_ROOT);
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     Ok(())
 }
 

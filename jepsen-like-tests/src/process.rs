@@ -1,10 +1,14 @@
 //! The process a host runs: start it inside the host's namespace, signal it, reap it.
 //!
 //! A host runs at most one tracked process (its agent). It is started as
-//! `ip netns exec <ns> <program> <args...>`; `ip` enters the namespace and then execs the
-//! program, so the child's pid is the program's pid and signals reach the agent itself, not a
-//! wrapper (the lab tests check this). Until the lab reaps it the pid cannot be reused, so
-//! signalling it is never a shot at a stranger.
+//! `nsenter --net=/run/netns/<ns> -- <program> <args...>`; nsenter enters the network
+//! namespace and then execs the program (no `--fork`), so the child's pid is the program's pid
+//! and signals reach the agent itself, not a wrapper (the lab tests check this). Until the lab
+//! reaps it the pid cannot be reused, so signalling it is never a shot at a stranger.
+//!
+//! Why not `ip netns exec`: it also unshares the mount namespace and remounts /sys, so a
+//! bpffs the agent pins its maps in would be private to that process and vanish with it, and
+//! a restarted agent would find no maps. nsenter changes only the network namespace.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -120,15 +124,17 @@ impl Proc {
         let stderr = file
             .try_clone()
             .context("cannot duplicate the log file handle")?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns])
+        let net = format!("--net={}", crate::netns::netns_path(netns).display());
+        let child = Command::new("nsenter")
+            .arg(&net)
+            .arg("--")
             .arg(&launch.program)
             .args(&launch.args)
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("cannot start `ip netns exec {netns} {line}`"))?;
+            .with_context(|| format!("cannot start `nsenter {net} -- {line}` (util-linux)"))?;
         let pid = child.id();
         st.child = Some(child);
         st.paused = false;

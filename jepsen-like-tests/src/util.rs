@@ -55,6 +55,29 @@ pub fn membrane_binary() -> anyhow::Result<PathBuf> {
     ))
 }
 
+/// The `membrane-cni` binary: `$MEMBRANE_CNI_BIN`, else next to [`membrane_binary`] (cargo
+/// builds both into the same profile dir with `cargo build -p membrane --bins`).
+pub fn cni_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("MEMBRANE_CNI_BIN") {
+        let bin = PathBuf::from(bin);
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        bail!("MEMBRANE_CNI_BIN={} does not exist", bin.display());
+    }
+    let membrane = membrane_binary()?;
+    let bin = membrane.with_file_name("membrane-cni");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        bail!(
+            "{} was not found next to {}; build both with `cargo build -p membrane --bins`",
+            bin.display(),
+            membrane.display()
+        )
+    }
+}
+
 /// Fails unless the process runs as root, which namespaces, veths and nftables need.
 ///
 /// Lab tests call this first and propagate the error: a lab test that silently passes when it

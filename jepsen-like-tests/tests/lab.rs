@@ -168,13 +168,20 @@ fn process_control_hits_the_program_itself() -> anyhow::Result<()> {
         "a second process on h1"
     );
 
-    // `ip netns exec` execs the program: the tracked pid is sleep, in h1's namespace.
+    // nsenter execs the program: the tracked pid is sleep, in h1's network namespace and in the
+    // root mount namespace (so bpffs pins outlive it).
     wait_until(Duration::from_secs(2), Duration::from_millis(10), || {
         Ok(std::fs::read_to_string(format!("/proc/{pid}/comm"))?.trim() == "sleep")
     })?;
     let ns_ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))?.ino();
     let h1_ino = std::fs::metadata(PathBuf::from("/run/netns").join(lab.host(1).netns()))?.ino();
     assert_eq!(ns_ino, h1_ino, "the process is not in h1's namespace");
+    let mnt_ino = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))?.ino();
+    let own_mnt = std::fs::metadata("/proc/self/ns/mnt")?.ino();
+    assert_eq!(
+        mnt_ino, own_mnt,
+        "the process got a private mount namespace"
+    );
     assert!(lab.is_running(1)?);
     assert_eq!(lab.pid(1)?, Some(pid));
 
@@ -278,4 +285,42 @@ fn wait_until_reports_the_last_observation() {
         Ok(n == 3)
     })
     .expect("true on the third check");
+}
+
+/// Endpoint namespaces and the hosts' BPF pin dirs go with the lab, also on panic.
+#[test]
+fn drop_removes_endpoint_namespaces_and_pin_dirs() -> anyhow::Result<()> {
+    require_root()?;
+    membrane_jepsen::ensure_bpffs()?;
+    let lab = Lab::new("epns", 2)?;
+    let ns = lab.add_endpoint_netns(2, "web")?;
+    assert_eq!(ns, format!("{}-h2-web", lab.id()));
+    assert!(
+        lab.add_endpoint_netns(2, "web").is_err(),
+        "a duplicate name"
+    );
+    assert!(
+        lab.add_endpoint_netns(1, "a b").is_err(),
+        "a name with a space"
+    );
+    let other = lab.add_endpoint_netns(1, "db")?;
+    lab.delete_endpoint_netns(&other)?;
+    assert!(
+        !netns_list()?.contains(other.as_str()),
+        "{other} not deleted"
+    );
+    let pins = lab.host(1).bpf_pin_dir().to_path_buf();
+    assert!(
+        pins.starts_with(membrane_jepsen::BPF_PIN_ROOT),
+        "{}",
+        pins.display()
+    );
+    std::fs::create_dir_all(pins.join("sub"))?;
+    let mut namespaces = lab.namespaces().to_vec();
+    namespaces.push(ns);
+    let dir = lab.dir().to_path_buf();
+    drop(lab);
+    assert_cleaned(&namespaces, &dir, None)?;
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    Ok(())
 }
