@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
+use crate::traffic::{tcp_round_trip, udp_round_trip, TcpEchoServer, UdpEchoServer};
 use crate::{netns_path, Cluster};
 
 /// How long one `membrane-cni` call may take: an ADD waits for the registry (a Raft write)
@@ -336,6 +337,119 @@ impl Cluster {
             Ok(true)
         })
     }
+}
+
+/// Ports the echo servers of [`EchoServers`] listen on inside every endpoint.
+pub const ECHO_TCP_PORT: u16 = 7000;
+/// See [`ECHO_TCP_PORT`].
+pub const ECHO_UDP_PORT: u16 = 7001;
+
+/// A TCP and a UDP echo server in each of a set of endpoints; they stop when dropped.
+pub struct EchoServers {
+    _tcp: Vec<TcpEchoServer>,
+    _udp: Vec<UdpEchoServer>,
+}
+
+impl EchoServers {
+    /// Starts both servers in every endpoint, on 0.0.0.0 and the `ECHO_*_PORT`s.
+    pub fn start(eps: &[&Endpoint]) -> anyhow::Result<EchoServers> {
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for ep in eps {
+            tcp.push(TcpEchoServer::start(
+                &ep.netns,
+                Ipv4Addr::UNSPECIFIED,
+                ECHO_TCP_PORT,
+            )?);
+            udp.push(UdpEchoServer::start(
+                &ep.netns,
+                Ipv4Addr::UNSPECIFIED,
+                ECHO_UDP_PORT,
+            )?);
+        }
+        Ok(EchoServers {
+            _tcp: tcp,
+            _udp: udp,
+        })
+    }
+}
+
+/// A transport that [`check_pair`] tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// A TCP connection and an echoed message.
+    Tcp,
+    /// An echoed datagram.
+    Udp,
+}
+
+/// Whether `from` reaches the echo server of `to` over `proto`, retrying until `timeout`
+/// (a remote endpoint may take a moment to reach every node's ipcache); the error is the
+/// last attempt's.
+pub fn check_pair(
+    from: &Endpoint,
+    to: &Endpoint,
+    proto: Proto,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let attempt = Duration::from_secs(2).min(timeout);
+    crate::wait_until(timeout, Duration::from_millis(100), || {
+        match proto {
+            Proto::Tcp => tcp_round_trip(&from.netns, (to.ip, ECHO_TCP_PORT).into(), attempt),
+            Proto::Udp => udp_round_trip(&from.netns, (to.ip, ECHO_UDP_PORT).into(), attempt),
+        }
+        .map(|()| true)
+    })
+    .with_context(|| {
+        format!(
+            "{proto:?} {} (h{}, {}) -> {} (h{}, {})",
+            from.netns, from.host, from.ip, to.netns, to.host, to.ip
+        )
+    })
+}
+
+impl Cluster {
+    /// Host `i`'s node id, from `membrane status`.
+    pub fn node_id(&self, i: usize) -> anyhow::Result<u64> {
+        let s = self.status(i)?;
+        s["node_id"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no node_id in {s}"))
+    }
+
+    /// Host `i`'s pod CIDR, from `membrane status` (e.g. "10.128.1.0/24").
+    pub fn pod_cidr(&self, i: usize) -> anyhow::Result<String> {
+        let s = self.status(i)?;
+        match s["pod_cidr"].as_str() {
+            Some(c) if !c.is_empty() => Ok(c.to_string()),
+            _ => bail!("no pod_cidr in {s}"),
+        }
+    }
+
+    /// Restarts host `i`'s agent with the same arguments and waits until it serves its API.
+    pub fn restart_agent(&self, i: usize) -> anyhow::Result<()> {
+        self.lab().restart(i)?;
+        self.wait_serving(i)
+    }
+
+    /// Waits until host `i`'s agent answers `membrane status` (failing early if it exits).
+    pub fn wait_serving(&self, i: usize) -> anyhow::Result<()> {
+        crate::wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            if !self.lab().is_running(i)? {
+                bail!("agent on host {i} exited: {}", self.log_tail(i));
+            }
+            Ok(self.status(i).is_ok())
+        })
+        .with_context(|| format!("host {i} did not come back; log: {}", self.log_tail(i)))
+    }
+}
+
+/// The `mb*` links (host sides of endpoint veths) in namespace `ns`.
+pub fn endpoint_links(ns: &str) -> anyhow::Result<Vec<String>> {
+    Ok(link_names(ns)?
+        .into_iter()
+        .filter(|n| n.starts_with("mb"))
+        .collect())
 }
 
 /// The address of a CNI result (`ips[0].address`, "10.128.0.2/32").

@@ -1,6 +1,7 @@
 //! Cluster tests: real `membrane agent` processes in lab namespaces, driven through the CLI.
 //! Numbered by topic, as openraft's tests are: t10 forming, t20 joining, t30 trust, t40
-//! faults, t50 bad state. Each test makes its own lab and removes it, even on panic.
+//! faults, t50 bad state, t60 gossip and autopilot, t70 endpoints and the datapath. Each
+//! test makes its own lab and removes it, even on panic.
 
 mod t10_form;
 mod t12_concurrent_writes;
@@ -16,3 +17,11 @@ mod t60_autopilot;
 mod t61_gossip_injector;
 mod t62_partition;
 mod t63_gossip_rotation;
+mod t70_endpoint_connectivity;
+mod t71_agent_restart_stream;
+mod t72_endpoint_delete;
+mod t73_node_leaves_ipcache;
+mod t74_cni_bad_input;
+mod t75_pod_cidr_exhausted;
+mod t76_add_collisions;
+mod t77_del_queued_while_agent_down;
