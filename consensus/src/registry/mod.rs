@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-pub use endpoint::{EndpointRecord, NewEndpoint};
+pub use endpoint::{
+    validate_container_id, validate_ifname, validate_netns, EndpointRecord, NewEndpoint,
+};
 pub use error::RegistryError;
 pub use gossip_keys::{GossipKey, GossipKeyring, MAX_GOSSIP_KEYS};
 pub use identity::{IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_MAX_LOCAL};

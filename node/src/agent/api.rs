@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use membrane_consensus::registry::{IdentityRecord, LabelSet, TokenRecord};
+use membrane_consensus::registry::{EndpointRecord, IdentityRecord, LabelSet, TokenRecord};
 use membrane_consensus::{Command, Response as RegistryResponse};
 use membrane_crypto::token::JoinToken;
 use membrane_proto::v1 as pb;
@@ -10,6 +10,8 @@ use membrane_proto::v1::agent_server::Agent;
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
+use super::endpoints::plugin_service::{detail as endpoint_detail, mac_string};
+use super::endpoints::EndpointManager;
 use super::query::{Query, QueryResult};
 use super::registry_client::RegistryClient;
 use crate::state::NodeIdentity;
@@ -24,7 +26,12 @@ pub struct AgentApi {
     pub me: NodeIdentity,
     /// `sha256:HEX` of the cluster CA, for printing join commands.
     pub ca_hash: String,
+    /// Set once the datapath is up.
+    pub endpoints: EndpointsSlot,
 }
+
+/// The endpoint manager once the datapath runs.
+pub type EndpointsSlot = Arc<std::sync::OnceLock<Arc<EndpointManager>>>;
 
 fn role_name(state: ServerState) -> &'static str {
     match state {
@@ -400,5 +407,154 @@ impl Agent for AgentApi {
                 "unexpected registry response {other:?}"
             ))),
         }
+    }
+
+    async fn endpoint_list(
+        &self,
+        req: Request<pb::EndpointListRequest>,
+    ) -> Result<Response<pb::EndpointListResponse>, Status> {
+        let local_only = req.into_inner().local_only;
+        let endpoints = self
+            .all_endpoints()
+            .into_iter()
+            .filter(|e| !local_only || e.node_id == self.me.node_id)
+            .collect();
+        Ok(Response::new(pb::EndpointListResponse { endpoints }))
+    }
+
+    async fn endpoint_get(
+        &self,
+        req: Request<pb::EndpointGetRequest>,
+    ) -> Result<Response<pb::EndpointDetail>, Status> {
+        let key = req.into_inner().key;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(Status::invalid_argument(
+                "give an endpoint number of this node, a container id or an IPv4 address",
+            ));
+        }
+        let all = self.all_endpoints();
+        let me = self.me.node_id;
+        let found = if let Ok(ip) = key.parse::<std::net::Ipv4Addr>() {
+            all.into_iter().find(|e| e.ipv4 == ip.to_string())
+        } else if let Ok(id) = key.parse::<u32>() {
+            all.into_iter().find(|e| e.node_id == me && e.id == id)
+        } else {
+            // A container id: this node's first, then any node's.
+            let mut matching: Vec<pb::EndpointDetail> =
+                all.into_iter().filter(|e| e.container_id == key).collect();
+            matching.sort_by_key(|e| e.node_id != me);
+            matching.into_iter().next()
+        };
+        found.map(Response::new).ok_or_else(|| {
+            Status::not_found(format!(
+                "no endpoint {key:?} (an endpoint number is looked up on this node only; see `membrane endpoint list`)"
+            ))
+        })
+    }
+
+    async fn bpf_ipcache_list(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::BpfIpcacheResponse>, Status> {
+        let manager = self.endpoint_manager()?;
+        let entries = manager
+            .datapath()
+            .bpf()
+            .ipcache()
+            .map_err(|e| Status::internal(format!("cannot read the ipcache map: {e}")))?;
+        Ok(Response::new(pb::BpfIpcacheResponse {
+            entries: entries
+                .into_iter()
+                .map(|(cidr, v)| pb::BpfIpcacheEntry {
+                    cidr: cidr.to_string(),
+                    identity: v.identity,
+                    tunnel_endpoint: v
+                        .tunnel_endpoint()
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                    flags: v.flags,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn bpf_endpoint_list(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::BpfEndpointResponse>, Status> {
+        let manager = self.endpoint_manager()?;
+        let dp = manager.datapath();
+        let entries = dp
+            .bpf()
+            .endpoints()
+            .map_err(|e| Status::internal(format!("cannot read the endpoints map: {e}")))?;
+        Ok(Response::new(pb::BpfEndpointResponse {
+            entries: entries
+                .into_iter()
+                .map(|(ip, v)| pb::BpfEndpointEntry {
+                    ipv4: ip.to_string(),
+                    endpoint_id: v.endpoint_id,
+                    ifindex: v.ifindex,
+                    identity: v.identity,
+                    mac: mac_string(&v.mac),
+                    host_mac: mac_string(&v.host_mac),
+                })
+                .collect(),
+            pin_dir: dp.pin_dir.display().to_string(),
+        }))
+    }
+}
+
+impl AgentApi {
+    fn endpoint_manager(&self) -> Result<&Arc<EndpointManager>, Status> {
+        self.endpoints.get().ok_or_else(|| {
+            Status::unavailable("the datapath is not up yet (the agent is starting); try again in a moment")
+        })
+    }
+
+    /// Every endpoint in this node's registry copy; this node's own with their live state.
+    fn all_endpoints(&self) -> Vec<pb::EndpointDetail> {
+        let manager = self.endpoints.get();
+        let (records, names): (Vec<EndpointRecord>, std::collections::BTreeMap<u64, String>) =
+            self.client.local(|r| {
+                (
+                    r.endpoints().cloned().collect(),
+                    r.nodes().map(|n| (n.id, n.name.clone())).collect(),
+                )
+            });
+        records
+            .into_iter()
+            .map(|rec| {
+                let node_name = names.get(&rec.node_id).cloned().unwrap_or_default();
+                if rec.node_id == self.me.node_id {
+                    if let Some(ep) =
+                        manager.and_then(|m| m.get_live(&rec.container_id, &rec.ifname))
+                    {
+                        return endpoint_detail(&ep, &node_name);
+                    }
+                }
+                pb::EndpointDetail {
+                    id: rec.id,
+                    container_id: rec.container_id.clone(),
+                    ifname: rec.ifname.clone(),
+                    netns: rec.netns.clone(),
+                    host_ifname: crate::netdev::host_ifname(&rec.container_id, &rec.ifname),
+                    ipv4: rec.ipv4.to_string(),
+                    mac: String::new(),
+                    identity: rec.identity,
+                    labels: rec.labels.to_strings(),
+                    node_id: rec.node_id,
+                    node_name,
+                    state: if rec.node_id == self.me.node_id {
+                        "not-ready"
+                    } else {
+                        "remote"
+                    }
+                    .into(),
+                    created_at_unix: rec.created_at,
+                }
+            })
+            .collect()
     }
 }

@@ -5,6 +5,9 @@
 mod api;
 mod bootstrap;
 mod cluster_service;
+pub mod datapath;
+pub mod datapath_sync;
+pub mod endpoints;
 pub mod gossip;
 mod join;
 mod join_service;
@@ -48,7 +51,16 @@ pub struct AgentOptions {
     pub autopilot: membership::AutopilotConfig,
     /// Where gossip listens (default 0.0.0.0 and the RPC port + 1).
     pub gossip_listen: Option<SocketAddr>,
+    /// The plugin API socket (orchestrators, `membrane-cni`).
+    pub plugin_socket: PathBuf,
+    /// Deletes queued by `membrane-cni` while the agent was down.
+    pub cni_queue_dir: PathBuf,
+    /// BPF pin dir, overlay, MTU, masquerade. `pin_dir` None: /sys/fs/bpf/membrane/<node>.
+    pub datapath: datapath::DatapathOptions,
 }
+
+/// Where a node pins its BPF maps by default.
+pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/membrane";
 
 /// Seconds since the epoch. The registry never reads a clock; commands carry this.
 pub fn unix_now() -> i64 {
@@ -185,11 +197,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
     // Local API on the Unix socket.
     let unix = bind_unix(&opts.socket)?;
+    let endpoints_slot: api::EndpointsSlot = Arc::default();
     let api = api::AgentApi {
         client: client.clone(),
         gossip: gossip.clone(),
         me: me.clone(),
         ca_hash,
+        endpoints: endpoints_slot.clone(),
     };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
@@ -206,11 +220,24 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         liveness.clone(),
         opts.autopilot.clone(),
     ));
+    let datapath_task = tokio::spawn(run_datapath(
+        client.clone(),
+        me.clone(),
+        opts.datapath.clone(),
+        opts.plugin_socket.clone(),
+        opts.cni_queue_dir.clone(),
+        endpoints_slot,
+    ));
 
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
         r = node_server => Err(anyhow!("node RPC server stopped: {r:?}")),
         r = api_server => Err(anyhow!("local API server stopped: {r:?}")),
+        r = datapath_task => match r {
+            Ok(Ok(())) => Err(anyhow!("the plugin API server stopped")),
+            Ok(Err(e)) => Err(e.context("the datapath failed")),
+            Err(e) => Err(anyhow!("the datapath task failed: {e}")),
+        },
     };
     reconciler.abort();
     info!("shutting down");
@@ -218,7 +245,70 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         warn!(error = %e, "raft shutdown");
     }
     let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(&opts.plugin_socket);
+    // Programs, maps, veths and the overlay device stay: traffic keeps flowing while the
+    // agent is away, and the next start takes them back.
     result
+}
+
+/// Brings up the datapath once this node's registry copy knows its pod CIDR, restores the
+/// endpoints, keeps the ipcache in step, and serves the plugin API until it fails.
+async fn run_datapath(
+    client: Arc<registry_client::RegistryClient>,
+    me: crate::state::NodeIdentity,
+    opts: datapath::DatapathOptions,
+    plugin_socket: PathBuf,
+    queue_dir: PathBuf,
+    slot: api::EndpointsSlot,
+) -> anyhow::Result<()> {
+    let node_ip = datapath_sync::node_ip(&me.rpc_addr).ok_or_else(|| {
+        anyhow!(
+            "the advertised address {} is not IPV4:PORT; the overlay needs this node's IPv4 underlay address",
+            me.rpc_addr
+        )
+    })?;
+    // A node that just joined learns its own record a moment later, through Raft.
+    let (pod_cidr, pod_pool) = loop {
+        let found = client.local(|r| {
+            Some((r.node(me.node_id)?.pod_cidr, r.cluster()?.pod_pool))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let pin_dir = opts
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_ROOT).join(&me.node_name));
+    let dp = Arc::new(
+        datapath::NodeDatapath::start(&opts, &pin_dir, node_ip, pod_cidr, pod_pool).await?,
+    );
+    let manager = Arc::new(endpoints::EndpointManager::new(
+        client.clone(),
+        dp.clone(),
+        me.clone(),
+    ));
+    if let Err(e) = datapath_sync::sync_once(&client, &dp, me.node_id) {
+        warn!(error = %format!("{e:#}"), "first ipcache sync failed; the sync loop retries");
+    }
+    manager.restore().await;
+    let _ = slot.set(manager.clone());
+    tokio::spawn(datapath_sync::run(client.clone(), dp.clone(), me.node_id));
+    tokio::spawn(manager.clone().run_queue(queue_dir));
+    let unix = bind_unix(&plugin_socket)?;
+    info!(socket = %plugin_socket.display(), "plugin API listening");
+    tonic::transport::Server::builder()
+        .add_service(membrane_proto::v1::plugin_server::PluginServer::new(
+            endpoints::plugin_service::PluginService {
+                endpoints: manager,
+                node_name: me.node_name.clone(),
+            },
+        ))
+        .serve_with_incoming(UnixListenerStream::new(unix))
+        .await
+        .context("the plugin API server failed")?;
+    Ok(())
 }
 
 fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {

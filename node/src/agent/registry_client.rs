@@ -68,8 +68,16 @@ impl From<ClientError> for tonic::Status {
             ClientError::Refused(
                 RegistryError::InvalidLabels(_)
                 | RegistryError::InvalidToken(_)
+                | RegistryError::InvalidEndpoint(_)
                 | RegistryError::InvalidClusterConfig(_),
             ) => tonic::Status::invalid_argument(e.to_string()),
+            ClientError::Refused(RegistryError::EndpointConflict(_)) => {
+                tonic::Status::already_exists(e.to_string())
+            }
+            ClientError::Refused(
+                RegistryError::EndpointAddressesExhausted { .. }
+                | RegistryError::IdentitySpaceExhausted { .. },
+            ) => tonic::Status::resource_exhausted(e.to_string()),
             ClientError::Refused(
                 RegistryError::IdentityNotFound { .. } | RegistryError::NodeNotFound { .. },
             ) => tonic::Status::not_found(e.to_string()),
@@ -214,6 +222,12 @@ impl Inner {
     /// Reads this node's copy of the registry, which may lag the leader by a few entries.
     pub fn local<T>(&self, f: impl FnOnce(&Registry) -> T) -> T {
         self.registry.read(f)
+    }
+
+    /// The index of the last log entry applied to this node's copy; it moves whenever the
+    /// registry may have changed.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.registry.last_applied().map(|l| l.index)
     }
 
     /// Proposes one command (possibly a batch) wherever the leader is; the registry's own

@@ -19,6 +19,8 @@ use output::Output;
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/membrane";
 const DEFAULT_SOCKET: &str = "/run/membrane/agent.sock";
+const DEFAULT_PLUGIN_SOCKET: &str = "/run/membrane/plugin.sock";
+const DEFAULT_CNI_QUEUE_DIR: &str = crate::cni::config::DEFAULT_QUEUE_DIR;
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +70,47 @@ enum Command {
     /// The gossip keyring.
     #[command(subcommand)]
     Gossip(GossipCmd),
+    /// Endpoints (containers and processes joined to the datapath).
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// What the BPF maps of this node hold, read from the kernel.
+    #[command(subcommand)]
+    Bpf(BpfCmd),
+    /// Benchmarks against plain kernel paths (runs membrane-lab, built beside this binary).
+    Bench {
+        /// What to measure: datapath, registry or gossip.
+        what: String,
+        /// Passed through to membrane-lab.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// List endpoints of every node (from the registry), with their state on this node.
+    List {
+        /// Only this node's endpoints.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Show one endpoint: a number of this node, a container id, or an IPv4 address.
+    Get { key: String },
+}
+
+#[derive(Subcommand)]
+enum BpfCmd {
+    /// The ipcache map: prefix -> identity and tunnel endpoint.
+    #[command(subcommand)]
+    Ipcache(BpfListCmd),
+    /// The endpoints map: local endpoint address -> interface, identity, MACs.
+    #[command(subcommand)]
+    Endpoint(BpfListCmd),
+}
+
+#[derive(Subcommand)]
+enum BpfListCmd {
+    List,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +181,27 @@ struct AgentArgs {
     /// Where gossip listens (UDP; default 0.0.0.0 and the RPC port + 1).
     #[arg(long)]
     gossip_addr: Option<std::net::SocketAddr>,
+    /// The plugin API socket for orchestrators and membrane-cni.
+    #[arg(long, default_value = DEFAULT_PLUGIN_SOCKET)]
+    plugin_socket: PathBuf,
+    /// Where BPF maps are pinned (default /sys/fs/bpf/membrane/<node name>).
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
+    /// Deletes that membrane-cni queued while the agent was down.
+    #[arg(long, default_value = DEFAULT_CNI_QUEUE_DIR)]
+    cni_queue_dir: PathBuf,
+    /// UDP port of the VXLAN overlay.
+    #[arg(long, default_value_t = 8472)]
+    tunnel_port: u16,
+    /// Name of the VXLAN overlay device.
+    #[arg(long, default_value = "membrane_vx")]
+    overlay_device: String,
+    /// Endpoint MTU (default: the underlay MTU minus 50 for VXLAN).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65535))]
+    mtu: Option<u32>,
+    /// Masquerade pod traffic that leaves the pod pool (nftables).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     log: String,
@@ -202,6 +266,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => run_agent(args, &cli.socket),
         Command::Init(args) => run_init(args, &out),
+        Command::Bench { what, args } => run_bench(&what, &args),
         other => runtime().and_then(|rt| rt.block_on(run_client(other, &cli.socket, &out))),
     };
     match result {
@@ -247,8 +312,40 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
             remove_after: std::time::Duration::from_secs(args.remove_dead_after),
         },
         gossip_listen: args.gossip_addr,
+        plugin_socket: args.plugin_socket,
+        cni_queue_dir: args.cni_queue_dir,
+        datapath: crate::agent::datapath::DatapathOptions {
+            pin_dir: args.bpf_pin_dir,
+            tunnel_port: args.tunnel_port,
+            overlay_device: args.overlay_device,
+            mtu: args.mtu,
+            masquerade: args.masquerade,
+        },
     };
     runtime()?.block_on(crate::agent::run(opts))
+}
+
+/// `membrane bench WHAT`: the benchmarks build real labs of namespaces, which is the lab
+/// crate's job; run its binary from beside this one.
+fn run_bench(what: &str, args: &[String]) -> anyhow::Result<()> {
+    let me = std::env::current_exe().context("cannot find this binary's path")?;
+    let lab = me.with_file_name("membrane-lab");
+    if !lab.exists() {
+        anyhow::bail!(
+            "{} is missing; build it with `cargo build --release -p membrane-jepsen` (or run scripts/bench.sh {what})",
+            lab.display()
+        );
+    }
+    let status = std::process::Command::new(&lab)
+        .arg("bench")
+        .arg(what)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", lab.display()))?;
+    if !status.success() {
+        anyhow::bail!("the {what} benchmark failed ({status})");
+    }
+    Ok(())
 }
 
 fn run_init(args: InitArgs, out: &Output) -> anyhow::Result<()> {
@@ -393,7 +490,33 @@ async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> any
                 .map_err(status_err)?
                 .into_inner(),
         ),
-        Command::Init(_) | Command::Agent(_) => unreachable!("handled before connecting"),
+        Command::Endpoint(EndpointCmd::List { local }) => out.endpoints(
+            &c.endpoint_list(pb::EndpointListRequest { local_only: local })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Endpoint(EndpointCmd::Get { key }) => out.endpoint(
+            &c.endpoint_get(pb::EndpointGetRequest { key })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Bpf(BpfCmd::Ipcache(BpfListCmd::List)) => out.bpf_ipcache(
+            &c.bpf_ipcache_list(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Bpf(BpfCmd::Endpoint(BpfListCmd::List)) => out.bpf_endpoints(
+            &c.bpf_endpoint_list(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Init(_) | Command::Agent(_) | Command::Bench { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(())
 }

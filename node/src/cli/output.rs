@@ -347,6 +347,157 @@ impl Output {
             json!({"id": r.id, "references": r.references, "removed": r.removed}),
         );
     }
+
+    fn endpoint_json(e: &pb::EndpointDetail) -> Value {
+        json!({
+            "id": e.id,
+            "container_id": e.container_id,
+            "ifname": e.ifname,
+            "netns": e.netns,
+            "host_ifname": e.host_ifname,
+            "ipv4": e.ipv4,
+            "mac": e.mac,
+            "identity": e.identity,
+            "labels": e.labels,
+            "node_id": e.node_id,
+            "node_name": e.node_name,
+            "state": e.state,
+            "created_at_unix": e.created_at_unix,
+        })
+    }
+
+    pub fn endpoints(&self, r: &pb::EndpointListResponse) {
+        if self.format == Format::Json {
+            let eps: Vec<Value> = r.endpoints.iter().map(Self::endpoint_json).collect();
+            return self.json(json!({ "endpoints": eps }));
+        }
+        let rows = r
+            .endpoints
+            .iter()
+            .map(|e| {
+                vec![
+                    e.node_name.clone(),
+                    e.id.to_string(),
+                    short_id(&e.container_id),
+                    e.ipv4.clone(),
+                    e.identity.to_string(),
+                    e.labels.join(","),
+                    e.state.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NODE",
+                "ID",
+                "CONTAINER",
+                "IPV4",
+                "IDENTITY",
+                "LABELS",
+                "STATE",
+            ],
+            rows,
+        );
+    }
+
+    pub fn endpoint(&self, e: &pb::EndpointDetail) {
+        if self.format == Format::Json {
+            return self.json(Self::endpoint_json(e));
+        }
+        let rows = [
+            ("id", e.id.to_string()),
+            ("container", e.container_id.clone()),
+            ("node", format!("{} ({})", e.node_name, e.node_id)),
+            ("state", e.state.clone()),
+            ("ipv4", e.ipv4.clone()),
+            ("identity", e.identity.to_string()),
+            ("labels", e.labels.join(",")),
+            ("interface", format!("{} in {}", e.ifname, e.netns)),
+            ("mac", e.mac.clone()),
+            ("host interface", e.host_ifname.clone()),
+            ("created", time(e.created_at_unix)),
+        ];
+        for (k, v) in rows {
+            println!("{k:<15} {v}");
+        }
+    }
+
+    pub fn bpf_ipcache(&self, r: &pb::BpfIpcacheResponse) {
+        if self.format == Format::Json {
+            let entries: Vec<Value> = r
+                .entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "cidr": e.cidr,
+                        "identity": e.identity,
+                        "tunnel_endpoint": e.tunnel_endpoint,
+                        "flags": e.flags,
+                    })
+                })
+                .collect();
+            return self.json(json!({ "entries": entries }));
+        }
+        let rows = r
+            .entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.cidr.clone(),
+                    e.identity.to_string(),
+                    if e.tunnel_endpoint.is_empty() {
+                        "-".to_string()
+                    } else {
+                        e.tunnel_endpoint.clone()
+                    },
+                ]
+            })
+            .collect();
+        table(&["PREFIX", "IDENTITY", "TUNNEL ENDPOINT"], rows);
+    }
+
+    pub fn bpf_endpoints(&self, r: &pb::BpfEndpointResponse) {
+        if self.format == Format::Json {
+            let entries: Vec<Value> = r
+                .entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "ipv4": e.ipv4,
+                        "endpoint_id": e.endpoint_id,
+                        "ifindex": e.ifindex,
+                        "identity": e.identity,
+                        "mac": e.mac,
+                        "host_mac": e.host_mac,
+                    })
+                })
+                .collect();
+            return self.json(json!({ "entries": entries, "pin_dir": r.pin_dir }));
+        }
+        let rows = r
+            .entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.ipv4.clone(),
+                    e.endpoint_id.to_string(),
+                    e.ifindex.to_string(),
+                    e.identity.to_string(),
+                    e.mac.clone(),
+                    e.host_mac.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["IPV4", "ENDPOINT", "IFINDEX", "IDENTITY", "MAC", "HOST MAC"],
+            rows,
+        );
+    }
+}
+
+/// Container ids are usually 64 hex digits; 12 are enough to tell them apart on screen.
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,303 @@
+//! Keeps the BPF ipcache in step with the registry.
+//!
+//! [`desired_ipcache`] is pure: from the registry's local copy it computes what the ipcache
+//! of node `me` must hold (docs/datapath.md, "What the agent keeps in the maps"); [`diff`]
+//! turns that and the map's current contents into upserts and removals. The loop at the
+//! bottom applies them whenever the registry changes, and every few seconds regardless, so
+//! an entry changed behind the agent's back is put right.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use membrane_consensus::Registry;
+use membrane_ebpf::IpcacheValue;
+use tracing::{debug, warn};
+
+use super::datapath::NodeDatapath;
+use super::registry_client::RegistryClient;
+
+/// Reserved identities (Cilium's numbers).
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+pub const IDENTITY_REMOTE_NODE: u32 = 6;
+/// A remote node's pod CIDR as a whole: the address is on that node, its endpoint is not
+/// (yet) known here.
+pub const IDENTITY_UNKNOWN: u32 = 0;
+
+/// How often the maps are checked even when the registry did not change.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
+/// How often the registry's applied index is polled.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// The underlay IPv4 of a node, from its registered RPC address.
+pub fn node_ip(rpc_addr: &str) -> Option<Ipv4Addr> {
+    match rpc_addr.parse::<SocketAddr>().ok()?.ip() {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
+fn host32(ip: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(ip, 32).expect("32 is a valid prefix length")
+}
+
+/// What the ipcache of node `me` must hold.
+pub fn desired_ipcache(reg: &Registry, me: u64) -> BTreeMap<Ipv4Net, IpcacheValue> {
+    let mut out = BTreeMap::new();
+    let mut tunnel_of = BTreeMap::new();
+    for node in reg.nodes() {
+        let ip = node_ip(&node.rpc_addr);
+        if let Some(ip) = ip {
+            let identity = if node.id == me {
+                IDENTITY_HOST
+            } else {
+                IDENTITY_REMOTE_NODE
+            };
+            out.insert(host32(ip), IpcacheValue::local(identity));
+        }
+        if node.id != me {
+            // Without an underlay address the node cannot be tunnelled to; its pods then
+            // fall to the host stack, as unknown destinations do.
+            if let Some(ip) = ip {
+                tunnel_of.insert(node.id, ip);
+                out.insert(node.pod_cidr, IpcacheValue::remote(IDENTITY_UNKNOWN, ip));
+            }
+        }
+    }
+    for ep in reg.endpoints() {
+        let tunnel = if ep.node_id == me {
+            None
+        } else {
+            match tunnel_of.get(&ep.node_id) {
+                Some(ip) => Some(*ip),
+                // An endpoint of a node that is gone or has no address: leave it out.
+                None => continue,
+            }
+        };
+        out.insert(
+            host32(ep.ipv4),
+            match tunnel {
+                Some(ip) => IpcacheValue::remote(ep.identity, ip),
+                None => IpcacheValue::local(ep.identity),
+            },
+        );
+    }
+    out
+}
+
+/// What to write and what to delete so that `current` becomes `desired`.
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let upserts = desired
+        .iter()
+        .filter(|(k, v)| current.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let removals = current
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    (upserts, removals)
+}
+
+/// Brings the ipcache to what the registry says; returns (written, removed).
+pub fn sync_once(
+    client: &RegistryClient,
+    datapath: &NodeDatapath,
+    me: u64,
+) -> anyhow::Result<(usize, usize)> {
+    let desired = client.local(|r| desired_ipcache(r, me));
+    let mut bpf = datapath.bpf();
+    let current: BTreeMap<Ipv4Net, IpcacheValue> = bpf.ipcache()?.into_iter().collect();
+    let (upserts, removals) = diff(&current, &desired);
+    for (cidr, value) in &upserts {
+        bpf.upsert_ipcache(*cidr, value)?;
+    }
+    for cidr in &removals {
+        bpf.remove_ipcache(*cidr)?;
+    }
+    Ok((upserts.len(), removals.len()))
+}
+
+/// Runs forever: syncs when the registry's applied index moves, and every few seconds.
+pub async fn run(client: Arc<RegistryClient>, datapath: Arc<NodeDatapath>, me: u64) {
+    let mut last_seen = None;
+    let mut last_sync = tokio::time::Instant::now();
+    loop {
+        let applied = client.applied_index();
+        if applied != last_seen || last_sync.elapsed() >= RESYNC_EVERY {
+            match sync_once(&client, &datapath, me) {
+                Ok((written, removed)) => {
+                    if written + removed > 0 {
+                        debug!(written, removed, "ipcache synced with the registry");
+                    }
+                    last_seen = applied;
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "cannot sync the ipcache"),
+            }
+            last_sync = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membrane_consensus::registry::{
+        ClusterConfig, GossipKey, LabelSet, NewEndpoint, NewNode, TokenRecord,
+    };
+    use membrane_consensus::{Command, Response};
+
+    const HASH: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    fn node(name: &str, ip: &str) -> NewNode {
+        NewNode {
+            name: name.into(),
+            rpc_addr: format!("{ip}:7700"),
+            tls_key_sha256: "00".repeat(32),
+            x25519_public: "11".repeat(32),
+        }
+    }
+
+    fn token(id: &str, uses: u32) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            secret_hash: HASH.into(),
+            description: String::new(),
+            created_at: 0,
+            expires_at: 3600,
+            max_uses: uses,
+            uses: 0,
+            revoked: false,
+        }
+    }
+
+    /// Two nodes, 10.77.0.11 (pods 10.128.0.0/24) and 10.77.0.12 (10.128.1.0/24), one
+    /// endpoint on each.
+    fn registry() -> Registry {
+        let mut r = Registry::default();
+        r.apply(Command::Bootstrap {
+            config: ClusterConfig {
+                cluster_id: 1,
+                name: "t".into(),
+                pod_pool: "10.128.0.0/16".parse().unwrap(),
+                node_prefix_len: 24,
+                ca_cert_pem: String::new(),
+                ca_key_pem: String::new(),
+                created_at: 0,
+            },
+            first_node: node("n1", "10.77.0.11"),
+            first_token: token("abcdef", 5),
+            gossip_key: GossipKey {
+                id: 1,
+                key_hex: "ab".repeat(32),
+            },
+        })
+        .into_result()
+        .unwrap();
+        r.apply(Command::AdmitNode {
+            token_id: "abcdef".into(),
+            presented_hash: HASH.into(),
+            node: node("n2", "10.77.0.12"),
+            now: 1,
+        })
+        .into_result()
+        .unwrap();
+        for (n, c) in [(1, "c1"), (2, "c2")] {
+            let resp = r.apply(Command::AddEndpoint {
+                endpoint: NewEndpoint {
+                    node_id: n,
+                    container_id: c.into(),
+                    ifname: "eth0".into(),
+                    netns: format!("/run/netns/{c}"),
+                    labels: LabelSet::parse(&[format!("app={c}")]).unwrap(),
+                    now: 2,
+                },
+            });
+            assert!(matches!(resp, Response::Endpoint { .. }), "{resp:?}");
+        }
+        r
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn remote_pods_go_through_the_tunnel_and_local_ones_do_not() {
+        let r = registry();
+        let d = desired_ipcache(&r, 1);
+        let id_c1 = r.endpoints_on(1).next().unwrap().identity;
+        let id_c2 = r.endpoints_on(2).next().unwrap().identity;
+        let expected: BTreeMap<Ipv4Net, IpcacheValue> = [
+            (net("10.77.0.11/32"), IpcacheValue::local(IDENTITY_HOST)),
+            (
+                net("10.77.0.12/32"),
+                IpcacheValue::local(IDENTITY_REMOTE_NODE),
+            ),
+            (
+                net("10.128.1.0/24"),
+                IpcacheValue::remote(IDENTITY_UNKNOWN, ip("10.77.0.12")),
+            ),
+            (net("10.128.0.2/32"), IpcacheValue::local(id_c1)),
+            (
+                net("10.128.1.2/32"),
+                IpcacheValue::remote(id_c2, ip("10.77.0.12")),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(d, expected);
+        // Seen from node 2, the roles swap.
+        let d2 = desired_ipcache(&r, 2);
+        assert_eq!(
+            d2.get(&net("10.128.0.0/24")),
+            Some(&IpcacheValue::remote(IDENTITY_UNKNOWN, ip("10.77.0.11")))
+        );
+        assert_eq!(
+            d2.get(&net("10.128.1.2/32")),
+            Some(&IpcacheValue::local(id_c2))
+        );
+        assert!(!d2.contains_key(&net("10.128.1.0/24")), "own pod CIDR is local");
+    }
+
+    #[test]
+    fn a_node_that_leaves_takes_its_entries_with_it() {
+        let mut r = registry();
+        let before = desired_ipcache(&r, 1);
+        r.apply(Command::RemoveNode { id: 2 }).into_result().unwrap();
+        let after = desired_ipcache(&r, 1);
+        let (upserts, removals) = diff(&before, &after);
+        assert!(upserts.is_empty());
+        let mut removals = removals;
+        removals.sort();
+        assert_eq!(
+            removals,
+            vec![
+                net("10.77.0.12/32"),
+                net("10.128.1.0/24"),
+                net("10.128.1.2/32")
+            ]
+        );
+    }
+
+    #[test]
+    fn diff_writes_only_what_changed() {
+        let cur: BTreeMap<u32, u32> = [(1, 1), (2, 2), (3, 3)].into_iter().collect();
+        let want: BTreeMap<u32, u32> = [(1, 1), (2, 20), (4, 4)].into_iter().collect();
+        let (up, rm) = diff(&cur, &want);
+        assert_eq!(up, vec![(2, 20), (4, 4)]);
+        assert_eq!(rm, vec![3]);
+    }
+}
