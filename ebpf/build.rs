@@ -9,7 +9,8 @@ use std::{
 const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_overlay"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bpf_dir = manifest.join("bpf");
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
@@ -33,7 +34,9 @@ fn main() {
         _ => "/usr/include",
     };
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
-        fail("/usr/include/bpf/bpf_helpers.h is missing: run scripts/deps.sh (installs libbpf-dev).");
+        fail(
+            "/usr/include/bpf/bpf_helpers.h is missing: run scripts/deps.sh (installs libbpf-dev).",
+        );
     }
 
     for name in PROGRAMS {

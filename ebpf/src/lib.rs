@@ -13,6 +13,7 @@ pub mod abi;
 mod error;
 mod loader;
 mod maps;
+mod sys;
 
 use std::{
     fs, io,

@@ -309,7 +309,12 @@ pub(crate) fn attach_tc(
                 .map_err(|e| err(format!("replacing the program in {}: {e}", pin.display())))?;
             // Close our fd; the pin keeps the link (and so the attachment) alive.
             drop(prog.take_link(id).map_err(|e| err(e.to_string()))?);
-            debug!(ifname, direction = dir.as_str(), program, "replaced program in pinned link");
+            debug!(
+                ifname,
+                direction = dir.as_str(),
+                program,
+                "replaced program in pinned link"
+            );
         }
         Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
             let id = prog
@@ -326,7 +331,12 @@ pub(crate) fn attach_tc(
             // If pinning fails the link is dropped here and detaches: nothing half-made.
             fd.pin(&pin)
                 .map_err(|e| err(format!("pinning the link at {}: {e}", pin.display())))?;
-            debug!(ifname, direction = dir.as_str(), program, "attached new pinned link");
+            debug!(
+                ifname,
+                direction = dir.as_str(),
+                program,
+                "attached new pinned link"
+            );
         }
         Err(e) => return Err(err(format!("opening pin {}: {e}", pin.display()))),
     }
@@ -352,6 +362,19 @@ pub(crate) fn detach_all(links_dir: &Path, ifname: &str) -> Result<(), DatapathE
         source,
     })?;
     for path in pins {
+        // Detach first so the programs are gone when this returns; ENOLINK (already
+        // detached, the interface went away) and a vanished pin are fine.
+        match crate::sys::obj_get(&path) {
+            Ok(fd) => {
+                if let Err(e) = crate::sys::link_detach(&fd) {
+                    if e.raw_os_error() != Some(libc::ENOLINK) {
+                        warn!(path = %path.display(), "BPF_LINK_DETACH: {e}; removing the pin anyway");
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => warn!(path = %path.display(), "opening link pin: {e}; removing it anyway"),
+        }
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -395,7 +418,12 @@ mod tests {
         let mut got = pins_for(&dir, "eth0", None).unwrap();
         got.sort();
         assert_eq!(got.len(), 2, "{got:?}");
-        assert_eq!(pins_for(&dir, "eth0", Some(Direction::Egress)).unwrap().len(), 1);
+        assert_eq!(
+            pins_for(&dir, "eth0", Some(Direction::Egress))
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(pins_for(&dir, "eth0.100", None).unwrap().len(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }

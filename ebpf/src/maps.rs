@@ -86,7 +86,9 @@ fn lpm_key(net: Ipv4Net) -> Key<u32> {
 }
 
 impl Maps {
-    pub(crate) fn new(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DatapathError> {
+    pub(crate) fn new(
+        mut take: impl FnMut(&'static str) -> Option<Map>,
+    ) -> Result<Self, DatapathError> {
         let mut get = |name: &'static str| {
             take(name).ok_or(DatapathError::Missing {
                 object: "bpf_lxc.o",
