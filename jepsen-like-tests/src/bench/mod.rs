@@ -1,5 +1,6 @@
 //! Benchmarks that need a lab: each compares Membrane with a reference system side by side,
 //! in one run, on the same namespaces and disk.
 
+pub mod datapath;
 pub mod registry;
 pub mod stats;

@@ -2,12 +2,14 @@
 //!
 //! - `membrane-lab demo [--keep]`: the README's main job.
 //! - `membrane-lab bench registry [...]`: the registry benchmark against etcd.
+//! - `membrane-lab bench datapath [...]`: endpoint throughput and latency against plain
+//!   kernel bridge and VXLAN paths.
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N] [--via all|leader] | membrane-lab idle-check HOSTS MINUTES"
+        "usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N] [--via all|leader] | membrane-lab bench datapath [--runs N] [--round-trips N] [--seconds N] [--baseline-only] | membrane-lab idle-check HOSTS MINUTES"
     );
     ExitCode::from(2)
 }
@@ -18,6 +20,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["demo", rest @ ..] => membrane_jepsen::demo::run(rest.contains(&"--keep")),
         ["bench", "registry", rest @ ..] => membrane_jepsen::bench::registry::run(rest),
+        ["bench", "datapath", rest @ ..] => membrane_jepsen::bench::datapath::run(rest),
         ["idle-check", hosts, minutes] => match (hosts.parse(), minutes.parse()) {
             (Ok(h), Ok(m)) => membrane_jepsen::idle::run(h, m),
             _ => return usage(),
