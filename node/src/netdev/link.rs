@@ -118,6 +118,19 @@ pub(crate) async fn delete_index(
     }
 }
 
+/// The endpoint MTU to use when none is configured: [`underlay_mtu`] minus
+/// [`super::VXLAN_OVERHEAD`] (VXLAN over IPv4).
+pub async fn default_endpoint_mtu() -> Result<u32, NetdevError> {
+    let under = underlay_mtu().await?;
+    match under.checked_sub(super::VXLAN_OVERHEAD) {
+        Some(m) if m >= 68 => Ok(m),
+        _ => Err(NetdevError::Invalid {
+            what: "underlay MTU",
+            detail: format!("{under} leaves no room for VXLAN; pass the endpoint MTU (--mtu)"),
+        }),
+    }
+}
+
 /// The MTU of the interface holding the IPv4 default route of the main table or, when
 /// there is none (the lab hosts have only a connected /24), of the first up,
 /// non-loopback interface with an IPv4 address. The endpoint MTU defaults to this minus

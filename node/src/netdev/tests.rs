@@ -512,6 +512,7 @@ fn netdev_underlay_mtu_and_sysctl() {
             ],
         );
         assert_eq!(underlay_mtu().await.expect("mtu"), 1500);
+        assert_eq!(default_endpoint_mtu().await.expect("mtu"), 1450);
 
         // /proc/sys/net belongs to this thread's namespace (the test node), not the host's.
         set_sysctl("net.ipv4.ip_forward", "1").expect("set");
