@@ -55,8 +55,22 @@ const MIN_MTU: u32 = 68;
 ///   link`, `default via gateway`, permanent neighbour `gateway -> host-side MAC`.
 ///
 /// On any failure after the pair exists the host side is deleted (which deletes the
-/// peer), so nothing half-made is left.
+/// peer), so nothing half-made is left. The work runs in its own task: if the caller
+/// stops waiting (a cancelled request), creation or rollback still runs to the end
+/// instead of stopping between two netlink requests.
 pub async fn create_endpoint_link(spec: &EndpointLinkSpec) -> Result<EndpointLink, NetdevError> {
+    let spec = spec.clone();
+    tokio::spawn(async move { create(&spec).await })
+        .await
+        .map_err(|e| {
+            NetdevError::io(
+                "creating the endpoint link",
+                std::io::Error::other(format!("the task failed: {e}")),
+            )
+        })?
+}
+
+async fn create(spec: &EndpointLinkSpec) -> Result<EndpointLink, NetdevError> {
     validate_ifname(&spec.host_ifname)?;
     validate_ifname(&spec.container_ifname)?;
     if spec.mtu < MIN_MTU {
