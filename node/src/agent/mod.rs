@@ -281,6 +281,24 @@ async fn run_datapath(
         .pin_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BPF_ROOT).join(&me.node_name));
+    // After a restart the registry copy re-applies its committed log; until it has, it
+    // lacks endpoints that exist, and syncing the maps from it would cut their traffic.
+    let committed = client
+        .raft()
+        .with_raft_state(|st| st.committed.map(|l| l.index))
+        .await
+        .ok()
+        .flatten();
+    if let Some(committed) = committed {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while client.applied_index().unwrap_or(0) < committed {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(committed, applied = ?client.applied_index(), "the registry copy is still behind its committed log; restoring endpoints anyway");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     let dp = Arc::new(
         datapath::NodeDatapath::start(&opts, &pin_dir, node_ip, pod_cidr, pod_pool).await?,
     );

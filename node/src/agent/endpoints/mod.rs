@@ -370,12 +370,13 @@ impl EndpointManager {
         Ok(())
     }
 
-    /// Removes the map entries of an endpoint (the programs go with its veth).
+    /// Removes the map entries of an endpoint and unpins its program links.
     fn unprogram(&self, ep: &LocalEndpoint) -> Result<(), EndpointError> {
         let mut bpf = self.datapath.bpf();
         let internal = |e: membrane_ebpf::DatapathError| EndpointError::Internal(e.to_string());
         bpf.remove_endpoint(ep.record.ipv4).map_err(internal)?;
         bpf.remove_ipcache(host32(ep.record.ipv4)).map_err(internal)?;
+        bpf.detach_endpoint(&ep.host_ifname).map_err(internal)?;
         Ok(())
     }
 
@@ -432,12 +433,13 @@ impl EndpointManager {
         let Some(record) = record else {
             return Ok(link_deleted);
         };
-        // Also clear the map entries when the endpoint was never live here (a restart
-        // between the registry write and the veth).
+        // Also clear the map entries and links when the endpoint was never live here (a
+        // restart between the registry write and the veth).
         {
             let mut bpf = self.datapath.bpf();
             let _ = bpf.remove_endpoint(record.ipv4);
             let _ = bpf.remove_ipcache(host32(record.ipv4));
+            let _ = bpf.detach_endpoint(&host_ifname);
         }
         self.deregister(&record).await?;
         info!(endpoint = record.id, container_id = %container_id, ipv4 = %record.ipv4, "endpoint deleted");
@@ -565,6 +567,7 @@ impl EndpointManager {
         let host_ifname = netdev::host_ifname(&record.container_id, &record.ifname);
         let Some((host_ifindex, host_mac, mtu)) = netdev::link_by_name(&host_ifname).await?
         else {
+            let _ = self.datapath.bpf().detach_endpoint(&host_ifname);
             return Ok(None);
         };
         if check_netns(&record.netns).is_err() {
