@@ -167,11 +167,7 @@ pub fn validate_add(
     ifname: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<AddRequest, EndpointError> {
-    let ifname = if ifname.is_empty() {
-        DEFAULT_IFNAME
-    } else {
-        ifname
-    };
+    let ifname = ifname_or_default(ifname);
     membrane_consensus::registry::validate_container_id(container_id)
         .map_err(EndpointError::Invalid)?;
     membrane_consensus::registry::validate_ifname(ifname).map_err(EndpointError::Invalid)?;
@@ -195,6 +191,15 @@ pub fn validate_add(
         ifname: ifname.to_string(),
         labels,
     })
+}
+
+/// CNI's default interface name when the request leaves it empty.
+fn ifname_or_default(ifname: &str) -> &str {
+    if ifname.is_empty() {
+        DEFAULT_IFNAME
+    } else {
+        ifname
+    }
 }
 
 fn host32(ip: Ipv4Addr) -> Ipv4Net {
@@ -412,11 +417,7 @@ impl EndpointManager {
 
     /// Deletes an endpoint. Unknown endpoints are fine (returns false).
     pub async fn del(&self, container_id: &str, ifname: &str) -> Result<bool, EndpointError> {
-        let ifname = if ifname.is_empty() {
-            DEFAULT_IFNAME
-        } else {
-            ifname
-        };
+        let ifname = ifname_or_default(ifname);
         let _op = self.ops.lock().await;
         let host_ifname = netdev::host_ifname(container_id, ifname);
         let live = self
@@ -453,11 +454,7 @@ impl EndpointManager {
         ifname: &str,
         netns: &str,
     ) -> Result<LocalEndpoint, EndpointError> {
-        let ifname = if ifname.is_empty() {
-            DEFAULT_IFNAME
-        } else {
-            ifname
-        };
+        let ifname = ifname_or_default(ifname);
         let ep = self.get_live(container_id, ifname).ok_or_else(|| {
             EndpointError::Mismatch(format!(
                 "container {container_id:?} has no live endpoint with interface {ifname:?} on this node"
