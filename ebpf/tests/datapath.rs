@@ -341,6 +341,19 @@ fn metric(dp: &Datapath, r: Reason) -> u64 {
     dp.metric(r).expect("metrics").0
 }
 
+/// Waits (bounded) until `reason` reaches `at_least` packets: a packet sent from a socket
+/// may still be in the peer's backlog when send returns.
+fn wait_metric(dp: &Datapath, r: Reason, at_least: u64) -> u64 {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let n = metric(dp, r);
+        if n >= at_least || Instant::now() >= deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn tcx_programs(ns: &str, ifname: &str, t: TcAttachType) -> Vec<u32> {
     in_netns(ns, || SchedClassifier::query_tcx(ifname, t))
         .expect("query_tcx")
@@ -487,11 +500,7 @@ fn d_spoofed_source_is_dropped_and_counted() {
     let as_b = in_netns(&env.a.ns, || UdpSocket::bind((env.b.addr, 0))).unwrap();
     as_b.send_to(b"as-b", (Ipv4Addr::new(10, 128, 0, 7), 6000))
         .unwrap();
-    let deadline = Instant::now() + LONG;
-    while metric(&dp, Reason::DropSpoofed) - before < 2 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
-    let dropped = metric(&dp, Reason::DropSpoofed) - before;
+    let dropped = wait_metric(&dp, Reason::DropSpoofed, before + 2) - before;
     assert!(dropped >= 2, "spoofed drops counted: {dropped}");
     let (_, _, bytes) = dp
         .metrics()
@@ -795,16 +804,12 @@ fn b_cross_node_over_vxlan_carries_identity() {
     let udp = in_netns(&e1.ns, || UdpSocket::bind((e1.addr, 0))).unwrap();
     udp.send_to(b"nobody", (Ipv4Addr::new(10, 128, 2, 9), 9))
         .unwrap();
-    let deadline = Instant::now() + LONG;
-    while metric(&dp2, Reason::DropNoEndpoint) == 0 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(metric(&dp2, Reason::DropNoEndpoint), 1);
+    assert_eq!(wait_metric(&dp2, Reason::DropNoEndpoint, 1), 1);
 
     // Without an overlay device configured, n1 drops tunnel-bound traffic with reason 18.
     dp1.set_config(&DatapathConfig::new(0, u1_ip)).unwrap();
     udp.send_to(b"no overlay", to_e2).unwrap();
-    assert_eq!(metric(&dp1, Reason::DropNoOverlay), 1);
+    assert_eq!(wait_metric(&dp1, Reason::DropNoOverlay, 1), 1);
 }
 
 #[test]
