@@ -170,7 +170,9 @@ fn bad_input_gets_the_spec_codes() {
         ("CNI_NETNS", "/proc/self/ns/net"),
         ("CNI_IFNAME", "eth0"),
     ];
-    let cases: Vec<(Vec<(&str, &str)>, String, u64)> = vec![
+    // (environment, stdin, expected code)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, String, u64);
+    let cases: Vec<Case> = vec![
         (add.to_vec(), "{not json".into(), 6),
         (add.to_vec(), "".into(), 7),
         (

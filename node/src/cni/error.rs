@@ -128,7 +128,7 @@ impl CniError {
                 ErrorCode::CheckMismatch,
                 "the endpoint differs from what ADD set up; delete and re-add the container",
             ),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => (
+            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => (
                 ErrorCode::TryAgainLater,
                 "the agent cannot complete this right now; retry",
             ),

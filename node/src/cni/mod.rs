@@ -34,7 +34,7 @@ use env::Invocation;
 use error::{CniError, ErrorCode};
 use spec::{Command, Version, VersionInfo};
 
-pub use queue::{enqueue, read_queue, QueuedDelete};
+pub use queue::{complete, enqueue, read_queue, QueuedDelete};
 
 /// Connecting is local; a slow connect means a stuck agent.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -171,10 +171,8 @@ fn add(conf: &NetConf, inv: &Invocation) -> Result<String, CniError> {
         };
         let mut req = tonic::Request::new(request);
         req.set_timeout(ADD_TIMEOUT);
-        client
-            .add_endpoint(req)
+        call(ADD_TIMEOUT, client.add_endpoint(req))
             .await
-            .map(tonic::Response::into_inner)
             .map_err(|s| CniError::from_status("add", &conf.socket.display().to_string(), &s))
     })??;
     let ours = result::from_agent(&response, &inv.netns, &inv.ifname)?;
@@ -195,7 +193,7 @@ fn del(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
         };
         let mut req = tonic::Request::new(request);
         req.set_timeout(DEL_CHECK_TIMEOUT);
-        Ok(client.del_endpoint(req).await)
+        Ok(call(DEL_CHECK_TIMEOUT, client.del_endpoint(req)).await)
     })?;
     match outcome {
         Ok(Ok(_)) => Ok(()),
@@ -239,16 +237,29 @@ fn check(conf: &NetConf, inv: &Invocation) -> Result<(), CniError> {
         };
         let mut req = tonic::Request::new(request);
         req.set_timeout(DEL_CHECK_TIMEOUT);
-        client
-            .check_endpoint(req)
+        call(DEL_CHECK_TIMEOUT, client.check_endpoint(req))
             .await
-            .map(tonic::Response::into_inner)
             .map_err(|s| CniError::from_status("check", &conf.socket.display().to_string(), &s))
     })??;
     let actual = result::from_agent(&response, &inv.netns, &inv.ifname)?;
     match &conf.prev_result {
         Some(prev) => result::check_against_prev(prev, &actual),
         None => Ok(()),
+    }
+}
+
+/// Awaits a call with a deadline of our own: the grpc-timeout header set on the request is
+/// only a hint the server may ignore. Expiry is DEADLINE_EXCEEDED, i.e. "try again later".
+async fn call<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
     }
 }
 
