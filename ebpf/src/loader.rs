@@ -295,7 +295,7 @@ pub(crate) fn attach_tc(
         .map_err(|e| DatapathError::program(program, "type check", e))?;
 
     let pin = links_dir.join(pin_name(ifname, index, dir));
-    match PinnedLink::from_pin(&pin) {
+    let need_new = match PinnedLink::from_pin(&pin) {
         Ok(pinned) => {
             let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
                 err(format!(
@@ -304,41 +304,57 @@ pub(crate) fn attach_tc(
                 ))
             })?;
             // bpf_link_update: the kernel swaps the program in the existing link atomically.
-            let id = prog
-                .attach_to_link(link)
-                .map_err(|e| err(format!("replacing the program in {}: {e}", pin.display())))?;
-            // Close our fd; the pin keeps the link (and so the attachment) alive.
-            drop(prog.take_link(id).map_err(|e| err(e.to_string()))?);
-            debug!(
-                ifname,
-                direction = dir.as_str(),
-                program,
-                "replaced program in pinned link"
-            );
+            match prog.attach_to_link(link) {
+                Ok(id) => {
+                    // Close our fd; the pin keeps the link (and so the attachment) alive.
+                    drop(prog.take_link(id).map_err(|e| err(e.to_string()))?);
+                    debug!(
+                        ifname,
+                        direction = dir.as_str(),
+                        program,
+                        "replaced program in pinned link"
+                    );
+                    false
+                }
+                // ENOLINK: the link's interface is gone (ifindex reused after a wrap). The
+                // hook has nothing of ours, so a fresh link loses no traffic.
+                Err(e) if is_enolink(&e) => {
+                    warn!(path = %pin.display(), "pinned link is defunct; replacing it");
+                    fs::remove_file(&pin).map_err(|e| err(format!("removing defunct pin: {e}")))?;
+                    true
+                }
+                Err(e) => {
+                    return Err(err(format!(
+                        "replacing the program in {}: {e}",
+                        pin.display()
+                    )))
+                }
+            }
         }
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-            let id = prog
-                .attach_with_options(
-                    ifname,
-                    dir.attach_type(),
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|e| err(format!("creating the TCX link: {e}")))?;
-            let link = prog.take_link(id).map_err(|e| err(e.to_string()))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: LinkError| err(format!("not an fd link: {e}")))?;
-            // If pinning fails the link is dropped here and detaches: nothing half-made.
-            fd.pin(&pin)
-                .map_err(|e| err(format!("pinning the link at {}: {e}", pin.display())))?;
-            debug!(
-                ifname,
-                direction = dir.as_str(),
-                program,
-                "attached new pinned link"
-            );
-        }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => true,
         Err(e) => return Err(err(format!("opening pin {}: {e}", pin.display()))),
+    };
+    if need_new {
+        let id = prog
+            .attach_with_options(
+                ifname,
+                dir.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| err(format!("creating the TCX link: {e}")))?;
+        let link = prog.take_link(id).map_err(|e| err(e.to_string()))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| err(format!("not an fd link: {e}")))?;
+        // If pinning fails the link is dropped here and detaches: nothing half-made.
+        fd.pin(&pin)
+            .map_err(|e| err(format!("pinning the link at {}: {e}", pin.display())))?;
+        debug!(
+            ifname,
+            direction = dir.as_str(),
+            program,
+            "attached new pinned link"
+        );
     }
 
     // Links of earlier incarnations of this interface name: already detached by the
@@ -350,6 +366,15 @@ pub(crate) fn attach_tc(
         }
     }
     Ok(())
+}
+
+fn is_enolink(e: &aya::programs::ProgramError) -> bool {
+    match e {
+        aya::programs::ProgramError::SyscallError(s) => {
+            s.io_error.raw_os_error() == Some(libc::ENOLINK)
+        }
+        _ => false,
+    }
 }
 
 /// Removes our link pins for `ifname`, which detaches the programs if the interface still
