@@ -311,6 +311,8 @@ async fn run_datapath(
         warn!(error = %format!("{e:#}"), "first ipcache sync failed; the sync loop retries");
     }
     manager.restore().await;
+    // Deletes queued while the agent was down go before any new add is accepted.
+    manager.drain_queue(&queue_dir).await;
     let _ = slot.set(manager.clone());
     tokio::spawn(datapath_sync::run(client.clone(), dp.clone(), me.node_id));
     tokio::spawn(manager.clone().run_queue(queue_dir));

@@ -593,23 +593,50 @@ impl EndpointManager {
         Ok(Some(ep))
     }
 
-    /// Completes the deletes `membrane-cni` queued while the agent was down, forever.
-    pub async fn run_queue(self: Arc<Self>, dir: PathBuf) {
-        loop {
-            for (path, del) in crate::cni::queue::read_queue(&dir) {
-                match self.del(&del.container_id, &del.ifname).await {
+    /// Completes the deletes `membrane-cni` queued while the agent was down, once.
+    ///
+    /// A delete queued before the endpoint of the same container id and ifname was added
+    /// (again) is stale: the runtime has re-created the container since, so the delete is
+    /// dropped rather than taking the new endpoint out.
+    pub async fn drain_queue(&self, dir: &Path) {
+        for (path, del) in crate::cni::queue::read_queue(dir) {
+            let ifname = ifname_or_default(&del.ifname).to_string();
+            let newer = self
+                .client
+                .local(|r| {
+                    r.endpoint(self.me.node_id, &del.container_id, &ifname)
+                        .map(|e| e.created_at)
+                })
+                .is_some_and(|created| created >= del.queued_at_unix);
+            let done = if newer {
+                info!(container_id = %del.container_id, ifname = %ifname, "queued delete is older than the endpoint; dropping it");
+                true
+            } else {
+                match self.del(&del.container_id, &ifname).await {
                     Ok(_) => {
-                        info!(container_id = %del.container_id, ifname = %del.ifname, "queued delete completed");
-                        if let Err(e) = std::fs::remove_file(&path) {
-                            warn!(path = %path.display(), error = %e, "cannot remove a completed queued delete");
-                        }
+                        info!(container_id = %del.container_id, ifname = %ifname, "queued delete completed");
+                        true
                     }
                     Err(e) => {
-                        warn!(container_id = %del.container_id, error = %e, "queued delete failed; will retry")
+                        warn!(container_id = %del.container_id, error = %e, "queued delete failed; will retry");
+                        false
                     }
                 }
+            };
+            if done {
+                if let Err(e) = crate::cni::queue::complete(&path) {
+                    warn!(path = %path.display(), error = %e, "cannot remove a completed queued delete");
+                }
             }
+        }
+    }
+
+    /// [`Self::drain_queue`] every few seconds, forever: a delete can be queued while the
+    /// agent runs but its socket is briefly gone (a restart in progress).
+    pub async fn run_queue(self: Arc<Self>, dir: PathBuf) {
+        loop {
             tokio::time::sleep(QUEUE_POLL).await;
+            self.drain_queue(&dir).await;
         }
     }
 }
