@@ -12,6 +12,15 @@ want nft nftables   # the lab cuts hosts off with nftables rules on its bridge
 want bridge iproute2
 want pkill procps
 want protoc protobuf-compiler   # etcd-client (benchmark) compiles its protos with protoc
+want nsenter util-linux         # the lab starts agents in host namespaces without a private mount namespace
+# The BPF datapath: ebpf/build.rs compiles ebpf/bpf/*.c with clang -target bpf against
+# libbpf's headers (bpf_helpers.h) and the kernel's UAPI headers.
+want clang clang
+want llvm-objdump llvm
+[[ -f /usr/include/bpf/bpf_helpers.h ]] || need+=(libbpf-dev)
+[[ -f /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
+[[ -d /usr/include/x86_64-linux-gnu/asm || -d /usr/include/asm ]] || need+=(linux-libc-dev)
+want iperf3 iperf3              # the datapath benchmark and demo traffic
 for extra in "$@"; do
   case "$extra" in
     etcd) want etcd etcd-server; want etcdctl etcd-client ;;
