@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: a local 3-node Membrane cluster in network namespaces on this machine.
 # It creates the cluster, joins two nodes with tokens, prints `membrane status` from each
-# host, and removes everything when it ends. Pass --keep to leave it running until Ctrl-C.
+# host, attaches two endpoints per node with membrane-cni (app=web, app=db), shows TCP and UDP
+# between all of them as a matrix plus `membrane endpoint list` and `membrane bpf ipcache
+# list`, and removes everything when it ends. Pass --keep to leave it running until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ $(id -u) -ne 0 ]]; then

@@ -102,6 +102,9 @@ impl Cluster {
         }
         let voters = hosts.min(3);
         c.wait_for_voters(voters, Duration::from_secs(30))?;
+        for i in 1..=hosts {
+            c.wait_plugin_socket(i)?;
+        }
         Ok(c)
     }
 
@@ -270,12 +273,51 @@ impl Cluster {
         .with_context(|| format!("the cluster did not reach {n} voters"))
     }
 
-    /// The last lines of host `i`'s agent log, for error messages.
+    /// Waits until host `i`'s agent serves its plugin socket, which it opens after its
+    /// datapath is up (later than the local API on a joining node).
+    pub fn wait_plugin_socket(&self, i: usize) -> anyhow::Result<()> {
+        let path = self.lab.host(i).plugin_socket();
+        wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            if !self.lab.is_running(i)? {
+                bail!("agent on host {i} exited");
+            }
+            Ok(std::os::unix::net::UnixStream::connect(&path).is_ok())
+        })
+        .with_context(|| {
+            format!(
+                "host {i} never served {}; log: {}",
+                path.display(),
+                self.log_tail(i)
+            )
+        })
+    }
+
+    /// The last lines of host `i`'s agent log (colour codes removed), for error messages.
     pub fn log_tail(&self, i: usize) -> String {
         let text = std::fs::read_to_string(self.lab.host(i).log_path()).unwrap_or_default();
+        let text = strip_ansi(&text);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
+}
+
+/// `text` without ANSI colour sequences (ESC [ ... letter), which tracing writes even to a
+/// file and which make error messages unreadable.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Per-host datapath paths, so agents of one lab (and of parallel labs) never share a plugin

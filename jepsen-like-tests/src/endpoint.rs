@@ -239,10 +239,10 @@ impl Cluster {
     }
 
     /// Makes an endpoint namespace `name` on host `i` and attaches it with `membrane-cni ADD`
-    /// (container id `ctr-<name>`, interface eth0, `labels` as `key=value`).
+    /// (container id `ctr-<netns name>`, unique in the cluster; interface eth0, `labels` as `key=value`).
     pub fn add_endpoint(&self, i: usize, name: &str, labels: &[&str]) -> anyhow::Result<Endpoint> {
         let netns = self.lab().add_endpoint_netns(i, name)?;
-        let container_id = format!("ctr-{}-{name}", self.lab().id());
+        let container_id = format!("ctr-{netns}");
         let mut map = serde_json::Map::new();
         for l in labels {
             let (k, v) = l
@@ -308,8 +308,8 @@ impl Cluster {
         array(self.cli_json(i, &["identity", "list"])?, "identities")
     }
 
-    /// Waits until every endpoint in `eps` is listed as `ready` by its own node and by
-    /// every other node (which lists it as `remote` or `ready`).
+    /// Waits until every endpoint in `eps` is listed by every running node, and as `ready`
+    /// by its own node.
     pub fn wait_endpoints_listed(
         &self,
         eps: &[&Endpoint],
@@ -326,11 +326,15 @@ impl Cluster {
                         .iter()
                         .find(|e| e["container_id"] == ep.container_id.as_str())
                     else {
-                        return Ok(false);
+                        bail!("h{i} does not list {}: {listed:?}", ep.container_id);
                     };
-                    let want_ready = ep.host == i;
-                    if want_ready && e["state"] != "ready" {
-                        return Ok(false);
+                    if ep.host == i && e["state"] != "ready" {
+                        bail!(
+                            "h{i} (node {}) lists its own {} as {}: {e}",
+                            self.node_id(i).unwrap_or(0),
+                            ep.container_id,
+                            e["state"]
+                        );
                     }
                 }
             }
@@ -440,7 +444,8 @@ impl Cluster {
             }
             Ok(self.status(i).is_ok())
         })
-        .with_context(|| format!("host {i} did not come back; log: {}", self.log_tail(i)))
+        .with_context(|| format!("host {i} did not come back; log: {}", self.log_tail(i)))?;
+        self.wait_plugin_socket(i)
     }
 }
 
