@@ -56,7 +56,8 @@ fn t76_repeated_and_colliding_adds() -> anyhow::Result<()> {
 
     // The container-side name is taken inside the netns.
     let taken = c.lab().add_endpoint_netns(1, "c")?;
-    ip_in(&taken, &["link", "add", "eth0", "type", "dummy"])?;
+    // A bridge, as the kernel may lack the dummy module; any device type will do.
+    ip_in(&taken, &["link", "add", "eth0", "type", "bridge"])?;
     let out = c.cni(
         1,
         "ADD",
@@ -70,10 +71,10 @@ fn t76_repeated_and_colliding_adds() -> anyhow::Result<()> {
     assert_eq!(out.error_code(), Some(101), "{out}");
     let links = endpoint_links(&h)?;
     assert_eq!(links.len(), 1, "a veth was left: {links:?}");
-    let dummy = ip_in(&taken, &["-d", "link", "show", "eth0"])?;
+    let mine = ip_in(&taken, &["-d", "link", "show", "eth0"])?;
     assert!(
-        dummy.contains("dummy"),
-        "eth0 in {taken} was replaced: {dummy}"
+        mine.contains("bridge"),
+        "eth0 in {taken} was replaced: {mine}"
     );
     let listed = c.endpoints(1)?;
     assert_eq!(listed.len(), 1, "{listed:?}");
