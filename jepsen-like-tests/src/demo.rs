@@ -56,14 +56,22 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
             eps.push(ep);
         }
     }
+    // Let every node's registry copy and ipcache catch up with the last ADD before showing them.
+    let refs: Vec<&Endpoint> = eps.iter().collect();
+    let _ = c.wait_endpoints_listed(&refs, Duration::from_secs(10));
+    let _ = crate::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let cache = c.bpf_ipcache(1)?;
+        Ok(eps.iter().all(|e| {
+            let cidr = format!("{}/32", e.ip);
+            cache.iter().any(|x| x["cidr"] == cidr.as_str())
+        }))
+    });
     step("membrane endpoint list   (on h2; every node's endpoints, from the registry)");
     print!("{}", c.cli(2, &["endpoint", "list"])?);
     step("membrane bpf ipcache list   (on h1; read from the kernel map)");
     print!("{}", c.cli(1, &["bpf", "ipcache", "list"])?);
 
     step("TCP and UDP echo between every pair of endpoints (same node: BPF redirect; across nodes: VXLAN set up by BPF)");
-    let refs: Vec<&Endpoint> = eps.iter().collect();
-    let _ = c.wait_endpoints_listed(&refs, Duration::from_secs(10));
     let _servers = EchoServers::start(&refs)?;
     let label = |e: &Endpoint| format!("h{}-{}", e.host, e.netns.rsplit('-').next().unwrap_or(""));
     print!("  {:<9}", "from\\to");

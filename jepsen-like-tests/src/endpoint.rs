@@ -239,10 +239,11 @@ impl Cluster {
     }
 
     /// Makes an endpoint namespace `name` on host `i` and attaches it with `membrane-cni ADD`
-    /// (container id `ctr-<netns name>`, unique in the cluster; interface eth0, `labels` as `key=value`).
+    /// (container id `h<i>-<name>-<lab id>`, unique in the cluster; interface eth0, `labels` as `key=value`).
     pub fn add_endpoint(&self, i: usize, name: &str, labels: &[&str]) -> anyhow::Result<Endpoint> {
         let netns = self.lab().add_endpoint_netns(i, name)?;
-        let container_id = format!("ctr-{netns}");
+        // Host and name first: CLI tables shorten container ids to their first 12 characters.
+        let container_id = format!("h{i}-{name}-{}", self.lab().id());
         let mut map = serde_json::Map::new();
         for l in labels {
             let (k, v) = l
