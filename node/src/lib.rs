@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cni;
 mod init;
 pub mod netdev;
+pub mod policy;
 mod state;
 mod transport;
 
