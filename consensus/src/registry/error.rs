@@ -50,6 +50,10 @@ pub enum RegistryError {
         cidr: String,
         capacity: u64,
     },
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+    #[error("no policy is named {name:?}; `membrane policy get` lists them")]
+    PolicyNotFound { name: String },
     #[error("invalid cluster settings: {0}")]
     InvalidClusterConfig(String),
 }

@@ -17,6 +17,7 @@ mod identity;
 pub mod ipam;
 mod labels;
 mod pod_cidr;
+mod policy;
 
 use std::collections::BTreeMap;
 
@@ -30,9 +31,11 @@ pub use error::RegistryError;
 pub use gossip_keys::{GossipKey, GossipKeyring, MAX_GOSSIP_KEYS};
 pub use identity::{IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_MAX_LOCAL};
 pub use labels::LabelSet;
+pub use policy::{NewPolicy, PolicyRecord, MAX_POLICIES, MAX_POLICY_BYTES};
 
 use endpoint::EndpointTable;
 use identity::IdentityTable;
+use policy::PolicyTable;
 
 /// Cluster-wide settings fixed by `membrane init`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +190,16 @@ pub enum Command {
         container_id: String,
         ifname: String,
     },
+    /// Stores policies (new ones added, same-named ones replaced) under one new revision;
+    /// all or none.
+    PutPolicies {
+        policies: Vec<NewPolicy>,
+        now: i64,
+    },
+    /// Deletes a policy under a new revision.
+    DeletePolicy {
+        name: String,
+    },
     /// Gossip key rotation: install (accepted by all), use (sent with), remove.
     InstallGossipKey {
         key: GossipKey,
@@ -226,6 +239,8 @@ pub enum Response {
     },
     /// The endpoint that was removed, if there was one.
     EndpointRemoved(Option<EndpointRecord>),
+    /// The policy revision a change was stored under.
+    PolicyRevision(u64),
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
     Err(RegistryError),
@@ -252,6 +267,7 @@ pub struct Registry {
     next_node_id: u64,
     gossip_keyring: Option<GossipKeyring>,
     endpoints: EndpointTable,
+    policies: PolicyTable,
 }
 
 impl Registry {
@@ -288,6 +304,8 @@ impl Registry {
                 &container_id,
                 &ifname,
             ))),
+            Command::PutPolicies { policies, now } => self.put_policies(policies, now),
+            Command::DeletePolicy { name } => self.delete_policy(&name),
             Command::Batch(cmds) => Ok(Response::Batch(
                 cmds.into_iter().map(|c| self.apply(c)).collect(),
             )),
@@ -354,6 +372,43 @@ impl Registry {
         ifname: &str,
     ) -> Option<&EndpointRecord> {
         self.endpoints.get(node_id, container_id, ifname)
+    }
+
+    /// Every stored policy, by name.
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyRecord> {
+        self.policies.iter()
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&PolicyRecord> {
+        self.policies.get(name)
+    }
+
+    /// The policy revision: bumped by every policy change, 0 before the first.
+    pub fn policy_revision(&self) -> u64 {
+        self.policies.revision()
+    }
+
+    fn put_policies(
+        &mut self,
+        policies: Vec<NewPolicy>,
+        now: i64,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        self.policies
+            .check(&policies)
+            .map_err(RegistryError::InvalidPolicy)?;
+        Ok(Response::PolicyRevision(self.policies.put(policies, now)))
+    }
+
+    fn delete_policy(&mut self, name: &str) -> Result<Response, RegistryError> {
+        self.config()?;
+        let revision = self
+            .policies
+            .delete(name)
+            .ok_or_else(|| RegistryError::PolicyNotFound {
+                name: name.to_string(),
+            })?;
+        Ok(Response::PolicyRevision(revision))
     }
 
     fn config(&self) -> Result<&ClusterConfig, RegistryError> {

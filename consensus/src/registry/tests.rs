@@ -533,3 +533,65 @@ fn t85_removing_a_node_removes_its_endpoints_and_their_references() {
     assert_eq!(r.endpoints().collect::<Vec<_>>(), vec![&on1]);
     assert_eq!(r.identity(on1.identity).unwrap().references, 1);
 }
+
+fn policy(name: &str) -> NewPolicy {
+    NewPolicy {
+        name: name.into(),
+        source: format!("metadata:\n  name: {name}\n"),
+    }
+}
+
+#[test]
+fn t90_policies_are_stored_under_a_rising_revision() {
+    let mut r = bootstrapped();
+    assert_eq!(r.policy_revision(), 0);
+    let resp = r.apply(Command::PutPolicies {
+        policies: vec![policy("a"), policy("b")],
+        now: T0,
+    });
+    assert_eq!(resp, Response::PolicyRevision(1));
+    assert_eq!(r.policies().count(), 2);
+    // Replacing one keeps the other and bumps the revision once.
+    let resp = r.apply(Command::PutPolicies {
+        policies: vec![policy("a")],
+        now: T0 + 1,
+    });
+    assert_eq!(resp, Response::PolicyRevision(2));
+    assert_eq!(r.policy("a").unwrap().revision, 2);
+    assert_eq!(r.policy("b").unwrap().revision, 1);
+    let resp = r.apply(Command::DeletePolicy { name: "b".into() });
+    assert_eq!(resp, Response::PolicyRevision(3));
+    assert!(r.policy("b").is_none());
+}
+
+#[test]
+fn t91_bad_policy_writes_are_refused_and_change_nothing() {
+    let mut r = bootstrapped();
+    r.apply(Command::PutPolicies {
+        policies: vec![policy("a")],
+        now: T0,
+    });
+    for bad in [
+        vec![],
+        vec![policy("Upper")],
+        vec![policy("-dash")],
+        vec![policy("ok"), policy("ok")],
+        vec![NewPolicy {
+            name: "empty".into(),
+            source: "  ".into(),
+        }],
+    ] {
+        refused(
+            &mut r,
+            Command::PutPolicies {
+                policies: bad,
+                now: T0,
+            },
+            |e| matches!(e, RegistryError::InvalidPolicy(_)),
+        );
+    }
+    refused(&mut r, Command::DeletePolicy { name: "nope".into() }, |e| {
+        matches!(e, RegistryError::PolicyNotFound { .. })
+    });
+    assert_eq!(r.policy_revision(), 1);
+}

@@ -69,6 +69,7 @@ impl From<ClientError> for tonic::Status {
                 RegistryError::InvalidLabels(_)
                 | RegistryError::InvalidToken(_)
                 | RegistryError::InvalidEndpoint(_)
+                | RegistryError::InvalidPolicy(_)
                 | RegistryError::InvalidClusterConfig(_),
             ) => tonic::Status::invalid_argument(e.to_string()),
             ClientError::Refused(RegistryError::EndpointConflict(_)) => {
@@ -79,7 +80,9 @@ impl From<ClientError> for tonic::Status {
                 | RegistryError::IdentitySpaceExhausted { .. },
             ) => tonic::Status::resource_exhausted(e.to_string()),
             ClientError::Refused(
-                RegistryError::IdentityNotFound { .. } | RegistryError::NodeNotFound { .. },
+                RegistryError::IdentityNotFound { .. }
+                | RegistryError::NodeNotFound { .. }
+                | RegistryError::PolicyNotFound { .. },
             ) => tonic::Status::not_found(e.to_string()),
             ClientError::Refused(_) => tonic::Status::failed_precondition(e.to_string()),
             ClientError::NotLeader | ClientError::NoLeader(_) | ClientError::Forward(_) => {

@@ -1,0 +1,140 @@
+//! Network policies as the registry keeps them: named documents with a revision.
+//!
+//! The registry stores each policy's YAML source as it was imported, already validated by
+//! the node that proposed it (the parser lives with the policy engine in the agent; the
+//! state machine stays free of it). Every change bumps one cluster-wide revision, which
+//! nodes report once they enforce it (`membrane policy wait REV`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest policy source accepted, in bytes (a policy with 10,000 rules fits).
+pub const MAX_POLICY_BYTES: usize = 4 << 20;
+/// Most policies a cluster may hold.
+pub const MAX_POLICIES: usize = 100_000;
+
+/// One stored policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub name: String,
+    /// The policy's YAML document.
+    pub source: String,
+    /// The revision at which it was last written.
+    pub revision: u64,
+    pub updated_at: i64,
+}
+
+/// A policy to store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewPolicy {
+    pub name: String,
+    pub source: String,
+}
+
+/// The policy repository.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTable {
+    by_name: BTreeMap<String, PolicyRecord>,
+    /// Bumped by every change; 0 before the first.
+    revision: u64,
+}
+
+impl PolicyTable {
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &PolicyRecord> {
+        self.by_name.values()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&PolicyRecord> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Checks a batch before any of it is stored.
+    pub fn check(&self, policies: &[NewPolicy]) -> Result<(), String> {
+        if policies.is_empty() {
+            return Err("nothing to import: the file holds no policy".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in policies {
+            validate_name(&p.name)?;
+            if !seen.insert(p.name.as_str()) {
+                return Err(format!("policy {:?} is given twice", p.name));
+            }
+            if p.source.trim().is_empty() {
+                return Err(format!("policy {:?} has an empty source", p.name));
+            }
+            if p.source.len() > MAX_POLICY_BYTES {
+                return Err(format!(
+                    "policy {:?} is {} bytes; at most {MAX_POLICY_BYTES} are accepted, split it",
+                    p.name,
+                    p.source.len()
+                ));
+            }
+        }
+        let new_names = policies
+            .iter()
+            .filter(|p| !self.by_name.contains_key(&p.name))
+            .count();
+        if self.by_name.len() + new_names > MAX_POLICIES {
+            return Err(format!(
+                "the cluster would hold more than {MAX_POLICIES} policies; delete some first"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores a checked batch under one new revision.
+    pub fn put(&mut self, policies: Vec<NewPolicy>, now: i64) -> u64 {
+        self.revision += 1;
+        for p in policies {
+            self.by_name.insert(
+                p.name.clone(),
+                PolicyRecord {
+                    name: p.name,
+                    source: p.source,
+                    revision: self.revision,
+                    updated_at: now,
+                },
+            );
+        }
+        self.revision
+    }
+
+    /// Removes a policy under a new revision; `None` if there is no such policy.
+    pub fn delete(&mut self, name: &str) -> Option<u64> {
+        self.by_name.remove(name)?;
+        self.revision += 1;
+        Some(self.revision)
+    }
+}
+
+/// Policy names are DNS labels, as Kubernetes object names: 1-253 characters of lower-case
+/// letters, digits, '-' and '.', starting and ending with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let ok_end = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "policy name {name:?} must be 1 to 253 characters long"
+        ));
+    }
+    if !name.chars().all(ok_char) || !ok_end(name.chars().next()) || !ok_end(name.chars().last())
+    {
+        return Err(format!(
+            "policy name {name:?} must be lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
