@@ -113,6 +113,20 @@ pub enum DatapathError {
         /// The running kernel's version.
         kernel: String,
     },
+    /// A policy key that the datapath cannot represent.
+    #[error("invalid policy key: {detail}; a port prefix is 0..=16 bits of the 16-bit port")]
+    InvalidPolicyKey {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The events ring buffer could not be opened or was already taken.
+    #[error(
+        "events ring buffer {what}; only one reader may consume it at a time (take it once          with Datapath::take_event_reader, or open the pin in a process that has no other          reader)"
+    )]
+    Events {
+        /// What went wrong.
+        what: String,
+    },
     /// A map operation failed.
     #[error("map {map}: {op} failed: {source}")]
     Map {

@@ -22,7 +22,9 @@ use std::{
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use ipnet::Ipv4Net;
-use membrane_ebpf::{Datapath, DatapathConfig, DatapathError, EndpointValue, IpcacheValue, Reason};
+use membrane_ebpf::{
+    Datapath, DatapathConfig, DatapathError, Direction, EndpointValue, IpcacheValue, Reason,
+};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -502,11 +504,8 @@ fn d_spoofed_source_is_dropped_and_counted() {
         .unwrap();
     let dropped = wait_metric(&dp, Reason::DropSpoofed, before + 2) - before;
     assert!(dropped >= 2, "spoofed drops counted: {dropped}");
-    let (_, _, bytes) = dp
-        .metrics()
-        .unwrap()
-        .into_iter()
-        .find(|(r, _, _)| *r == Reason::DropSpoofed)
+    let (_, bytes) = dp
+        .metric_in(Direction::Egress, Reason::DropSpoofed)
         .unwrap();
     assert!(bytes >= 2 * (14 + 20 + 8), "bytes counted too: {bytes}");
     assert_eq!(Reason::DropSpoofed.as_str(), "spoofed-source");
