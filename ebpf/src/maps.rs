@@ -323,13 +323,11 @@ impl Maps {
         let mut removed = 0;
         for key in expired {
             // Re-read: a packet may have refreshed the entry since the scan.
-            match self.conntrack_get(&key)? {
-                Some(v) if v.is_expired(now_ns) => {
-                    if self.conntrack_remove(&key)? {
-                        removed += 1;
-                    }
-                }
-                _ => {}
+            let still_expired = self
+                .conntrack_get(&key)?
+                .is_some_and(|v| v.is_expired(now_ns));
+            if still_expired && self.conntrack_remove(&key)? {
+                removed += 1;
             }
         }
         Ok(removed)
