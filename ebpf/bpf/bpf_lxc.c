@@ -37,6 +37,9 @@ int from_endpoint(struct __sk_buff *skb)
 	src = lookup_endpoint(ip.saddr);
 	if (!src || src->ifindex != skb->ifindex)
 		return drop(skb, &c, REASON_DROP_SPOOFED);
+	/* Policy keys hold 16 bits: a larger id would select another endpoint's policy. */
+	if (src->endpoint_id > 0xffff)
+		return drop(skb, &c, REASON_DROP_NO_POLICY_CONTEXT);
 	c.endpoint_id = src->endpoint_id;
 
 	/* The remote identity: a local endpoint's own record, else the ipcache, else world. */
@@ -107,7 +110,7 @@ int to_endpoint(struct __sk_buff *skb)
 	/* Whose ingress policy applies: the endpoint behind this interface. A packet for
 	 * another address has no policy to check and is not delivered. */
 	ep = lookup_endpoint(ip.daddr);
-	if (!ep || ep->ifindex != skb->ifindex)
+	if (!ep || ep->ifindex != skb->ifindex || ep->endpoint_id > 0xffff)
 		return drop(skb, &c, REASON_DROP_NO_POLICY_CONTEXT);
 	c.endpoint_id = ep->endpoint_id;
 

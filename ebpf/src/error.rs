@@ -113,6 +113,17 @@ pub enum DatapathError {
         /// The running kernel's version.
         kernel: String,
     },
+    /// An endpoint value the datapath cannot represent.
+    #[error(
+        "endpoint {ip}: {detail}; endpoint ids must be below 65536 (policy and conntrack \
+         keep 16 bits) and identities below 2^24 (the VNI width)"
+    )]
+    InvalidEndpoint {
+        /// The endpoint address.
+        ip: std::net::Ipv4Addr,
+        /// What is out of range.
+        detail: String,
+    },
     /// A policy key that the datapath cannot represent.
     #[error("invalid policy key: {detail}; a port prefix is 0..=16 bits of the 16-bit port")]
     InvalidPolicyKey {

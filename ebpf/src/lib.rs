@@ -148,12 +148,27 @@ impl Datapath {
         loader::ifindex(ifname)
     }
 
-    /// Inserts or replaces the endpoint with address `ip`.
+    /// Inserts or replaces the endpoint with address `ip`. Refuses an endpoint id above
+    /// 65535 or an identity of 2^24 or more, which the datapath cannot carry.
     pub fn upsert_endpoint(
         &mut self,
         ip: Ipv4Addr,
         value: &EndpointValue,
     ) -> Result<(), DatapathError> {
+        // The datapath would otherwise truncate them and apply another endpoint's policy
+        // or carry another identity.
+        if value.endpoint_id > u32::from(u16::MAX) {
+            return Err(DatapathError::InvalidEndpoint {
+                ip,
+                detail: format!("endpoint id {} is too large", value.endpoint_id),
+            });
+        }
+        if value.identity >= 1 << 24 {
+            return Err(DatapathError::InvalidEndpoint {
+                ip,
+                detail: format!("identity {} is too large", value.identity),
+            });
+        }
         self.maps.upsert_endpoint(ip, value)
     }
 

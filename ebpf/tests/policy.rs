@@ -704,6 +704,16 @@ fn p8_gc_removes_expired_entries_only() {
     assert!(dp.conntrack_remove(&key(3)).unwrap());
     assert!(!dp.conntrack_remove(&key(3)).unwrap());
     assert!(dp.conntrack_get(&key(3)).unwrap().is_none());
+
+    // Values the datapath could not carry are refused, not truncated.
+    let ep = |endpoint_id, identity| {
+        membrane_ebpf::EndpointValue::new(1, identity, endpoint_id, [0; 6], [0; 6])
+    };
+    let ip = Ipv4Addr::new(10, 1, 0, 9);
+    let err = dp.upsert_endpoint(ip, &ep(70_000, 300)).unwrap_err();
+    assert!(err.to_string().contains("below 65536"), "{err}");
+    assert!(dp.upsert_endpoint(ip, &ep(7, 1 << 24)).is_err());
+    dp.upsert_endpoint(ip, &ep(65_535, (1 << 24) - 1)).unwrap();
 }
 
 #[test]
