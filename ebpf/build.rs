@@ -43,7 +43,9 @@ fn main() {
         let src = bpf_dir.join(format!("{name}.c"));
         let obj = out.join(format!("{name}.o"));
         let output = Command::new(&clang)
-            .args(["-O2", "-g", "-Wall", "-target", "bpf"])
+            // v3: atomic OR/fetch on 32-bit words (conntrack flags) and jmp32; every
+            // kernel with TCX (>= 6.6, which the loader requires) has it.
+            .args(["-O2", "-g", "-Wall", "-target", "bpf", "-mcpu=v3"])
             .arg(format!("-I{arch_include}"))
             .arg("-I")
             .arg(&bpf_dir)

@@ -113,6 +113,31 @@ pub enum DatapathError {
         /// The running kernel's version.
         kernel: String,
     },
+    /// An endpoint value the datapath cannot represent.
+    #[error(
+        "endpoint {ip}: {detail}; endpoint ids must be below 65536 (policy and conntrack \
+         keep 16 bits) and identities below 2^24 (the VNI width)"
+    )]
+    InvalidEndpoint {
+        /// The endpoint address.
+        ip: std::net::Ipv4Addr,
+        /// What is out of range.
+        detail: String,
+    },
+    /// A policy key that the datapath cannot represent.
+    #[error("invalid policy key: {detail}; a port prefix is 0..=16 bits of the 16-bit port")]
+    InvalidPolicyKey {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The events ring buffer could not be opened or was already taken.
+    #[error(
+        "events ring buffer {what}; only one reader may consume it at a time (take it once          with Datapath::take_event_reader, or open the pin in a process that has no other          reader)"
+    )]
+    Events {
+        /// What went wrong.
+        what: String,
+    },
     /// A map operation failed.
     #[error("map {map}: {op} failed: {source}")]
     Map {

@@ -11,6 +11,7 @@
 
 pub mod abi;
 mod error;
+mod events;
 mod loader;
 mod maps;
 mod sys;
@@ -26,10 +27,13 @@ use ipnet::Ipv4Net;
 use tracing::info;
 
 pub use abi::{
-    DatapathConfig, EndpointKey, EndpointValue, IpcacheKey, IpcacheValue, MetricValue, Reason,
+    ct_timeout, proto, CtKey, CtValue, DatapathConfig, Direction, EndpointKey, EndpointValue,
+    EventKind, FlowEvent, FlowEventRecord, IpcacheKey, IpcacheValue, MetricValue, PolicyKey,
+    PolicyTable, PolicyValue, Reason, Verdict, IDENTITY_HOST, IDENTITY_WORLD,
 };
 pub use error::DatapathError;
-use loader::Direction;
+pub use events::EventReader;
+use loader::Hook;
 
 const LXC: &str = "bpf_lxc.o";
 const OVERLAY: &str = "bpf_overlay.o";
@@ -44,6 +48,7 @@ pub struct Datapath {
     lxc: Ebpf,
     overlay: Ebpf,
     maps: maps::Maps,
+    events: Option<EventReader>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -69,6 +74,14 @@ impl Datapath {
         loader::load_program(&mut lxc, LXC, TO_ENDPOINT)?;
         loader::load_program(&mut overlay, OVERLAY, FROM_OVERLAY)?;
         let maps = maps::Maps::new(|name| lxc.take_map(name))?;
+        let events = lxc
+            .take_map(maps::EVENTS)
+            .ok_or(DatapathError::Missing {
+                object: LXC,
+                kind: "map",
+                name: maps::EVENTS,
+            })
+            .and_then(EventReader::from_map)?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded");
         Ok(Datapath {
             pin_dir: pin_dir.to_owned(),
@@ -76,6 +89,7 @@ impl Datapath {
             lxc,
             overlay,
             maps,
+            events: Some(events),
         })
     }
 
@@ -94,14 +108,14 @@ impl Datapath {
             FROM_ENDPOINT,
             &self.links_dir,
             host_ifname,
-            Direction::Ingress,
+            Hook::Ingress,
         )?;
         loader::attach_tc(
             &mut self.lxc,
             TO_ENDPOINT,
             &self.links_dir,
             host_ifname,
-            Direction::Egress,
+            Hook::Egress,
         )
     }
 
@@ -119,7 +133,7 @@ impl Datapath {
             FROM_OVERLAY,
             &self.links_dir,
             ifname,
-            Direction::Ingress,
+            Hook::Ingress,
         )
     }
 
@@ -134,12 +148,27 @@ impl Datapath {
         loader::ifindex(ifname)
     }
 
-    /// Inserts or replaces the endpoint with address `ip`.
+    /// Inserts or replaces the endpoint with address `ip`. Refuses an endpoint id above
+    /// 65535 or an identity of 2^24 or more, which the datapath cannot carry.
     pub fn upsert_endpoint(
         &mut self,
         ip: Ipv4Addr,
         value: &EndpointValue,
     ) -> Result<(), DatapathError> {
+        // The datapath would otherwise truncate them and apply another endpoint's policy
+        // or carry another identity.
+        if value.endpoint_id > u32::from(u16::MAX) {
+            return Err(DatapathError::InvalidEndpoint {
+                ip,
+                detail: format!("endpoint id {} is too large", value.endpoint_id),
+            });
+        }
+        if value.identity >= 1 << 24 {
+            return Err(DatapathError::InvalidEndpoint {
+                ip,
+                detail: format!("identity {} is too large", value.identity),
+            });
+        }
         self.maps.upsert_endpoint(ip, value)
     }
 
@@ -187,19 +216,94 @@ impl Datapath {
         self.maps.config()
     }
 
-    /// `(reason, packets, bytes)` for every [`Reason`], summed over CPUs.
-    pub fn metrics(&self) -> Result<Vec<(Reason, u64, u64)>, DatapathError> {
+    /// `(direction, reason, packets, bytes)` for every [`Direction`] and [`Reason`],
+    /// summed over CPUs. Ingress counts what goes into endpoints (to_endpoint and
+    /// from_overlay), egress what leaves them (from_endpoint).
+    pub fn metrics(&self) -> Result<Vec<(Direction, Reason, u64, u64)>, DatapathError> {
         self.maps.metrics()
     }
 
-    /// `(packets, bytes)` for one reason, summed over CPUs.
+    /// `(packets, bytes)` for one reason, summed over CPUs and both directions.
     pub fn metric(&self, reason: Reason) -> Result<(u64, u64), DatapathError> {
         Ok(self
             .metrics()?
             .into_iter()
-            .find(|(r, _, _)| *r == reason)
-            .map(|(_, p, b)| (p, b))
+            .filter(|(_, r, _, _)| *r == reason)
+            .fold((0, 0), |(p, b), (_, _, rp, rb)| {
+                (p.wrapping_add(rp), b.wrapping_add(rb))
+            }))
+    }
+
+    /// `(packets, bytes)` for one reason in one direction, summed over CPUs.
+    pub fn metric_in(
+        &self,
+        direction: Direction,
+        reason: Reason,
+    ) -> Result<(u64, u64), DatapathError> {
+        Ok(self
+            .metrics()?
+            .into_iter()
+            .find(|(d, r, _, _)| *d == direction && *r == reason)
+            .map(|(_, _, p, b)| (p, b))
             .unwrap_or_default())
+    }
+
+    /// Inserts or replaces a policy entry. The datapath looks entries up in the order
+    /// (identity, proto), (identity, any), (any, proto), (any, any), each by longest port
+    /// prefix, and the first hit decides (docs/datapath.md, "Policy"): the engine writes
+    /// entries for which that order gives its answer.
+    pub fn upsert_policy(
+        &mut self,
+        key: &PolicyKey,
+        value: &PolicyValue,
+    ) -> Result<(), DatapathError> {
+        self.maps.upsert_policy(key, value)
+    }
+
+    /// Removes exactly this policy entry; false if it was not there. Connections it
+    /// allowed keep their conntrack entries: remove those too to cut them.
+    pub fn remove_policy(&mut self, key: &PolicyKey) -> Result<bool, DatapathError> {
+        self.maps.remove_policy(key)
+    }
+
+    /// Every policy entry, sorted by key.
+    pub fn policy_entries(&self) -> Result<Vec<(PolicyKey, PolicyValue)>, DatapathError> {
+        self.maps.policy_entries()
+    }
+
+    /// Every conntrack entry (live or expired but not yet collected), sorted by key.
+    /// A snapshot: the datapath keeps adding and refreshing entries meanwhile.
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+        self.maps.conntrack_entries()
+    }
+
+    /// The entry for `key`, if any.
+    pub fn conntrack_get(&self, key: &CtKey) -> Result<Option<CtValue>, DatapathError> {
+        self.maps.conntrack_get(key)
+    }
+
+    /// Removes one entry; false if it was not there. The connection's next packet at that
+    /// policy point goes through policy again, so removing the entries of connections the
+    /// policy no longer allows cuts them.
+    pub fn conntrack_remove(&mut self, key: &CtKey) -> Result<bool, DatapathError> {
+        self.maps.conntrack_remove(key)
+    }
+
+    /// Writes an entry as given (restores, tools and tests; the datapath creates its own).
+    pub fn conntrack_upsert(&mut self, key: &CtKey, value: &CtValue) -> Result<(), DatapathError> {
+        self.maps.conntrack_upsert(key, value)
+    }
+
+    /// Deletes the entries expired at `now_ns` (a [`ktime_now_ns`] reading) and returns how
+    /// many. The datapath already ignores expired entries; this frees their slots.
+    pub fn conntrack_gc(&mut self, now_ns: u64) -> Result<usize, DatapathError> {
+        self.maps.conntrack_gc(now_ns)
+    }
+
+    /// The reader of the events ring buffer; None after the first call (there is one
+    /// consumer per ring buffer).
+    pub fn take_event_reader(&mut self) -> Option<EventReader> {
+        self.events.take()
     }
 
     /// Removes every pin in `pin_dir` (maps and links), which detaches the programs from
@@ -216,6 +320,21 @@ impl Datapath {
             }),
         }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so conntrack expiries
+/// and event timestamps compare with it directly.
+pub fn ktime_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 // The agent keeps the datapath behind a Mutex shared across tasks.

@@ -51,23 +51,23 @@ pub(crate) static OVERLAY_OBJ: &[u8] =
 
 /// Which tc hook of an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Direction {
+pub(crate) enum Hook {
     Ingress,
     Egress,
 }
 
-impl Direction {
+impl Hook {
     fn as_str(self) -> &'static str {
         match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
         }
     }
 
     fn attach_type(self) -> TcAttachType {
         match self {
-            Direction::Ingress => TcAttachType::Ingress,
-            Direction::Egress => TcAttachType::Egress,
+            Hook::Ingress => TcAttachType::Ingress,
+            Hook::Egress => TcAttachType::Egress,
         }
     }
 }
@@ -245,12 +245,12 @@ pub(crate) fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
     })
 }
 
-fn pin_name(ifname: &str, ifindex: u32, dir: Direction) -> String {
+fn pin_name(ifname: &str, ifindex: u32, dir: Hook) -> String {
     format!("{ifname}:{ifindex}:{}", dir.as_str())
 }
 
 /// Pins in `links_dir` for `ifname` (any ifindex), optionally only one direction.
-fn pins_for(links_dir: &Path, ifname: &str, dir: Option<Direction>) -> io::Result<Vec<PathBuf>> {
+fn pins_for(links_dir: &Path, ifname: &str, dir: Option<Hook>) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(links_dir)? {
         let entry = entry?;
@@ -274,7 +274,7 @@ pub(crate) fn attach_tc(
     program: &'static str,
     links_dir: &Path,
     ifname: &str,
-    dir: Direction,
+    dir: Hook,
 ) -> Result<(), DatapathError> {
     require_tcx()?;
     let index = ifindex(ifname)?;
@@ -434,21 +434,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("membrane-ebpf-pins-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         for name in [
-            pin_name("eth0", 3, Direction::Ingress),
-            pin_name("eth0", 9, Direction::Egress),
-            pin_name("eth0.100", 4, Direction::Ingress),
+            pin_name("eth0", 3, Hook::Ingress),
+            pin_name("eth0", 9, Hook::Egress),
+            pin_name("eth0.100", 4, Hook::Ingress),
         ] {
             fs::write(dir.join(name), b"").unwrap();
         }
         let mut got = pins_for(&dir, "eth0", None).unwrap();
         got.sort();
         assert_eq!(got.len(), 2, "{got:?}");
-        assert_eq!(
-            pins_for(&dir, "eth0", Some(Direction::Egress))
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(pins_for(&dir, "eth0", Some(Hook::Egress)).unwrap().len(), 1);
         assert_eq!(pins_for(&dir, "eth0.100", None).unwrap().len(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }

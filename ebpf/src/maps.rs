@@ -10,7 +10,8 @@ use ipnet::Ipv4Net;
 
 use crate::{
     abi::{
-        DatapathConfig, EndpointKey, EndpointValue, IpcacheKey, IpcacheValue, MetricValue, Reason,
+        CtKey, CtValue, DatapathConfig, Direction, EndpointKey, EndpointValue, IpcacheKey,
+        IpcacheValue, MetricValue, PolicyKey, PolicyKeyData, PolicyValue, Reason,
     },
     error::DatapathError,
 };
@@ -19,6 +20,10 @@ pub(crate) const ENDPOINTS: &str = "endpoints";
 pub(crate) const IPCACHE: &str = "ipcache";
 pub(crate) const CONFIG: &str = "config";
 pub(crate) const METRICS: &str = "metrics";
+pub(crate) const POLICY: &str = "policy";
+pub(crate) const CONNTRACK: &str = "conntrack";
+pub(crate) const EVENTS: &str = "events";
+pub(crate) const EVENT_BUDGET: &str = "event_budget";
 
 /// What each pinned map must look like (bpf/lib/maps.h): checked before an existing pin is
 /// reused, because the kernel would otherwise happily hand an old layout to new programs.
@@ -30,7 +35,7 @@ pub(crate) struct MapSpec {
     pub max_entries: u32,
 }
 
-pub(crate) const SPECS: [MapSpec; 4] = [
+pub(crate) const SPECS: [MapSpec; 8] = [
     MapSpec {
         name: ENDPOINTS,
         map_type: aya::maps::MapType::Hash,
@@ -57,7 +62,35 @@ pub(crate) const SPECS: [MapSpec; 4] = [
         map_type: aya::maps::MapType::PerCpuArray,
         key_size: 4,
         value_size: size_of::<MetricValue>() as u32,
-        max_entries: 64,
+        max_entries: 2 * crate::abi::METRICS_PER_DIRECTION,
+    },
+    MapSpec {
+        name: POLICY,
+        map_type: aya::maps::MapType::LpmTrie,
+        key_size: size_of::<PolicyKey>() as u32,
+        value_size: size_of::<PolicyValue>() as u32,
+        max_entries: 65536,
+    },
+    MapSpec {
+        name: CONNTRACK,
+        map_type: aya::maps::MapType::LruHash,
+        key_size: size_of::<CtKey>() as u32,
+        value_size: size_of::<CtValue>() as u32,
+        max_entries: 65536,
+    },
+    MapSpec {
+        name: EVENTS,
+        map_type: aya::maps::MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: 1 << 20,
+    },
+    MapSpec {
+        name: EVENT_BUDGET,
+        map_type: aya::maps::MapType::PerCpuArray,
+        key_size: 4,
+        value_size: 16,
+        max_entries: 1,
     },
 ];
 
@@ -66,6 +99,8 @@ pub(crate) struct Maps {
     ipcache: LpmTrie<MapData, u32, IpcacheValue>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuArray<MapData, MetricValue>,
+    policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
 }
 
 fn not_found(e: &MapError) -> bool {
@@ -102,6 +137,8 @@ impl Maps {
             ipcache: LpmTrie::try_from(get(IPCACHE)?).map_err(|e| conv(IPCACHE, e))?,
             config: Array::try_from(get(CONFIG)?).map_err(|e| conv(CONFIG, e))?,
             metrics: PerCpuArray::try_from(get(METRICS)?).map_err(|e| conv(METRICS, e))?,
+            policy: LpmTrie::try_from(get(POLICY)?).map_err(|e| conv(POLICY, e))?,
+            conntrack: HashMap::try_from(get(CONNTRACK)?).map_err(|e| conv(CONNTRACK, e))?,
         })
     }
 
@@ -188,19 +225,111 @@ impl Maps {
             .map_err(|e| DatapathError::map(CONFIG, "lookup", e))
     }
 
-    pub(crate) fn metrics(&self) -> Result<Vec<(Reason, u64, u64)>, DatapathError> {
-        Reason::ALL
-            .into_iter()
-            .map(|reason| {
+    pub(crate) fn metrics(&self) -> Result<Vec<(Direction, Reason, u64, u64)>, DatapathError> {
+        let mut out = Vec::with_capacity(2 * Reason::ALL.len());
+        for direction in Direction::ALL {
+            for reason in Reason::ALL {
                 let per_cpu = self
                     .metrics
-                    .get(&reason.code(), 0)
+                    .get(&reason.metrics_index(direction), 0)
                     .map_err(|e| DatapathError::map(METRICS, "lookup", e))?;
                 let (packets, bytes) = per_cpu.iter().fold((0u64, 0u64), |(p, b), v| {
                     (p.wrapping_add(v.packets), b.wrapping_add(v.bytes))
                 });
-                Ok((reason, packets, bytes))
-            })
-            .collect()
+                out.push((direction, reason, packets, bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn upsert_policy(
+        &mut self,
+        key: &PolicyKey,
+        value: &PolicyValue,
+    ) -> Result<(), DatapathError> {
+        self.policy
+            .insert(&Key::new(key.prefixlen, key.data()), value, 0)
+            .map_err(|e| DatapathError::map(POLICY, "insert", e))
+    }
+
+    pub(crate) fn remove_policy(&mut self, key: &PolicyKey) -> Result<bool, DatapathError> {
+        match self.policy.remove(&Key::new(key.prefixlen, key.data())) {
+            Ok(()) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(DatapathError::map(POLICY, "remove", e)),
+        }
+    }
+
+    pub(crate) fn policy_entries(&self) -> Result<Vec<(PolicyKey, PolicyValue)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.policy.iter() {
+            let (k, v) = item.map_err(|e| DatapathError::map(POLICY, "iterate", e))?;
+            out.push((PolicyKey::from_data(k.prefix_len(), k.data()), v));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    pub(crate) fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
+        let mut out = Vec::new();
+        for item in self.conntrack.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                // The datapath may delete (LRU) an entry between getting its key and its
+                // value: that entry is simply gone.
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(DatapathError::map(CONNTRACK, "iterate", e)),
+            }
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+
+    pub(crate) fn conntrack_get(&self, key: &CtKey) -> Result<Option<CtValue>, DatapathError> {
+        match self.conntrack.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(DatapathError::map(CONNTRACK, "lookup", e)),
+        }
+    }
+
+    pub(crate) fn conntrack_upsert(
+        &mut self,
+        key: &CtKey,
+        value: &CtValue,
+    ) -> Result<(), DatapathError> {
+        self.conntrack
+            .insert(key, value, 0)
+            .map_err(|e| DatapathError::map(CONNTRACK, "insert", e))
+    }
+
+    pub(crate) fn conntrack_remove(&mut self, key: &CtKey) -> Result<bool, DatapathError> {
+        match self.conntrack.remove(key) {
+            Ok(()) => Ok(true),
+            Err(e) if not_found(&e) => Ok(false),
+            Err(e) => Err(DatapathError::map(CONNTRACK, "remove", e)),
+        }
+    }
+
+    pub(crate) fn conntrack_gc(&mut self, now_ns: u64) -> Result<usize, DatapathError> {
+        // Keys first, deletes after: deleting while iterating a hash map can restart
+        // or skip the iteration.
+        let expired: Vec<CtKey> = self
+            .conntrack_entries()?
+            .into_iter()
+            .filter(|(_, v)| v.is_expired(now_ns))
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for key in expired {
+            // Re-read: a packet may have refreshed the entry since the scan.
+            let still_expired = self
+                .conntrack_get(&key)?
+                .is_some_and(|v| v.is_expired(now_ns));
+            if still_expired && self.conntrack_remove(&key)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }

@@ -1,5 +1,6 @@
-/* Per-CPU packet/byte counters indexed by reason. The numbers are part of the contract
- * (docs/datapath.md) and are named in ebpf/src/abi.rs::Reason: never renumber. */
+/* Per-CPU packet/byte counters indexed by direction * METRICS_PER_DIR + reason. The
+ * numbers are part of the contract (docs/datapath.md) and are named in
+ * ebpf/src/abi.rs::Reason: never renumber. */
 #ifndef MEMBRANE_METRICS_H
 #define MEMBRANE_METRICS_H
 
@@ -11,19 +12,30 @@ enum reason {
 	REASON_TO_STACK = 3,
 	REASON_DELIVERED = 4,
 	REASON_FROM_OVERLAY = 5,
+	REASON_CT_NEW = 6,
+	REASON_CT_ESTABLISHED = 7,
+	REASON_CT_REPLY = 8,
+	REASON_POLICY_ALLOWED = 9,
+	REASON_EVENTS_RATE_LIMITED = 10,
+	REASON_EVENTS_RINGBUF_FULL = 11,
 	/* drops, from 16 */
 	REASON_DROP_SPOOFED = 16,
 	REASON_DROP_NO_ENDPOINT = 17,
 	REASON_DROP_NO_OVERLAY = 18,
 	REASON_DROP_REDIRECT_FAILED = 19,
 	REASON_DROP_MALFORMED = 20,
+	REASON_DROP_POLICY_DENIED = 21,
+	REASON_DROP_POLICY_DENY_RULE = 22,
+	REASON_DROP_NO_POLICY_CONTEXT = 23,
 };
 
-_Static_assert(REASON_DROP_MALFORMED < METRICS_MAX, "reason outside the metrics map");
+#define REASON_DROP_FIRST 16
+_Static_assert(REASON_DROP_NO_POLICY_CONTEXT < METRICS_PER_DIR, "reason outside the metrics row");
 
-MB_INLINE void metrics_count(struct __sk_buff *skb, enum reason reason)
+MB_INLINE void metrics_count(struct __sk_buff *skb, __u8 dir, enum reason reason)
 {
-	__u32 key = reason;
+	/* dir is DIR_INGRESS or DIR_EGRESS; the mask keeps the index provably in range. */
+	__u32 key = (dir & 1) * METRICS_PER_DIR + ((__u32)reason & (METRICS_PER_DIR - 1));
 	struct metric_value *m = bpf_map_lookup_elem(&metrics, &key);
 
 	/* Per-CPU slot: no other CPU writes it, plain adds are enough. */
@@ -31,30 +43,6 @@ MB_INLINE void metrics_count(struct __sk_buff *skb, enum reason reason)
 		m->packets += 1;
 		m->bytes += skb->len;
 	}
-}
-
-MB_INLINE int drop(struct __sk_buff *skb, enum reason reason)
-{
-	metrics_count(skb, reason);
-	return TC_ACT_SHOT;
-}
-
-MB_INLINE int pass_to_stack(struct __sk_buff *skb)
-{
-	metrics_count(skb, REASON_TO_STACK);
-	return TC_ACT_OK;
-}
-
-/* Redirects to the egress of ifindex and counts the packet under `reason`, or as a
- * redirect failure when the helper refuses. */
-MB_INLINE int redirect_counted(struct __sk_buff *skb, __u32 ifindex, enum reason reason)
-{
-	long ret = bpf_redirect(ifindex, 0);
-
-	if (ret != TC_ACT_REDIRECT)
-		return drop(skb, REASON_DROP_REDIRECT_FAILED);
-	metrics_count(skb, reason);
-	return TC_ACT_REDIRECT;
 }
 
 #endif

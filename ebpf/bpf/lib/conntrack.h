@@ -1,0 +1,183 @@
+/* Connection tracking (docs/datapath.md, "Connection tracking"). An entry exists only
+ * for a connection whose first packet policy allowed at one policy point; packets of it,
+ * either way, then pass that point without a policy lookup. */
+#ifndef MEMBRANE_CONNTRACK_H
+#define MEMBRANE_CONNTRACK_H
+
+#include "maps.h"
+#include "flow.h"
+#include "events.h"
+
+/* Idle timeouts in seconds; mirrored in ebpf/src/abi.rs::ct_timeout (checked by a test). */
+#define CT_TIMEOUT_TCP_SYN_S 60
+#define CT_TIMEOUT_TCP_ESTABLISHED_S 21600
+#define CT_TIMEOUT_TCP_CLOSING_S 10
+#define CT_TIMEOUT_UDP_S 60
+#define CT_TIMEOUT_ICMP_S 60
+
+#define CT_S(s) ((__u64)(s) * NSEC_PER_SEC)
+
+enum ct_result {
+	CT_MISS = 0,
+	CT_ESTABLISHED = 1, /* a packet in the direction that created the entry */
+	CT_REPLY = 2,       /* a packet the other way */
+};
+
+/* Whether this packet may open an entry: a TCP SYN without ACK, any UDP datagram, an
+ * ICMP echo request. Other TCP packets without an entry go through policy one by one and
+ * open nothing: a mid-stream packet cannot tell who opened the connection, and an entry
+ * made from it could pass the other side's packets as "replies" after the agent cut the
+ * connection. */
+MB_INLINE int ct_opens(const struct flow *f)
+{
+	if (!f->has_l4)
+		return 0;
+	switch (f->proto) {
+	case IPPROTO_TCP:
+		return (f->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	case IPPROTO_UDP:
+		return 1;
+	case IPPROTO_ICMP:
+		return f->icmp_type == ICMP_ECHO;
+	}
+	return 0;
+}
+
+MB_INLINE __u64 ct_timeout(const struct flow *f, __u32 flags)
+{
+	switch (f->proto) {
+	case IPPROTO_TCP:
+		if (flags & CT_F_CLOSING)
+			return CT_S(CT_TIMEOUT_TCP_CLOSING_S);
+		if (flags & CT_F_ESTABLISHED)
+			return CT_S(CT_TIMEOUT_TCP_ESTABLISHED_S);
+		return CT_S(CT_TIMEOUT_TCP_SYN_S);
+	case IPPROTO_UDP:
+		return CT_S(CT_TIMEOUT_UDP_S);
+	}
+	return CT_S(CT_TIMEOUT_ICMP_S);
+}
+
+/* Advances the TCP state and the expiry of a live entry. Several CPUs may update one
+ * entry: flags are set with atomic ORs so that no bit is lost, the expiry is written
+ * only when it moves by more than a second (fewer writes to a shared line; any of the
+ * racing values is right to within that second). */
+MB_INLINE void ct_update(struct ct_value *v, const struct flow *f, int reply, __u64 now, __u32 len)
+{
+	__u32 set = 0, flags = v->flags;
+	__u64 exp;
+
+	if (reply)
+		set |= CT_F_SEEN_REPLY;
+	if (f->proto == IPPROTO_TCP) {
+		if (f->tcp_flags & TCP_RST)
+			set |= CT_F_CLOSING;
+		if (f->tcp_flags & TCP_FIN)
+			set |= reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG;
+		if (((flags | set) & (CT_F_FIN_ORIG | CT_F_FIN_REPLY)) == (CT_F_FIN_ORIG | CT_F_FIN_REPLY))
+			set |= CT_F_CLOSING;
+		/* The handshake is complete once the reply side answered and an ACK without
+		 * SYN follows. */
+		if (((flags | set) & CT_F_SEEN_REPLY) && (f->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_ACK)
+			set |= CT_F_ESTABLISHED;
+	}
+	if (set & ~flags)
+		__sync_fetch_and_or(&v->flags, set);
+	flags |= set;
+	exp = now + ct_timeout(f, flags);
+	if (exp < v->expires_ns || exp - v->expires_ns > NSEC_PER_SEC)
+		v->expires_ns = exp;
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, len);
+}
+
+/* A live entry for this packet, either the one it belongs to in its own direction or the
+ * one it answers. c->dir is the policy point: the answered entry was made at the other
+ * kind of point (an egress entry of the peer's connection is looked up at ingress). */
+MB_INLINE enum ct_result ct_lookup(struct __sk_buff *skb, struct pctx *c, __u64 now)
+{
+	const struct flow *f = &c->f;
+	struct ct_key k = {};
+	struct ct_value *v;
+	int fwd = 1, rev = 1;
+
+	if (!f->has_l4)
+		return CT_MISS;
+	switch (f->proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		break;
+	case IPPROTO_ICMP:
+		/* An echo request only continues its own entry, a reply only answers one. */
+		fwd = f->icmp_type == ICMP_ECHO;
+		rev = f->icmp_type == ICMP_ECHOREPLY;
+		if (!fwd && !rev)
+			return CT_MISS;
+		break;
+	default:
+		return CT_MISS;
+	}
+
+	k.proto = f->proto;
+	if (fwd) {
+		k.saddr = f->saddr;
+		k.daddr = f->daddr;
+		k.sport = f->sport;
+		k.dport = f->dport;
+		k.direction = c->dir;
+		v = bpf_map_lookup_elem(&conntrack, &k);
+		/* A new SYN on a closing entry is a new connection (port reuse): it must pass
+		 * policy again. */
+		if (v && v->expires_ns > now &&
+		    !((v->flags & CT_F_CLOSING) && f->proto == IPPROTO_TCP &&
+		      (f->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) {
+			ct_update(v, f, 0, now, skb->len);
+			c->rule_id = v->rule_id;
+			return CT_ESTABLISHED;
+		}
+	}
+	if (rev) {
+		k.saddr = f->daddr;
+		k.daddr = f->saddr;
+		k.sport = f->dport;
+		k.dport = f->sport;
+		k.direction = c->dir ^ 1;
+		v = bpf_map_lookup_elem(&conntrack, &k);
+		if (v && v->expires_ns > now) {
+			ct_update(v, f, 1, now, skb->len);
+			c->rule_id = v->rule_id;
+			return CT_REPLY;
+		}
+	}
+	return CT_MISS;
+}
+
+/* Records a connection that policy just allowed. Best effort: if the update fails the
+ * packet still passes and the next one goes through policy again. */
+MB_INLINE void ct_create(struct __sk_buff *skb, const struct pctx *c, __u64 now)
+{
+	const struct flow *f = &c->f;
+	struct ct_key k = {
+		.saddr = f->saddr,
+		.daddr = f->daddr,
+		.sport = f->sport,
+		.dport = f->dport,
+		.proto = f->proto,
+		.direction = c->dir,
+	};
+	struct ct_value v = {
+		.packets = 1,
+		.bytes = skb->len,
+		.remote_identity = c->remote_identity,
+		.rule_id = c->rule_id,
+		.endpoint_id = c->endpoint_id,
+		.direction = c->dir,
+	};
+
+	if (f->proto == IPPROTO_TCP)
+		v.flags = CT_F_SYN_SEEN;
+	v.expires_ns = now + ct_timeout(f, v.flags);
+	bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY);
+}
+
+#endif
