@@ -124,7 +124,13 @@ pub struct RuleRef {
 
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: spec.{}[{}]", self.policy, self.section.field(), self.index)
+        write!(
+            f,
+            "{}: spec.{}[{}]",
+            self.policy,
+            self.section.field(),
+            self.index
+        )
     }
 }
 
@@ -189,7 +195,11 @@ impl EndpointPolicy {
         proto: u8,
         port: u16,
     ) -> (Verdict, Option<RuleRef>) {
-        let mut tables = vec![(identity, proto), (identity, PROTO_ANY), (IDENTITY_ANY, proto)];
+        let mut tables = vec![
+            (identity, proto),
+            (identity, PROTO_ANY),
+            (IDENTITY_ANY, proto),
+        ];
         tables.push((IDENTITY_ANY, PROTO_ANY));
         let mut seen = BTreeSet::new();
         for (id, p) in tables {
@@ -256,10 +266,26 @@ pub fn cidr_identities(policies: &[Policy]) -> BTreeMap<Ipv4Net, u32> {
 /// Every rule of a policy with its section and index.
 pub(crate) fn rules(policy: &Policy) -> impl Iterator<Item = (Section, usize, RuleParts<'_>)> {
     let s = &policy.spec;
-    let ing = s.ingress.iter().enumerate().map(|(i, r)| (Section::Ingress, i, r.parts()));
-    let ingd = s.ingress_deny.iter().enumerate().map(|(i, r)| (Section::IngressDeny, i, r.parts()));
-    let eg = s.egress.iter().enumerate().map(|(i, r)| (Section::Egress, i, r.parts()));
-    let egd = s.egress_deny.iter().enumerate().map(|(i, r)| (Section::EgressDeny, i, r.parts()));
+    let ing = s
+        .ingress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (Section::Ingress, i, r.parts()));
+    let ingd = s
+        .ingress_deny
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (Section::IngressDeny, i, r.parts()));
+    let eg = s
+        .egress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (Section::Egress, i, r.parts()));
+    let egd = s
+        .egress_deny
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (Section::EgressDeny, i, r.parts()));
     ing.chain(ingd).chain(eg).chain(egd)
 }
 
@@ -267,7 +293,9 @@ pub(crate) fn rules(policy: &Policy) -> impl Iterator<Item = (Section, usize, Ru
 /// puts the endpoint into default deny in that direction.
 pub fn policy_enforces(policy: &Policy, endpoint: &LabelSet, direction: Direction) -> bool {
     let has_rules = match direction {
-        Direction::Ingress => !policy.spec.ingress.is_empty() || !policy.spec.ingress_deny.is_empty(),
+        Direction::Ingress => {
+            !policy.spec.ingress.is_empty() || !policy.spec.ingress_deny.is_empty()
+        }
         Direction::Egress => !policy.spec.egress.is_empty() || !policy.spec.egress_deny.is_empty(),
     };
     has_rules && policy.spec.endpoint_selector.matches(endpoint)
@@ -372,7 +400,11 @@ pub fn range_to_blocks(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (u32::from(lo), u32::from(hi));
     while lo <= hi {
         // The largest aligned block starting at lo that does not pass hi.
-        let mut size: u32 = if lo == 0 { 1 << 16 } else { 1 << lo.trailing_zeros().min(16) };
+        let mut size: u32 = if lo == 0 {
+            1 << 16
+        } else {
+            1 << lo.trailing_zeros().min(16)
+        };
         while lo + size - 1 > hi {
             size >>= 1;
         }
@@ -486,10 +518,15 @@ fn flatten(direction: Direction, atoms: &Tables, out: &mut Vec<PolicyEntry>) {
     let mut keys: BTreeSet<(u32, u8)> = atoms.keys().copied().collect();
     let deny_protos: BTreeSet<u8> = atoms
         .iter()
-        .filter(|((id, p), v)| *id == IDENTITY_ANY && *p != PROTO_ANY && v.iter().any(|a| a.verdict == Verdict::Deny))
+        .filter(|((id, p), v)| {
+            *id == IDENTITY_ANY && *p != PROTO_ANY && v.iter().any(|a| a.verdict == Verdict::Deny)
+        })
         .map(|((_, p), _)| *p)
         .collect();
-    for (id, _) in atoms.keys().filter(|(id, p)| *id != IDENTITY_ANY && *p == PROTO_ANY) {
+    for (id, _) in atoms
+        .keys()
+        .filter(|(id, p)| *id != IDENTITY_ANY && *p == PROTO_ANY)
+    {
         for p in &deny_protos {
             let meets = allows((*id, PROTO_ANY))
                 .any(|a| denies((IDENTITY_ANY, *p)).any(|d| blocks_overlap(a.block, d.block)));
@@ -501,10 +538,14 @@ fn flatten(direction: Direction, atoms: &Tables, out: &mut Vec<PolicyEntry>) {
 
     for &(id, proto) in &keys {
         // The more general tables whose denies apply to this one.
-        let general: BTreeSet<(u32, u8)> = [(id, PROTO_ANY), (IDENTITY_ANY, proto), (IDENTITY_ANY, PROTO_ANY)]
-            .into_iter()
-            .filter(|k| *k != (id, proto))
-            .collect();
+        let general: BTreeSet<(u32, u8)> = [
+            (id, PROTO_ANY),
+            (IDENTITY_ANY, proto),
+            (IDENTITY_ANY, PROTO_ANY),
+        ]
+        .into_iter()
+        .filter(|k| *k != (id, proto))
+        .collect();
         let own = get((id, proto));
         let inherited: Vec<&Atom> = general.iter().flat_map(|k| denies(*k)).collect();
         let applicable: Vec<&Atom> = own
@@ -549,15 +590,19 @@ fn flatten(direction: Direction, atoms: &Tables, out: &mut Vec<PolicyEntry>) {
                 put(a);
             }
         }
-        out.extend(table.into_iter().map(|((block, verdict), rule)| PolicyEntry {
-            direction,
-            identity: id,
-            proto,
-            port: block.0,
-            port_prefix_len: block.1,
-            verdict,
-            rule,
-        }));
+        out.extend(
+            table
+                .into_iter()
+                .map(|((block, verdict), rule)| PolicyEntry {
+                    direction,
+                    identity: id,
+                    proto,
+                    port: block.0,
+                    port_prefix_len: block.1,
+                    verdict,
+                    rule,
+                }),
+        );
     }
 }
 
@@ -576,9 +621,24 @@ mod tests {
         // Every port of a range is covered exactly once, and none outside it.
         for (lo, hi) in [(1000u16, 1100u16), (1, 1), (3, 65534), (32768, 65535)] {
             let blocks = range_to_blocks(lo, hi);
-            for port in [0u16, lo.saturating_sub(1), lo, (lo / 2) + (hi / 2), hi, hi.saturating_add(1), 65535] {
-                let n = blocks.iter().filter(|b| block_contains_port(**b, port)).count();
-                assert_eq!(n, usize::from((lo..=hi).contains(&port)), "{lo}-{hi} port {port}");
+            for port in [
+                0u16,
+                lo.saturating_sub(1),
+                lo,
+                (lo / 2) + (hi / 2),
+                hi,
+                hi.saturating_add(1),
+                65535,
+            ] {
+                let n = blocks
+                    .iter()
+                    .filter(|b| block_contains_port(**b, port))
+                    .count();
+                assert_eq!(
+                    n,
+                    usize::from((lo..=hi).contains(&port)),
+                    "{lo}-{hi} port {port}"
+                );
             }
         }
     }

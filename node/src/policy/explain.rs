@@ -113,13 +113,21 @@ pub fn explain(
         }
     };
 
-    let egress = from_labels.as_ref().map(|l| side(l, Direction::Egress, to_id));
-    let ingress = to_labels.as_ref().map(|l| side(l, Direction::Ingress, from_id));
+    let egress = from_labels
+        .as_ref()
+        .map(|l| side(l, Direction::Egress, to_id));
+    let ingress = to_labels
+        .as_ref()
+        .map(|l| side(l, Direction::Ingress, from_id));
     let denied = [&egress, &ingress]
         .into_iter()
         .flatten()
         .find(|s| s.verdict == Verdict::Deny);
-    let verdict = if denied.is_some() { Verdict::Deny } else { Verdict::Allow };
+    let verdict = if denied.is_some() {
+        Verdict::Deny
+    } else {
+        Verdict::Allow
+    };
     let sides: Vec<&str> = [&egress, &ingress]
         .into_iter()
         .flatten()
@@ -146,7 +154,10 @@ fn resolve(
 ) -> (u32, Option<LabelSet>) {
     match peer {
         Peer::Labels(labels) => {
-            let known = identities.iter().find(|(_, l)| *l == labels).map(|(id, _)| *id);
+            let known = identities
+                .iter()
+                .find(|(_, l)| *l == labels)
+                .map(|(id, _)| *id);
             let id = known.unwrap_or_else(|| {
                 identities.insert(UNREGISTERED_IDENTITY, labels.clone());
                 UNREGISTERED_IDENTITY
@@ -204,7 +215,9 @@ pub fn parse_port_proto(input: &str) -> Result<(u8, u16), PolicyError> {
     let port = match port {
         None if proto == 1 => 0,
         None => return Err(bad("a port is needed for TCP and UDP")),
-        Some(p) => p.parse::<u16>().map_err(|_| bad("the port is not a number 0-65535"))?,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| bad("the port is not a number 0-65535"))?,
     };
     if proto == 1 && port != 0 {
         return Err(bad("ICMP has no ports"));

@@ -57,9 +57,7 @@ pub mod selector;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{
-    compute, Direction, EndpointPolicy, PolicyEntry, RuleRef, Section, Verdict,
-};
+pub use engine::{compute, Direction, EndpointPolicy, PolicyEntry, RuleRef, Section, Verdict};
 pub use error::{Diagnostic, PolicyError};
 pub use explain::{explain, parse_port_proto, Explanation, Peer};
 pub use parse::{parse_policies, to_yaml};

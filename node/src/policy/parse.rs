@@ -9,8 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use super::error::{Diagnostic, PolicyError};
 use super::rule::Policy;
 
@@ -29,13 +27,12 @@ pub fn parse_policies(file_label: &str, text: &str) -> Result<Vec<Policy>, Polic
             Err(err) => return Err(PolicyError::Invalid(diagnostic(file_label, &err))),
         };
         let name = policy.metadata.name.clone();
-        let occurrence = policies
-            .iter()
-            .filter(|p| p.metadata.name == name)
-            .count();
+        let occurrence = policies.iter().filter(|p| p.metadata.name == name).count();
         let line = name_line(text, &name, occurrence);
         if let Some(first) = first_line_of.get(&name) {
-            let at = first.map(|l| format!(" (first at line {l})")).unwrap_or_default();
+            let at = first
+                .map(|l| format!(" (first at line {l})"))
+                .unwrap_or_default();
             return Err(PolicyError::Invalid(Diagnostic {
                 file: file_label.to_string(),
                 line,
@@ -58,17 +55,15 @@ pub fn to_yaml(policies: &[Policy]) -> Result<String, PolicyError> {
         if i > 0 {
             out.push_str("---\n");
         }
-        let doc = yaml_serde::to_string(policy).map_err(|e| PolicyError::Serialize(e.to_string()))?;
+        let doc =
+            yaml_serde::to_string(policy).map_err(|e| PolicyError::Serialize(e.to_string()))?;
         out.push_str(&doc);
     }
     Ok(out)
 }
 
 /// Turns a YAML error into `file:line:column: path: message`.
-fn diagnostic(
-    file_label: &str,
-    err: &serde_path_to_error::Error<yaml_serde::Error>,
-) -> Diagnostic {
+fn diagnostic(file_label: &str, err: &serde_path_to_error::Error<yaml_serde::Error>) -> Diagnostic {
     let inner = err.inner();
     let location = inner.location();
     let mut message = inner.to_string();
@@ -117,7 +112,7 @@ fn name_line(text: &str, name: &str, occurrence: usize) -> Option<usize> {
 
 /// Deserialises one value from YAML, for tests of the parts of a document.
 #[cfg(test)]
-pub(crate) fn parse_part<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, String> {
+pub(crate) fn parse_part<T: for<'de> serde::Deserialize<'de>>(text: &str) -> Result<T, String> {
     let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| diagnostic("part", &e).to_string())
 }
@@ -133,7 +128,8 @@ mod tests {
         }
     }
 
-    const HEAD: &str = "apiVersion: membrane.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web\nspec:\n";
+    const HEAD: &str =
+        "apiVersion: membrane.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web\nspec:\n";
 
     fn doc(name: &str, spec: &str) -> String {
         format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}")
@@ -172,15 +168,26 @@ spec:
         let policies = parse_policies("policies.yaml", text).expect("valid");
         assert_eq!(policies.len(), 1);
         let out = to_yaml(&policies).expect("serialisable");
-        assert!(out.contains("port: '80'") || out.contains("port: \"80\""), "{out}");
+        assert!(
+            out.contains("port: '80'") || out.contains("port: \"80\""),
+            "{out}"
+        );
         let again = parse_policies("again.yaml", &out).expect("round trip parses");
         assert_eq!(again, policies);
-        assert_eq!(to_yaml(&again).expect("serialisable"), out, "serialising is stable");
+        assert_eq!(
+            to_yaml(&again).expect("serialisable"),
+            out,
+            "serialising is stable"
+        );
     }
 
     #[test]
     fn several_documents_and_empty_ones() {
-        let text = format!("{}---\n---\n{}", doc("a", "  endpointSelector: {}\n"), doc("b", "  endpointSelector: {}\n"));
+        let text = format!(
+            "{}---\n---\n{}",
+            doc("a", "  endpointSelector: {}\n"),
+            doc("b", "  endpointSelector: {}\n")
+        );
         let names: Vec<String> = parse_policies("f", &text)
             .expect("valid")
             .into_iter()
@@ -244,7 +251,10 @@ spec:
         ];
         for (text, expected) in cases {
             let got = err(&text);
-            assert!(got.contains(expected), "\n{text}\nexpected: {expected}\n     got: {got}");
+            assert!(
+                got.contains(expected),
+                "\n{text}\nexpected: {expected}\n     got: {got}"
+            );
             assert!(got.starts_with("policies.yaml:"), "{got}");
         }
     }

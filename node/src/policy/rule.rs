@@ -151,7 +151,11 @@ pub struct IngressRule {
     #[serde(rename = "fromCIDR", default, skip_serializing_if = "Option::is_none")]
     pub from_cidr: Option<Vec<Cidr>>,
     /// Addresses outside the cluster, with holes.
-    #[serde(rename = "fromCIDRSet", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "fromCIDRSet",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub from_cidr_set: Option<Vec<CidrRule>>,
     /// Named groups of peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -301,7 +305,9 @@ impl PortProtocol {
 }
 
 /// A transport protocol of a port rule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Protocol {
     /// TCP (IANA 6).
     #[serde(rename = "TCP")]
@@ -418,7 +424,11 @@ fn check_label_chars(what: &str, s: &str, is_key: bool) -> Result<(), String> {
     match s.chars().find(|c| !allowed(*c)) {
         Some(bad) => Err(format!(
             "label {what} {s:?} contains {bad:?}; use letters, digits, '-', '_', '.', '/'{}",
-            if is_key { " and ':' for a source prefix" } else { "" }
+            if is_key {
+                " and ':' for a source prefix"
+            } else {
+                ""
+            }
         )),
         None => Ok(()),
     }
@@ -446,29 +456,33 @@ struct RawMatchExpression {
 
 impl<'de> Deserialize<'de> for MatchExpression {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_checked(d, "a match expression {key, operator, values}", |raw: RawMatchExpression| {
-            validate_label_key(&raw.key)?;
-            for v in &raw.values {
-                check_label_chars("value", v, false)?;
-            }
-            match raw.operator {
-                Operator::In | Operator::NotIn if raw.values.is_empty() => Err(format!(
-                    "operator {:?} needs at least one value in `values`",
-                    raw.operator
-                )),
-                Operator::Exists | Operator::DoesNotExist if !raw.values.is_empty() => {
-                    Err(format!(
-                        "operator {:?} takes no `values`; remove them or use In/NotIn",
-                        raw.operator
-                    ))
+        deserialize_checked(
+            d,
+            "a match expression {key, operator, values}",
+            |raw: RawMatchExpression| {
+                validate_label_key(&raw.key)?;
+                for v in &raw.values {
+                    check_label_chars("value", v, false)?;
                 }
-                _ => Ok(MatchExpression {
-                    key: raw.key,
-                    operator: raw.operator,
-                    values: raw.values,
-                }),
-            }
-        })
+                match raw.operator {
+                    Operator::In | Operator::NotIn if raw.values.is_empty() => Err(format!(
+                        "operator {:?} needs at least one value in `values`",
+                        raw.operator
+                    )),
+                    Operator::Exists | Operator::DoesNotExist if !raw.values.is_empty() => {
+                        Err(format!(
+                            "operator {:?} takes no `values`; remove them or use In/NotIn",
+                            raw.operator
+                        ))
+                    }
+                    _ => Ok(MatchExpression {
+                        key: raw.key,
+                        operator: raw.operator,
+                        values: raw.values,
+                    }),
+                }
+            },
+        )
     }
 }
 
@@ -477,7 +491,9 @@ impl Cidr {
     pub fn parse(s: &str) -> Result<Cidr, String> {
         let s = s.trim();
         if s.contains(':') {
-            return Err(format!("{s:?} is an IPv6 network; only IPv4 CIDRs are supported"));
+            return Err(format!(
+                "{s:?} is an IPv6 network; only IPv4 CIDRs are supported"
+            ));
         }
         if !s.contains('/') {
             return Err(match s.parse::<std::net::Ipv4Addr>() {
@@ -685,7 +701,10 @@ mod tests {
 
     #[test]
     fn cidrs_are_strict() {
-        assert_eq!(Cidr::parse("10.0.0.0/8").map(|c| c.to_string()), Ok("10.0.0.0/8".into()));
+        assert_eq!(
+            Cidr::parse("10.0.0.0/8").map(|c| c.to_string()),
+            Ok("10.0.0.0/8".into())
+        );
         let cases = [
             ("10.0.0.1/8", "host bits set; write 10.0.0.0/8"),
             ("10.0.0.1", "no prefix length; write 10.0.0.1/32"),

@@ -104,11 +104,20 @@ mod tests {
     fn bad_expressions_are_refused_with_the_reason() {
         let cases = [
             ("{key: app, operator: In}", "needs at least one value"),
-            ("{key: app, operator: Exists, values: [a]}", "takes no \"values\""),
-            ("{key: app, operator: Has, values: [a]}", "unknown variant \"Has\""),
+            (
+                "{key: app, operator: Exists, values: [a]}",
+                "takes no \"values\"",
+            ),
+            (
+                "{key: app, operator: Has, values: [a]}",
+                "unknown variant \"Has\"",
+            ),
             ("{key: '', operator: Exists}", "label key is empty"),
             ("{key: app, operator: In, values: ['a b']}", "contains ' '"),
-            ("{key: app, operator: In, value: [a]}", "unknown field \"value\""),
+            (
+                "{key: app, operator: In, value: [a]}",
+                "unknown field \"value\"",
+            ),
         ];
         for (expr, expected) in cases {
             let err = parse_part::<EndpointSelector>(&format!("matchExpressions: [{expr}]"))
