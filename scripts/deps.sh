@@ -12,6 +12,8 @@ want nft nftables   # the lab cuts hosts off with nftables rules on its bridge
 want bridge iproute2
 want pkill procps
 want protoc protobuf-compiler   # etcd-client (benchmark) compiles its protos with protoc
+# ... and imports the well-known types (google/protobuf/*.proto) from libprotobuf-dev.
+[[ -f /usr/include/google/protobuf/timestamp.proto ]] || need+=(libprotobuf-dev)
 want nsenter util-linux         # the lab starts agents in host namespaces without a private mount namespace
 # The BPF datapath: ebpf/build.rs compiles ebpf/bpf/*.c with clang -target bpf against
 # libbpf's headers (bpf_helpers.h) and the kernel's UAPI headers.

@@ -45,6 +45,7 @@ async fn run(n: usize) -> Run {
             version: "bench".into(),
             health: "ok".into(),
             keyring: String::new(),
+            policy_revision: String::new(),
         };
         let a = addrs[i];
         let mut config = GossipConfig::new(meta, a, a, ring.clone(), "bench");

@@ -25,6 +25,9 @@ pub struct NodeMeta {
     /// rotation can wait until every node has installed or switched to a key. Set by
     /// [`crate::Gossip`] itself from its keyring; whatever a caller puts here is replaced.
     pub keyring: String,
+    /// The policy revision the node's datapath enforces (decimal; empty until the first),
+    /// so that `membrane policy wait REV` can wait for every node.
+    pub policy_revision: String,
 }
 
 /// The chitchat keys of [`NodeMeta`]'s fields.
@@ -41,6 +44,8 @@ pub mod keys {
     pub const HEALTH: &str = "health";
     /// [`super::NodeMeta::keyring`].
     pub const KEYRING: &str = "keyring";
+    /// [`super::NodeMeta::policy_revision`].
+    pub const POLICY_REVISION: &str = "policy_rev";
 }
 
 impl NodeMeta {
@@ -48,6 +53,11 @@ impl NodeMeta {
     pub fn keyring_summary(primary: u32, ids: &[u32]) -> String {
         let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         format!("{primary}:{}", ids.join(","))
+    }
+
+    /// Parses [`NodeMeta::policy_revision`]; `None` if absent or garbled.
+    pub fn enforced_policy_revision(&self) -> Option<u64> {
+        self.policy_revision.parse().ok()
     }
 
     /// Parses [`NodeMeta::keyring`]: (primary, installed ids); `None` if absent or garbled.
@@ -70,6 +80,7 @@ impl NodeMeta {
             (keys::VERSION.into(), self.version.clone()),
             (keys::HEALTH.into(), self.health.clone()),
             (keys::KEYRING.into(), self.keyring.clone()),
+            (keys::POLICY_REVISION.into(), self.policy_revision.clone()),
         ]
     }
 
@@ -86,6 +97,7 @@ impl NodeMeta {
             version: get(keys::VERSION),
             health: get(keys::HEALTH),
             keyring: get(keys::KEYRING),
+            policy_revision: get(keys::POLICY_REVISION),
         }
     }
 }
@@ -104,6 +116,7 @@ mod tests {
             version: "0.1.0".into(),
             health: "ok".into(),
             keyring: "2:1,2".into(),
+            policy_revision: "7".into(),
         };
         let kv = m.to_key_values();
         let back = NodeMeta::from_key_values(4, kv.iter().map(|(k, v)| (k.as_str(), v.as_str())));

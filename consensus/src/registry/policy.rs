@@ -53,14 +53,6 @@ impl PolicyTable {
         self.by_name.get(name)
     }
 
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
     /// Checks a batch before any of it is stored.
     pub fn check(&self, policies: &[NewPolicy]) -> Result<(), String> {
         if policies.is_empty() {

@@ -30,6 +30,7 @@ pub fn meta(id: u64) -> NodeMeta {
         version: "0.1.0-test".into(),
         health: "ok".into(),
         keyring: String::new(),
+        policy_revision: String::new(),
     }
 }
 

@@ -16,7 +16,12 @@ use membrane_consensus::Registry;
 use membrane_ebpf::IpcacheValue;
 use tracing::{debug, warn};
 
+use std::sync::atomic::Ordering;
+
 use super::datapath::NodeDatapath;
+use super::endpoints::EndpointManager;
+use super::gossip::GossipSlot;
+use super::policy_sync::PolicySync;
 use super::registry_client::RegistryClient;
 
 /// Reserved identities (Cilium's numbers).
@@ -44,9 +49,17 @@ fn host32(ip: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(ip, 32).expect("32 is a valid prefix length")
 }
 
-/// What the ipcache of node `me` must hold.
-pub fn desired_ipcache(reg: &Registry, me: u64) -> BTreeMap<Ipv4Net, IpcacheValue> {
-    let mut out = BTreeMap::new();
+/// What the ipcache of node `me` must hold. `cidr_identities` are the node-local
+/// identities of the CIDRs that policies name; a cluster entry for the same prefix wins.
+pub fn desired_ipcache(
+    reg: &Registry,
+    me: u64,
+    cidr_identities: &BTreeMap<Ipv4Net, u32>,
+) -> BTreeMap<Ipv4Net, IpcacheValue> {
+    let mut out: BTreeMap<Ipv4Net, IpcacheValue> = cidr_identities
+        .iter()
+        .map(|(net, id)| (*net, IpcacheValue::local(*id)))
+        .collect();
     let mut tunnel_of = BTreeMap::new();
     for node in reg.nodes() {
         let ip = node_ip(&node.rpc_addr);
@@ -111,8 +124,9 @@ pub fn sync_once(
     client: &RegistryClient,
     datapath: &NodeDatapath,
     me: u64,
+    cidr_identities: &BTreeMap<Ipv4Net, u32>,
 ) -> anyhow::Result<(usize, usize)> {
-    let desired = client.local(|r| desired_ipcache(r, me));
+    let desired = client.local(|r| desired_ipcache(r, me, cidr_identities));
     let mut bpf = datapath.bpf();
     let current: BTreeMap<Ipv4Net, IpcacheValue> = bpf.ipcache()?.into_iter().collect();
     let (upserts, removals) = diff(&current, &desired);
@@ -125,23 +139,67 @@ pub fn sync_once(
     Ok((upserts.len(), removals.len()))
 }
 
-/// Runs forever: syncs when the registry's applied index moves, and every few seconds.
-pub async fn run(client: Arc<RegistryClient>, datapath: Arc<NodeDatapath>, me: u64) {
+/// How often expired conntrack entries are collected.
+const CT_GC_EVERY: Duration = Duration::from_secs(30);
+
+/// Syncs the ipcache and the policy side once.
+fn sync_all(
+    client: &RegistryClient,
+    datapath: &NodeDatapath,
+    me: u64,
+    endpoints: &EndpointManager,
+    policy: &PolicySync,
+) -> anyhow::Result<()> {
+    let cidrs = policy.cidr_identities();
+    let (written, removed) = sync_once(client, datapath, me, &cidrs)?;
+    if written + removed > 0 {
+        debug!(written, removed, "ipcache synced with the registry");
+    }
+    policy.sync(&endpoints.list_live())?;
+    Ok(())
+}
+
+/// Runs forever: syncs when the registry's applied index or the local endpoints change,
+/// and every few seconds regardless; publishes the enforced policy revision in gossip;
+/// collects expired conntrack entries.
+pub async fn run(
+    client: Arc<RegistryClient>,
+    datapath: Arc<NodeDatapath>,
+    me: u64,
+    endpoints: Arc<EndpointManager>,
+    policy: Arc<PolicySync>,
+    gossip: GossipSlot,
+) {
     let mut last_seen = None;
     let mut last_sync = tokio::time::Instant::now();
+    let mut last_gc = tokio::time::Instant::now();
+    let mut published = None;
     loop {
-        let applied = client.applied_index();
-        if applied != last_seen || last_sync.elapsed() >= RESYNC_EVERY {
-            match sync_once(&client, &datapath, me) {
-                Ok((written, removed)) => {
-                    if written + removed > 0 {
-                        debug!(written, removed, "ipcache synced with the registry");
-                    }
-                    last_seen = applied;
-                }
-                Err(e) => warn!(error = %format!("{e:#}"), "cannot sync the ipcache"),
+        let seen = (client.applied_index(), endpoints.generation());
+        if Some(seen) != last_seen || last_sync.elapsed() >= RESYNC_EVERY {
+            match sync_all(&client, &datapath, me, &endpoints, &policy) {
+                Ok(()) => last_seen = Some(seen),
+                Err(e) => warn!(error = %format!("{e:#}"), "cannot sync the datapath with the registry"),
             }
             last_sync = tokio::time::Instant::now();
+        }
+        let enforced = policy.enforced_revision.load(Ordering::SeqCst);
+        if published != Some(enforced) {
+            if let Some(g) = gossip.get() {
+                let mut meta = g.local_meta().await;
+                meta.policy_revision = enforced.to_string();
+                g.set_meta(meta).await;
+                published = Some(enforced);
+            }
+        }
+        if last_gc.elapsed() >= CT_GC_EVERY {
+            let now = membrane_ebpf::ktime_now_ns();
+            match datapath.bpf().conntrack_gc(now) {
+                Ok(n) if n > 0 => debug!(removed = n, "expired conntrack entries collected"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "conntrack GC failed"),
+            }
+            last_gc = tokio::time::Instant::now();
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
@@ -237,7 +295,7 @@ mod tests {
     #[test]
     fn remote_pods_go_through_the_tunnel_and_local_ones_do_not() {
         let r = registry();
-        let d = desired_ipcache(&r, 1);
+        let d = desired_ipcache(&r, 1, &BTreeMap::new());
         let id_c1 = r.endpoints_on(1).next().unwrap().identity;
         let id_c2 = r.endpoints_on(2).next().unwrap().identity;
         let expected: BTreeMap<Ipv4Net, IpcacheValue> = [
@@ -260,7 +318,7 @@ mod tests {
         .collect();
         assert_eq!(d, expected);
         // Seen from node 2, the roles swap.
-        let d2 = desired_ipcache(&r, 2);
+        let d2 = desired_ipcache(&r, 2, &BTreeMap::new());
         assert_eq!(
             d2.get(&net("10.128.0.0/24")),
             Some(&IpcacheValue::remote(IDENTITY_UNKNOWN, ip("10.77.0.11")))
@@ -275,9 +333,9 @@ mod tests {
     #[test]
     fn a_node_that_leaves_takes_its_entries_with_it() {
         let mut r = registry();
-        let before = desired_ipcache(&r, 1);
+        let before = desired_ipcache(&r, 1, &BTreeMap::new());
         r.apply(Command::RemoveNode { id: 2 }).into_result().unwrap();
-        let after = desired_ipcache(&r, 1);
+        let after = desired_ipcache(&r, 1, &BTreeMap::new());
         let (upserts, removals) = diff(&before, &after);
         assert!(upserts.is_empty());
         let mut removals = removals;

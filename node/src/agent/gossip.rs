@@ -82,6 +82,7 @@ pub fn spawn(
             version: env!("CARGO_PKG_VERSION").to_string(),
             health: "ok".into(),
             keyring: String::new(),
+            policy_revision: String::new(),
         };
         let mut config = GossipConfig::new(meta, listen, advertise, ring, &me.cluster_name);
         config.seeds = seeds;

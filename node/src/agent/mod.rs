@@ -12,6 +12,7 @@ pub mod gossip;
 mod join;
 mod join_service;
 pub mod membership;
+pub mod policy_sync;
 pub mod query;
 pub mod registry_client;
 mod rotation;
@@ -57,6 +58,8 @@ pub struct AgentOptions {
     pub cni_queue_dir: PathBuf,
     /// BPF pin dir, overlay, MTU, masquerade. `pin_dir` None: /sys/fs/bpf/membrane/<node>.
     pub datapath: datapath::DatapathOptions,
+    /// Keep established connections that a policy change no longer allows (default: cut).
+    pub keep_established: bool,
 }
 
 /// Where a node pins its BPF maps by default.
@@ -227,6 +230,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.plugin_socket.clone(),
         opts.cni_queue_dir.clone(),
         endpoints_slot,
+        gossip.clone(),
+        opts.keep_established,
     ));
 
     let result = tokio::select! {
@@ -260,6 +265,8 @@ async fn run_datapath(
     plugin_socket: PathBuf,
     queue_dir: PathBuf,
     slot: api::EndpointsSlot,
+    gossip: gossip::GossipSlot,
+    keep_established: bool,
 ) -> anyhow::Result<()> {
     let node_ip = datapath_sync::node_ip(&me.rpc_addr).ok_or_else(|| {
         anyhow!(
@@ -302,19 +309,37 @@ async fn run_datapath(
     let dp = Arc::new(
         datapath::NodeDatapath::start(&opts, &pin_dir, node_ip, pod_cidr, pod_pool).await?,
     );
+    let policy = Arc::new(policy_sync::PolicySync::new(
+        client.clone(),
+        dp.clone(),
+        !keep_established,
+    ));
     let manager = Arc::new(endpoints::EndpointManager::new(
         client.clone(),
         dp.clone(),
         me.clone(),
+        policy.clone(),
     ));
-    if let Err(e) = datapath_sync::sync_once(&client, &dp, me.node_id) {
+    if let Err(e) =
+        datapath_sync::sync_once(&client, &dp, me.node_id, &policy.cidr_identities())
+    {
         warn!(error = %format!("{e:#}"), "first ipcache sync failed; the sync loop retries");
     }
     manager.restore().await;
     // Deletes queued while the agent was down go before any new add is accepted.
     manager.drain_queue(&queue_dir).await;
     let _ = slot.set(manager.clone());
-    tokio::spawn(datapath_sync::run(client.clone(), dp.clone(), me.node_id));
+    if let Err(e) = policy.sync(&manager.list_live()) {
+        warn!(error = %format!("{e:#}"), "first policy sync failed; the sync loop retries");
+    }
+    tokio::spawn(datapath_sync::run(
+        client.clone(),
+        dp.clone(),
+        me.node_id,
+        manager.clone(),
+        policy.clone(),
+        gossip,
+    ));
     tokio::spawn(manager.clone().run_queue(queue_dir));
     let unix = bind_unix(&plugin_socket)?;
     info!(socket = %plugin_socket.display(), "plugin API listening");

@@ -202,6 +202,10 @@ struct AgentArgs {
     /// Masquerade pod traffic that leaves the pod pool (nftables).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     masquerade: bool,
+    /// Keep established connections that a policy change no longer allows (default: cut
+    /// them by removing their conntrack entries).
+    #[arg(long)]
+    keep_established: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     log: String,
@@ -321,6 +325,7 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
             mtu: args.mtu,
             masquerade: args.masquerade,
         },
+        keep_established: args.keep_established,
     };
     runtime()?.block_on(crate::agent::run(opts))
 }

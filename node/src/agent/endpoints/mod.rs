@@ -133,6 +133,10 @@ pub struct EndpointManager {
     live: Mutex<BTreeMap<(String, String), LocalEndpoint>>,
     /// One add or delete at a time.
     ops: tokio::sync::Mutex<()>,
+    /// Installs each endpoint's policy before the endpoint is handed out.
+    policy: Arc<super::policy_sync::PolicySync>,
+    /// Bumped whenever the live set changes, so the sync loop notices.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Checks that `path` is a network namespace (nsfs), so a bad path fails before anything is
@@ -211,6 +215,7 @@ impl EndpointManager {
         client: Arc<RegistryClient>,
         datapath: Arc<NodeDatapath>,
         me: NodeIdentity,
+        policy: Arc<super::policy_sync::PolicySync>,
     ) -> EndpointManager {
         EndpointManager {
             client,
@@ -218,7 +223,19 @@ impl EndpointManager {
             me,
             live: Mutex::default(),
             ops: tokio::sync::Mutex::new(()),
+            policy,
+            generation: Default::default(),
         }
+    }
+
+    /// Changes whenever an endpoint goes live or away.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn datapath(&self) -> &NodeDatapath {
@@ -347,6 +364,7 @@ impl EndpointManager {
             (record.container_id.clone(), record.ifname.clone()),
             ep.clone(),
         );
+        self.bump();
         Ok(ep)
     }
 
@@ -355,9 +373,6 @@ impl EndpointManager {
         let internal = |what: &str, e: membrane_ebpf::DatapathError| {
             EndpointError::Internal(format!("{what} for {}: {e}", ep.host_ifname))
         };
-        let mut bpf = self.datapath.bpf();
-        bpf.attach_endpoint(&ep.host_ifname)
-            .map_err(|e| internal("cannot attach the endpoint programs", e))?;
         let value = EndpointValue::new(
             ep.link.host_ifindex,
             ep.record.identity,
@@ -365,6 +380,14 @@ impl EndpointManager {
             ep.link.container_mac,
             ep.link.host_mac,
         );
+        // Policy first: the endpoint's first packet must meet its policy.
+        let value = self
+            .policy
+            .install_endpoint(ep, value)
+            .map_err(|e| internal("cannot install the endpoint's policy", e))?;
+        let mut bpf = self.datapath.bpf();
+        bpf.attach_endpoint(&ep.host_ifname)
+            .map_err(|e| internal("cannot attach the endpoint programs", e))?;
         bpf.upsert_endpoint(ep.record.ipv4, &value)
             .map_err(|e| internal("cannot write the endpoints map", e))?;
         bpf.upsert_ipcache(
@@ -377,11 +400,16 @@ impl EndpointManager {
 
     /// Removes the map entries of an endpoint and unpins its program links.
     fn unprogram(&self, ep: &LocalEndpoint) -> Result<(), EndpointError> {
-        let mut bpf = self.datapath.bpf();
         let internal = |e: membrane_ebpf::DatapathError| EndpointError::Internal(e.to_string());
-        bpf.remove_endpoint(ep.record.ipv4).map_err(internal)?;
-        bpf.remove_ipcache(host32(ep.record.ipv4)).map_err(internal)?;
-        bpf.detach_endpoint(&ep.host_ifname).map_err(internal)?;
+        {
+            let mut bpf = self.datapath.bpf();
+            bpf.remove_endpoint(ep.record.ipv4).map_err(internal)?;
+            bpf.remove_ipcache(host32(ep.record.ipv4)).map_err(internal)?;
+            bpf.detach_endpoint(&ep.host_ifname).map_err(internal)?;
+        }
+        self.policy
+            .remove_endpoint(ep.record.id)
+            .map_err(internal)?;
         Ok(())
     }
 
@@ -425,6 +453,7 @@ impl EndpointManager {
             .remove(&(container_id.to_string(), ifname.to_string()));
         if let Some(ep) = &live {
             self.unprogram(ep)?;
+            self.bump();
         }
         let link_deleted = netdev::delete_link(&host_ifname).await?;
         let record = self
@@ -533,6 +562,7 @@ impl EndpointManager {
                         (record.container_id.clone(), record.ifname.clone()),
                         ep,
                     );
+                    self.bump();
                     info!(endpoint = record.id, container_id = %record.container_id, "endpoint restored");
                 }
                 Ok(None) => {
