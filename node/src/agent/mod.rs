@@ -12,6 +12,7 @@ pub mod gossip;
 mod join;
 mod join_service;
 pub mod membership;
+mod policy_api;
 pub mod policy_sync;
 pub mod query;
 pub mod registry_client;

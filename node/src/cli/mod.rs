@@ -73,6 +73,9 @@ enum Command {
     /// Endpoints (containers and processes joined to the datapath).
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Network policies (CiliumNetworkPolicy-shaped YAML; see docs/policy.md).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// What the BPF maps of this node hold, read from the kernel.
     #[command(subcommand)]
     Bpf(BpfCmd),
@@ -96,6 +99,50 @@ enum EndpointCmd {
     },
     /// Show one endpoint: a number of this node, a container id, or an IPv4 address.
     Get { key: String },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate and store the policies of FILE ("-" for stdin), all or none.
+    Import { file: PathBuf },
+    /// Show one policy (or all) as YAML.
+    Get { name: Option<String> },
+    /// Delete a policy.
+    Delete { name: String },
+    /// Check FILE without storing anything (no agent needed).
+    Validate { file: PathBuf },
+    /// Wait until every live node enforces revision REV.
+    Wait {
+        revision: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+    },
+    /// Say which rule allows or denies a packet, from the same engine as the datapath.
+    Explain {
+        /// Labels (app=web,tier=fe), an endpoint (number, container id, IPv4) or an address.
+        #[arg(long)]
+        from: String,
+        /// Same forms as --from.
+        #[arg(long)]
+        to: String,
+        /// PORT/PROTO, e.g. 80/TCP, 53/UDP, ICMP.
+        #[arg(long)]
+        port: String,
+    },
+}
+
+/// Reads a policy file, or stdin for "-".
+fn read_source(file: &std::path::Path) -> anyhow::Result<(String, String)> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read the policy from stdin")?;
+        return Ok((s, "-".into()));
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    Ok((text, file.display().to_string()))
 }
 
 #[derive(Subcommand)]
@@ -271,6 +318,7 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args, &cli.socket),
         Command::Init(args) => run_init(args, &out),
         Command::Bench { what, args } => run_bench(&what, &args),
+        Command::Policy(PolicyCmd::Validate { file }) => run_validate(&file, &out),
         other => runtime().and_then(|rt| rt.block_on(run_client(other, &cli.socket, &out))),
     };
     match result {
@@ -328,6 +376,18 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         keep_established: args.keep_established,
     };
     runtime()?.block_on(crate::agent::run(opts))
+}
+
+/// `membrane policy validate`: the same parser and checks as an import, locally.
+fn run_validate(file: &std::path::Path, out: &Output) -> anyhow::Result<()> {
+    let (text, label) = read_source(file)?;
+    let policies = crate::policy::parse_policies(&label, &text).map_err(|e| anyhow!("{e}"))?;
+    let names: Vec<String> = policies.iter().map(|p| p.metadata.name.clone()).collect();
+    out.message(
+        &format!("{label}: {} valid policies: {}", names.len(), names.join(", ")),
+        serde_json::json!({"file": label, "valid": true, "policies": names}),
+    );
+    Ok(())
 }
 
 /// `membrane bench WHAT`: the benchmarks build real labs of namespaces, which is the lab
@@ -519,7 +579,53 @@ async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> any
                 .map_err(status_err)?
                 .into_inner(),
         ),
-        Command::Init(_) | Command::Agent(_) | Command::Bench { .. } => {
+        Command::Policy(PolicyCmd::Import { file }) => {
+            let (source, file) = read_source(&file)?;
+            out.policy_imported(
+                &c.policy_import(pb::PolicyImportRequest { source, file })
+                    .await
+                    .map_err(status_err)?
+                    .into_inner(),
+            )
+        }
+        Command::Policy(PolicyCmd::Get { name }) => out.policies(
+            &c.policy_get(pb::PolicyGetRequest {
+                name: name.unwrap_or_default(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner(),
+        ),
+        Command::Policy(PolicyCmd::Delete { name }) => {
+            let r = c
+                .policy_delete(pb::PolicyDeleteRequest { name: name.clone() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            out.message(
+                &format!("policy {name} deleted (revision {})", r.revision),
+                serde_json::json!({"deleted": name, "revision": r.revision}),
+            );
+        }
+        Command::Policy(PolicyCmd::Wait { revision, timeout }) => out.policy_waited(
+            &c.policy_wait(pb::PolicyWaitRequest {
+                revision,
+                timeout_seconds: timeout,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner(),
+        ),
+        Command::Policy(PolicyCmd::Explain { from, to, port }) => out.policy_explained(
+            &c.policy_explain(pb::PolicyExplainRequest { from, to, port })
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        Command::Init(_)
+        | Command::Agent(_)
+        | Command::Bench { .. }
+        | Command::Policy(PolicyCmd::Validate { .. }) => {
             unreachable!("handled before connecting")
         }
     }

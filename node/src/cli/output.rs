@@ -348,6 +348,91 @@ impl Output {
         );
     }
 
+    pub fn policy_imported(&self, r: &pb::PolicyImportResponse) {
+        self.message(
+            &format!(
+                "imported {} (revision {}); `membrane policy wait {}` returns once every node enforces it",
+                r.names.join(", "),
+                r.revision,
+                r.revision
+            ),
+            json!({"revision": r.revision, "policies": r.names}),
+        );
+    }
+
+    pub fn policies(&self, r: &pb::PolicyGetResponse) {
+        if self.format == Format::Json {
+            let ps: Vec<Value> = r
+                .policies
+                .iter()
+                .map(|p| {
+                    json!({
+                        "name": p.name,
+                        "revision": p.revision,
+                        "updated_at_unix": p.updated_at_unix,
+                        "yaml": p.yaml,
+                    })
+                })
+                .collect();
+            return self.json(json!({"revision": r.revision, "policies": ps}));
+        }
+        for (i, p) in r.policies.iter().enumerate() {
+            if i > 0 {
+                println!("---");
+            }
+            println!("# revision {}, updated {}", p.revision, time(p.updated_at_unix));
+            print!("{}", p.yaml);
+        }
+        if r.policies.is_empty() {
+            println!("# no policies (revision {})", r.revision);
+        }
+    }
+
+    pub fn policy_waited(&self, r: &pb::PolicyWaitResponse) {
+        if self.format == Format::Json {
+            let nodes: Vec<Value> = r
+                .nodes
+                .iter()
+                .map(|n| json!({"node_id": n.node_id, "name": n.name, "enforced": n.enforced, "state": n.state}))
+                .collect();
+            return self.json(json!({"revision": r.revision, "nodes": nodes}));
+        }
+        println!("revision {} is enforced by every live node", r.revision);
+        let rows = r
+            .nodes
+            .iter()
+            .map(|n| vec![n.name.clone(), n.node_id.to_string(), n.enforced.to_string(), n.state.clone()])
+            .collect();
+        table(&["NODE", "ID", "ENFORCED", "STATE"], rows);
+    }
+
+    pub fn policy_explained(&self, r: &pb::PolicyExplainResponse) {
+        let side_json = |s: &Option<pb::PolicySide>| {
+            s.as_ref().map(|s| {
+                json!({
+                    "direction": s.direction,
+                    "verdict": s.verdict,
+                    "rule": s.rule,
+                    "selected_by": s.selected_by,
+                    "remote_identity": s.remote_identity,
+                    "reason": s.reason,
+                })
+            })
+        };
+        if self.format == Format::Json {
+            return self.json(json!({
+                "verdict": r.verdict,
+                "sentence": r.sentence,
+                "egress": side_json(&r.egress),
+                "ingress": side_json(&r.ingress),
+            }));
+        }
+        println!("{}: {}", r.verdict.to_uppercase(), r.sentence);
+        for s in [&r.egress, &r.ingress].into_iter().flatten() {
+            println!("  {:<8} {:<6} {}", s.direction, s.verdict, s.reason);
+        }
+    }
+
     fn endpoint_json(e: &pb::EndpointDetail) -> Value {
         json!({
             "id": e.id,

@@ -242,6 +242,10 @@ impl EndpointManager {
         &self.datapath
     }
 
+    pub fn policy(&self) -> &Arc<super::policy_sync::PolicySync> {
+        &self.policy
+    }
+
     fn live(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), LocalEndpoint>> {
         self.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -637,7 +641,9 @@ impl EndpointManager {
                     r.endpoint(self.me.node_id, &del.container_id, &ifname)
                         .map(|e| e.created_at)
                 })
-                .is_some_and(|created| created >= del.queued_at_unix);
+                // Strictly newer: an add needs the agent, and the delete was queued while
+                // it was away, so an endpoint from the same second predates the delete.
+                .is_some_and(|created| created > del.queued_at_unix);
             let done = if newer {
                 info!(container_id = %del.container_id, ifname = %ifname, "queued delete is older than the endpoint; dropping it");
                 true
