@@ -492,3 +492,61 @@ fn array(v: Value, key: &str) -> anyhow::Result<Vec<Value>> {
         Some(other) => bail!("{key} is not a list: {other}"),
     }
 }
+
+/// What the policy tests need: import, wait, explain, through the CLI.
+impl Cluster {
+    /// Writes `yaml` to a fresh file in the lab dir and runs `membrane policy import FILE
+    /// -o json` on host `i`; returns the revision it printed.
+    pub fn policy_import(&self, i: usize, yaml: &str) -> anyhow::Result<u64> {
+        let path = self.policy_file(yaml)?;
+        let v = self
+            .cli_json(i, &["policy", "import", &path.display().to_string()])
+            .with_context(|| format!("policy import on h{i}:\n{yaml}"))?;
+        v["revision"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no revision in the import output {v}"))
+    }
+
+    /// Writes `yaml` to a new file `policy-<n>.yaml` in the lab dir (the CLI runs in the
+    /// root namespace, so it reads the file where the test wrote it).
+    pub fn policy_file(&self, yaml: &str) -> anyhow::Result<PathBuf> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.lab().dir().join(format!("policy-{n}.yaml"));
+        std::fs::write(&path, yaml).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// `membrane policy wait REV --timeout S -o json` on host `i`: what every node enforces.
+    pub fn policy_wait(&self, i: usize, revision: u64, timeout_secs: u32) -> anyhow::Result<Value> {
+        self.cli_json(
+            i,
+            &[
+                "policy",
+                "wait",
+                &revision.to_string(),
+                "--timeout",
+                &timeout_secs.to_string(),
+            ],
+        )
+        .with_context(|| format!("policy wait {revision} on h{i}; log: {}", self.log_tail(i)))
+    }
+
+    /// Imports `yaml` through host 1 and waits (from every host) until every node enforces
+    /// the new revision; returns it.
+    pub fn policy_apply(&self, yaml: &str) -> anyhow::Result<u64> {
+        let rev = self.policy_import(1, yaml)?;
+        for i in 1..=self.lab().len() {
+            self.policy_wait(i, rev, 30)?;
+        }
+        Ok(rev)
+    }
+
+    /// `membrane policy explain --from F --to T --port P -o json` on host `i`.
+    pub fn policy_explain(&self, i: usize, from: &str, to: &str, port: &str) -> anyhow::Result<Value> {
+        self.cli_json(
+            i,
+            &["policy", "explain", "--from", from, "--to", to, "--port", port],
+        )
+    }
+}

@@ -404,3 +404,44 @@ impl Drop for TcpStreamProbe {
         }
     }
 }
+
+/// How one TCP attempt of [`tcp_attempt`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TcpAttempt {
+    /// Connected and the echo came back.
+    Echoed,
+    /// The connect got no answer within the timeout: what a policy drop of the SYN looks
+    /// like (a refused port answers with a RST instead).
+    TimedOut,
+    /// The peer answered with a RST: the packet got through and nothing listens.
+    Refused,
+    /// Anything else (the text says what).
+    Failed(String),
+}
+
+/// One connect to an echo server at `to` and one echoed message, within `timeout`, told
+/// apart by how it ends, so that a test can insist on a timeout (a drop) rather than on
+/// any failure.
+pub fn tcp_attempt(netns: &str, to: SocketAddr, timeout: Duration) -> anyhow::Result<TcpAttempt> {
+    let conn = in_netns(netns, move || TcpStream::connect_timeout(&to, timeout))?;
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            return Ok(TcpAttempt::TimedOut)
+        }
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Ok(TcpAttempt::Refused),
+        Err(e) => return Ok(TcpAttempt::Failed(format!("connect: {e}"))),
+    };
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    let msg = format!("attempt {netns} -> {to}");
+    if let Err(e) = conn.write_all(msg.as_bytes()) {
+        return Ok(TcpAttempt::Failed(format!("send: {e}")));
+    }
+    let mut back = vec![0u8; msg.len()];
+    Ok(match conn.read_exact(&mut back) {
+        Ok(()) if back == msg.as_bytes() => TcpAttempt::Echoed,
+        Ok(()) => TcpAttempt::Failed(format!("echo differs: {:?}", String::from_utf8_lossy(&back))),
+        Err(e) => TcpAttempt::Failed(format!("no echo: {e}")),
+    })
+}
