@@ -26,3 +26,4 @@ mod t75_pod_cidr_exhausted;
 mod t76_add_collisions;
 mod t77_del_queued_while_agent_down;
 mod t80_policy_allow_one_client;
+mod t81_policy_deny_wins;
