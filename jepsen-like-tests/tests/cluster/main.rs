@@ -27,3 +27,4 @@ mod t76_add_collisions;
 mod t77_del_queued_while_agent_down;
 mod t80_policy_allow_one_client;
 mod t81_policy_deny_wins;
+mod t84_policy_revision_wait_and_bad_input;

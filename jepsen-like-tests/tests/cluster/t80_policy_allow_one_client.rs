@@ -94,9 +94,15 @@ fn t80_a_policy_lets_one_client_identity_in_on_one_port() -> anyhow::Result<()> 
     for host in [1, 2] {
         for (from, to, port, want) in cases {
             let e = c.policy_explain(host, from, to, port)?;
-            assert_eq!(e["verdict"], want, "h{host}: explain {from} -> {to} {port}: {e}");
+            assert_eq!(
+                e["verdict"], want,
+                "h{host}: explain {from} -> {to} {port}: {e}"
+            );
             if want == "deny" {
-                assert_eq!(e["ingress"]["verdict"], "deny", "h{host}: {from} -> {to} {port}: {e}");
+                assert_eq!(
+                    e["ingress"]["verdict"], "deny",
+                    "h{host}: {from} -> {to} {port}: {e}"
+                );
             }
         }
     }

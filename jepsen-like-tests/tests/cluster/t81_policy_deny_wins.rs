@@ -32,7 +32,12 @@ spec:
       toPorts: [{ports: [{port: "7000", protocol: TCP}]}]
 "#;
 
-fn attempt(from: &Endpoint, to: &Endpoint, port: u16, timeout: Duration) -> anyhow::Result<TcpAttempt> {
+fn attempt(
+    from: &Endpoint,
+    to: &Endpoint,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<TcpAttempt> {
     tcp_attempt(&from.netns, SocketAddr::from((to.ip, port)), timeout)
 }
 
@@ -98,14 +103,20 @@ fn t81_deny_rules_beat_allows_in_both_directions() -> anyhow::Result<()> {
     assert_eq!(e["verdict"], "deny", "{e}");
     assert_eq!(e["ingress"]["verdict"], "deny", "{e}");
     assert!(
-        e["ingress"]["rule"].as_str().unwrap_or("").contains("ingressDeny"),
+        e["ingress"]["rule"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ingressDeny"),
         "the deny names its rule: {e}"
     );
     let e = c.policy_explain(2, "app=web", "app=db", "7000/TCP")?;
     assert_eq!(e["verdict"], "deny", "{e}");
     assert_eq!(e["egress"]["verdict"], "deny", "{e}");
     assert!(
-        e["egress"]["rule"].as_str().unwrap_or("").contains("egressDeny"),
+        e["egress"]["rule"]
+            .as_str()
+            .unwrap_or("")
+            .contains("egressDeny"),
         "the deny names its rule: {e}"
     );
     let e = c.policy_explain(2, "app=web", "app=db", "5432/TCP")?;
