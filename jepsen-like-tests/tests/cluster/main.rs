@@ -27,4 +27,5 @@ mod t76_add_collisions;
 mod t77_del_queued_while_agent_down;
 mod t80_policy_allow_one_client;
 mod t81_policy_deny_wins;
+mod t83_policy_established_connections;
 mod t84_policy_revision_wait_and_bad_input;
