@@ -5,6 +5,9 @@
 #   scripts/bench.sh datapath [--runs N] [--round-trips N] [--seconds N] [--baseline-only]
 #       endpoint TCP throughput (iperf3) and 64-byte ping-pong latency, Membrane's BPF datapath
 #       vs a plain bridge (same node) and a plain kernel VXLAN (across nodes)
+#   scripts/bench.sh policy [--rules 10,1000,10000] [--seconds N] [--runs N] [--round-trips N] [--peers N] [--iptables PROGRAM]
+#       connection rate and 64-byte ping-pong latency under N-rule policies, Membrane's policy
+#       map vs equivalent iptables chains (one rule per peer and port) in the same run
 # Release builds; figures go to docs/benchmarks.md by hand, with the command that made them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +18,20 @@ fi
 case "${1:-}" in
   registry) scripts/deps.sh etcd ;;
   datapath) scripts/deps.sh ;;
+  policy)
+    scripts/deps.sh
+    # The reference system; bpftool counts the entries of Membrane's policy map.
+    command -v iptables-restore >/dev/null || { apt-get update -qq && apt-get install -y -qq iptables >/dev/null; }
+    command -v bpftool >/dev/null || { apt-get update -qq && apt-get install -y -qq bpftool >/dev/null; } ;;
   gossip)
     shift
     exec cargo run --release -p membrane-gossip --example gossip-bench -- "$@" ;;
-  *) echo "usage: $0 registry [--clients N] [--ops N] [--via all|leader] | $0 gossip [N ...] | $0 datapath [--runs N] [--round-trips N] [--seconds N] [--baseline-only]" >&2; exit 2 ;;
+  *) echo "usage: $0 registry [--clients N] [--ops N] [--via all|leader] | $0 gossip [N ...] | $0 datapath [--runs N] [--round-trips N] [--seconds N] [--baseline-only] | $0 policy [--rules 10,1000,10000] [--seconds N] [--runs N] [--round-trips N] [--peers N] [--iptables PROGRAM]" >&2; exit 2 ;;
 esac
-cargo build --release --workspace --bins
+if [[ $1 == policy ]]; then
+  cargo build --release -p membrane-jepsen -p membrane --bins
+else
+  cargo build --release --workspace --bins
+fi
 export MEMBRANE_BIN="$PWD/target/release/membrane"
 exec target/release/membrane-lab bench "$@"

@@ -2,5 +2,6 @@
 //! in one run, on the same namespaces and disk.
 
 pub mod datapath;
+pub mod policy;
 pub mod registry;
 pub mod stats;

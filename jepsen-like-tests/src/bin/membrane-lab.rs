@@ -4,12 +4,14 @@
 //! - `membrane-lab bench registry [...]`: the registry benchmark against etcd.
 //! - `membrane-lab bench datapath [...]`: endpoint throughput and latency against plain
 //!   kernel bridge and VXLAN paths.
+//! - `membrane-lab bench policy [...]`: connection rate and latency under 10-10,000 policy
+//!   rules against equivalent iptables chains.
 
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N] [--via all|leader] | membrane-lab bench datapath [--runs N] [--round-trips N] [--seconds N] [--baseline-only] | membrane-lab idle-check HOSTS MINUTES"
+        "usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N] [--via all|leader] | membrane-lab bench datapath [--runs N] [--round-trips N] [--seconds N] [--baseline-only] | membrane-lab bench policy [--rules 10,1000,10000] [--seconds N] [--runs N] [--round-trips N] [--peers N] [--iptables PROGRAM] | membrane-lab idle-check HOSTS MINUTES"
     );
     ExitCode::from(2)
 }
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
         ["demo", rest @ ..] => membrane_jepsen::demo::run(rest.contains(&"--keep")),
         ["bench", "registry", rest @ ..] => membrane_jepsen::bench::registry::run(rest),
         ["bench", "datapath", rest @ ..] => membrane_jepsen::bench::datapath::run(rest),
+        ["bench", "policy", rest @ ..] => membrane_jepsen::bench::policy::run(rest),
         ["idle-check", hosts, minutes] => match (hosts.parse(), minutes.parse()) {
             (Ok(h), Ok(m)) => membrane_jepsen::idle::run(h, m),
             _ => return usage(),
