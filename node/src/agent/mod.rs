@@ -12,6 +12,8 @@ pub mod gossip;
 mod join;
 mod join_service;
 pub mod membership;
+pub mod metrics;
+pub mod monitor;
 pub mod query;
 pub mod registry_client;
 mod rotation;
@@ -57,6 +59,18 @@ pub struct AgentOptions {
     pub cni_queue_dir: PathBuf,
     /// BPF pin dir, overlay, MTU, masquerade. `pin_dir` None: /sys/fs/bpf/membrane/<node>.
     pub datapath: datapath::DatapathOptions,
+    /// Where the Prometheus endpoint listens; None: off.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// What the monitor and metrics share with the policy sync (monitor-metrics branch): the
+/// policy sync fills `rule_names` (rule id -> name, for events) and stores the revision
+/// it has written to the datapath in `enforced_revision` (for metrics).
+#[derive(Clone)]
+pub struct Telemetry {
+    pub monitor: monitor::Monitor,
+    pub rule_names: monitor::RuleNames,
+    pub enforced_revision: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where a node pins its BPF maps by default.
@@ -198,12 +212,32 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // Local API on the Unix socket.
     let unix = bind_unix(&opts.socket)?;
     let endpoints_slot: api::EndpointsSlot = Arc::default();
+    // monitor-metrics: event stream, rule names and enforced revision (see Telemetry).
+    let telemetry = Telemetry {
+        monitor: monitor::Monitor::new(monitor::CHANNEL_CAPACITY),
+        rule_names: Arc::default(),
+        enforced_revision: Arc::default(),
+    };
+    if let Some(addr) = opts.metrics_addr {
+        let listener = metrics::bind(addr).await?;
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics::Sources {
+                client: client.clone(),
+                gossip: gossip.clone(),
+                endpoints: endpoints_slot.clone(),
+                monitor: telemetry.monitor.clone(),
+                enforced_revision: telemetry.enforced_revision.clone(),
+            },
+        ));
+    }
     let api = api::AgentApi {
         client: client.clone(),
         gossip: gossip.clone(),
         me: me.clone(),
         ca_hash,
         endpoints: endpoints_slot.clone(),
+        monitor: telemetry.monitor.clone(),
     };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
@@ -227,6 +261,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.plugin_socket.clone(),
         opts.cni_queue_dir.clone(),
         endpoints_slot,
+        telemetry.clone(),
     ));
 
     let result = tokio::select! {
@@ -260,6 +295,7 @@ async fn run_datapath(
     plugin_socket: PathBuf,
     queue_dir: PathBuf,
     slot: api::EndpointsSlot,
+    telemetry: Telemetry,
 ) -> anyhow::Result<()> {
     let node_ip = datapath_sync::node_ip(&me.rpc_addr).ok_or_else(|| {
         anyhow!(
@@ -269,9 +305,7 @@ async fn run_datapath(
     })?;
     // A node that just joined learns its own record a moment later, through Raft.
     let (pod_cidr, pod_pool) = loop {
-        let found = client.local(|r| {
-            Some((r.node(me.node_id)?.pod_cidr, r.cluster()?.pod_pool))
-        });
+        let found = client.local(|r| Some((r.node(me.node_id)?.pod_cidr, r.cluster()?.pod_pool)));
         if let Some(f) = found {
             break f;
         }
@@ -314,6 +348,17 @@ async fn run_datapath(
     // Deletes queued while the agent was down go before any new add is accepted.
     manager.drain_queue(&queue_dir).await;
     let _ = slot.set(manager.clone());
+    // monitor-metrics: the one reader of the events ring buffer.
+    let reader = dp.bpf().take_event_reader();
+    if let Some(reader) = reader {
+        tokio::spawn(monitor::run_reader(
+            telemetry.monitor.clone(),
+            reader,
+            client.clone(),
+            manager.clone(),
+            telemetry.rule_names.clone(),
+        ));
+    }
     tokio::spawn(datapath_sync::run(client.clone(), dp.clone(), me.node_id));
     tokio::spawn(manager.clone().run_queue(queue_dir));
     let unix = bind_unix(&plugin_socket)?;
