@@ -25,3 +25,4 @@ mod t74_cni_bad_input;
 mod t75_pod_cidr_exhausted;
 mod t76_add_collisions;
 mod t77_del_queued_while_agent_down;
+mod t79_monitor_metrics;
