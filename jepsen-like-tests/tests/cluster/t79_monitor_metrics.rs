@@ -78,7 +78,10 @@ fn http_get(c: &Cluster, i: usize, path: &str) -> anyhow::Result<(String, String
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
         let (head, body) = resp.split_once("\r\n\r\n").context("no end of headers")?;
-        Ok((head.lines().next().unwrap_or_default().to_string(), body.to_string()))
+        Ok((
+            head.lines().next().unwrap_or_default().to_string(),
+            body.to_string(),
+        ))
     })?
 }
 
@@ -128,7 +131,8 @@ fn t79_monitor_streams_events_and_metrics_count_packets() -> anyhow::Result<()> 
     let _servers = EchoServers::start(&eps)?;
     check_pair(&web, &db, Proto::Tcp, Duration::from_secs(20))?;
 
-    let overlay_out = r#"membrane_datapath_packets_total{direction="egress",reason="forwarded-overlay"}"#;
+    let overlay_out =
+        r#"membrane_datapath_packets_total{direction="egress",reason="forwarded-overlay"}"#;
     let before = scrape(&c, 1)?;
     let forwarded_before = value(&before, overlay_out);
 
@@ -158,23 +162,46 @@ fn t79_monitor_streams_events_and_metrics_count_packets() -> anyhow::Result<()> 
         });
         Ok(out.is_some() && back.is_some())
     })
-    .with_context(|| format!("no trace events naming both endpoints: {}", monitor.sample()))?;
+    .with_context(|| {
+        format!(
+            "no trace events naming both endpoints: {}",
+            monitor.sample()
+        )
+    })?;
     let ev = monitor
         .find(|v| v["kind"] == "trace" && v["src"] == web_ip.as_str())
         .context("trace event gone")?;
     for field in [
-        "time", "kind", "direction", "endpoint_id", "endpoint_labels", "src", "dst", "sport",
-        "dport", "proto", "tcp_flags", "reason", "remote_identity", "remote_labels", "rule_id",
-        "rule", "len",
+        "time",
+        "kind",
+        "direction",
+        "endpoint_id",
+        "endpoint_labels",
+        "src",
+        "dst",
+        "sport",
+        "dport",
+        "proto",
+        "tcp_flags",
+        "reason",
+        "remote_identity",
+        "remote_labels",
+        "rule_id",
+        "rule",
+        "len",
     ] {
         assert!(ev.get(field).is_some(), "no {field} in {ev}");
     }
     assert_ne!(ev["endpoint_id"], 0, "{ev}");
     assert_eq!(ev["reason"], "forwarded-overlay", "{ev}");
+    eprintln!("t79: a trace event: {ev}");
 
     // A datagram from an address that is not the endpoint's: dropped at from_endpoint.
     let spoofed = Ipv4Addr::new(192, 0, 2, 77);
-    ip_in(&web.netns, &["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"])?;
+    ip_in(
+        &web.netns,
+        &["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"],
+    )?;
     let to = SocketAddr::from((db.ip, ECHO_UDP_PORT));
     wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
         let sock = in_netns(&web.netns, move || UdpSocket::bind((spoofed, 0)))??;
