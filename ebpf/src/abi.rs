@@ -608,6 +608,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// "drop", "policy-verdict" or "trace".
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Drop => "drop",
+            EventKind::PolicyVerdict => "policy-verdict",
+            EventKind::Trace => "trace",
+        }
+    }
+
     fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(EventKind::Drop),
@@ -679,8 +688,10 @@ pub struct FlowEventRecord {
     pub len: u32,
     /// 1..=4: the policy lookup that matched ([`PolicyTable`]), 0 none.
     pub policy_match: u8,
+    /// ICMP: the type (0 for other protocols).
+    pub icmp_type: u8,
     /// Padding.
-    pub pad: [u8; 3],
+    pub pad: [u8; 2],
 }
 
 /// A decoded flow event.
@@ -720,6 +731,8 @@ pub struct FlowEvent {
     pub ifindex: u32,
     /// Packet length (skb length, Ethernet header included).
     pub len: u32,
+    /// ICMP: the type (8 echo request, 0 echo reply, 3 unreachable...); 0 otherwise.
+    pub icmp_type: u8,
 }
 
 impl FlowEvent {
@@ -751,6 +764,7 @@ impl FlowEvent {
             policy_table: PolicyTable::from_code(r.policy_match),
             ifindex: r.ifindex,
             len: r.len,
+            icmp_type: r.icmp_type,
         })
     }
 }
@@ -1182,6 +1196,7 @@ mod tests {
         assert_eq!(offset_of!(FlowEventRecord, ifindex), 36);
         assert_eq!(offset_of!(FlowEventRecord, len), 40);
         assert_eq!(offset_of!(FlowEventRecord, policy_match), 44);
+        assert_eq!(offset_of!(FlowEventRecord, icmp_type), 45);
 
         let rec = FlowEventRecord {
             ts_ns: 5,
@@ -1200,7 +1215,8 @@ mod tests {
             ifindex: 9,
             len: 74,
             policy_match: 1,
-            pad: [0; 3],
+            icmp_type: 0,
+            pad: [0; 2],
         };
         // SAFETY: FlowEventRecord is repr(C) without padding; viewing it as bytes is fine.
         let bytes = unsafe {

@@ -300,6 +300,26 @@ impl Datapath {
         self.maps.conntrack_gc(now_ns)
     }
 
+    /// How full the endpoints, ipcache, policy and conntrack maps are (for pressure
+    /// metrics). Counts by iterating, so it costs a walk of each map: call it at scrape
+    /// time, not per packet.
+    pub fn map_usage(&self) -> Result<Vec<MapUsage>, DatapathError> {
+        let counts = [
+            (maps::ENDPOINTS, self.maps.endpoints()?.len()),
+            (maps::IPCACHE, self.maps.ipcache()?.len()),
+            (maps::POLICY, self.maps.policy_entries()?.len()),
+            (maps::CONNTRACK, self.maps.conntrack_entries()?.len()),
+        ];
+        Ok(counts
+            .into_iter()
+            .map(|(name, entries)| MapUsage {
+                name,
+                entries,
+                capacity: map_capacity(name).unwrap_or(0),
+            })
+            .collect())
+    }
+
     /// The reader of the events ring buffer; None after the first call (there is one
     /// consumer per ring buffer).
     pub fn take_event_reader(&mut self) -> Option<EventReader> {
@@ -320,6 +340,25 @@ impl Datapath {
             }),
         }
     }
+}
+
+/// One map's fill level ([`Datapath::map_usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    /// The map's pinned name (`endpoints`, `ipcache`, `policy`, `conntrack`).
+    pub name: &'static str,
+    /// Entries present now.
+    pub entries: usize,
+    /// `max_entries` of the map.
+    pub capacity: u32,
+}
+
+/// `max_entries` of the map pinned as `name`, None for a name the datapath has no map of.
+pub fn map_capacity(name: &str) -> Option<u32> {
+    maps::SPECS
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.max_entries)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so conntrack expiries

@@ -66,6 +66,7 @@ MB_INLINE void event_emit(struct __sk_buff *skb, const struct pctx *c, __u8 kind
 	ev.ifindex = skb->ifindex;
 	ev.len = skb->len;
 	ev.policy_match = c->policy_match;
+	ev.icmp_type = c->f.icmp_type;
 	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0) < 0)
 		metrics_count(skb, c->dir, REASON_EVENTS_RINGBUF_FULL);
 }

@@ -140,7 +140,8 @@ struct flow_event {
 	__u32 ifindex;         /* skb->ifindex where the program ran */
 	__u32 len;             /* skb->len */
 	__u8 policy_match;     /* 1..4 = policy table (I,P) (I,any) (any,P) (any,any); 0 none */
-	__u8 pad[3];
+	__u8 icmp_type;        /* ICMP: the type (the ports hold only an echo identifier) */
+	__u8 pad[2];
 };
 
 /* Per-CPU token bucket of the event rate limit; tokens in units of 1e-9 event so that

@@ -26,6 +26,7 @@ mod t75_pod_cidr_exhausted;
 mod t76_add_collisions;
 mod t77_del_queued_while_agent_down;
 mod t78_masquerade;
+mod t79_monitor_metrics;
 mod t80_policy_allow_one_client;
 mod t81_policy_deny_wins;
 mod t82_policy_cidr_entities;

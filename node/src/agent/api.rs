@@ -28,6 +28,8 @@ pub struct AgentApi {
     pub ca_hash: String,
     /// Set once the datapath is up.
     pub endpoints: EndpointsSlot,
+    /// Flow events of this node's datapath (silent until the datapath is up).
+    pub monitor: super::monitor::Monitor,
 }
 
 /// The endpoint manager once the datapath runs.
@@ -256,6 +258,40 @@ impl Agent for AgentApi {
         Ok(Response::new(Box::pin(
             tokio_stream::iter(initial).chain(updates),
         )))
+    }
+
+    type MonitorStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::FlowEventMessage, Status>> + Send>,
+    >;
+
+    async fn monitor(
+        &self,
+        req: Request<pb::MonitorRequest>,
+    ) -> Result<Response<Self::MonitorStream>, Status> {
+        use std::sync::atomic::Ordering;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        use tokio_stream::StreamExt;
+        let req = req.into_inner();
+        let filter = super::monitor::Filter::from_request(&req).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown monitor type {}; use drop, policy, trace or all",
+                req.r#type
+            ))
+        })?;
+        let stats = self.monitor.stats().clone();
+        let rx = self.monitor.subscribe();
+        let events = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| {
+            let msg = match e {
+                Ok(m) => (*m).clone(),
+                // This subscriber fell behind: tell it how much it missed and go on.
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    stats.lagged.fetch_add(n, Ordering::Relaxed);
+                    super::monitor::lost_notice(n)
+                }
+            };
+            filter.matches(&msg).then_some(Ok(msg))
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn gossip_keyring(
@@ -544,7 +580,9 @@ impl Agent for AgentApi {
 impl AgentApi {
     pub(super) fn endpoint_manager(&self) -> Result<&Arc<EndpointManager>, Status> {
         self.endpoints.get().ok_or_else(|| {
-            Status::unavailable("the datapath is not up yet (the agent is starting); try again in a moment")
+            Status::unavailable(
+                "the datapath is not up yet (the agent is starting); try again in a moment",
+            )
         })
     }
 

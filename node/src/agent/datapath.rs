@@ -30,6 +30,10 @@ pub struct DatapathOptions {
     /// Endpoint MTU; default: the underlay MTU minus [`OVERLAY_OVERHEAD`].
     pub mtu: Option<u32>,
     pub masquerade: bool,
+    /// `--monitor-trace`: a trace event for every packet forwarded or delivered.
+    pub trace: bool,
+    /// `--events-per-sec`: the event budget per CPU (rate and burst).
+    pub events_per_sec: u32,
 }
 
 /// The nftables table the agent owns in its namespace.
@@ -85,7 +89,10 @@ impl NodeDatapath {
                 opts.overlay_device
             )
         })?;
-        bpf.set_config(&membrane_ebpf::DatapathConfig::new(overlay_ifindex, node_ip))
+        let config = membrane_ebpf::DatapathConfig::new(overlay_ifindex, node_ip)
+            .with_trace(opts.trace)
+            .with_events_per_sec(opts.events_per_sec);
+        bpf.set_config(&config)
             .context("cannot write the datapath config map")?;
         netdev::ensure_masquerade(NFT_TABLE, pod_cidr, pod_pool, opts.masquerade)
             .context("cannot set up masquerading (nftables)")?;
@@ -95,6 +102,8 @@ impl NodeDatapath {
             overlay_ifindex,
             mtu,
             masquerade = opts.masquerade,
+            trace = opts.trace,
+            events_per_sec = opts.events_per_sec,
             "datapath up"
         );
         Ok(NodeDatapath {

@@ -12,6 +12,8 @@ pub mod gossip;
 mod join;
 mod join_service;
 pub mod membership;
+pub mod metrics;
+pub mod monitor;
 mod policy_api;
 pub mod policy_sync;
 pub mod query;
@@ -61,6 +63,18 @@ pub struct AgentOptions {
     pub datapath: datapath::DatapathOptions,
     /// Keep established connections that a policy change no longer allows (default: cut).
     pub keep_established: bool,
+    /// Where the Prometheus endpoint listens; None: off.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// What the monitor and metrics share with the policy sync: the policy sync fills
+/// `rule_names` (rule id -> name, for events) and stores the revision it has written to
+/// the datapath in `enforced_revision` (for metrics and `policy wait`).
+#[derive(Clone)]
+pub struct Telemetry {
+    pub monitor: monitor::Monitor,
+    pub rule_names: monitor::RuleNames,
+    pub enforced_revision: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Where a node pins its BPF maps by default.
@@ -202,12 +216,32 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // Local API on the Unix socket.
     let unix = bind_unix(&opts.socket)?;
     let endpoints_slot: api::EndpointsSlot = Arc::default();
+    // monitor-metrics: event stream, rule names and enforced revision (see Telemetry).
+    let telemetry = Telemetry {
+        monitor: monitor::Monitor::new(monitor::CHANNEL_CAPACITY),
+        rule_names: Arc::default(),
+        enforced_revision: Arc::default(),
+    };
+    if let Some(addr) = opts.metrics_addr {
+        let listener = metrics::bind(addr).await?;
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics::Sources {
+                client: client.clone(),
+                gossip: gossip.clone(),
+                endpoints: endpoints_slot.clone(),
+                monitor: telemetry.monitor.clone(),
+                enforced_revision: telemetry.enforced_revision.clone(),
+            },
+        ));
+    }
     let api = api::AgentApi {
         client: client.clone(),
         gossip: gossip.clone(),
         me: me.clone(),
         ca_hash,
         endpoints: endpoints_slot.clone(),
+        monitor: telemetry.monitor.clone(),
     };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
@@ -233,6 +267,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         endpoints_slot,
         gossip.clone(),
         opts.keep_established,
+        telemetry.clone(),
     ));
 
     let result = tokio::select! {
@@ -268,6 +303,7 @@ async fn run_datapath(
     slot: api::EndpointsSlot,
     gossip: gossip::GossipSlot,
     keep_established: bool,
+    telemetry: Telemetry,
 ) -> anyhow::Result<()> {
     let node_ip = datapath_sync::node_ip(&me.rpc_addr).ok_or_else(|| {
         anyhow!(
@@ -277,9 +313,7 @@ async fn run_datapath(
     })?;
     // A node that just joined learns its own record a moment later, through Raft.
     let (pod_cidr, pod_pool) = loop {
-        let found = client.local(|r| {
-            Some((r.node(me.node_id)?.pod_cidr, r.cluster()?.pod_pool))
-        });
+        let found = client.local(|r| Some((r.node(me.node_id)?.pod_cidr, r.cluster()?.pod_pool)));
         if let Some(f) = found {
             break f;
         }
@@ -314,6 +348,8 @@ async fn run_datapath(
         client.clone(),
         dp.clone(),
         !keep_established,
+        telemetry.rule_names.clone(),
+        telemetry.enforced_revision.clone(),
     ));
     let manager = Arc::new(endpoints::EndpointManager::new(
         client.clone(),
@@ -332,6 +368,17 @@ async fn run_datapath(
     let _ = slot.set(manager.clone());
     if let Err(e) = policy.sync(&manager.list_live()) {
         warn!(error = %format!("{e:#}"), "first policy sync failed; the sync loop retries");
+    }
+    // The one reader of the events ring buffer.
+    let reader = dp.bpf().take_event_reader();
+    if let Some(reader) = reader {
+        tokio::spawn(monitor::run_reader(
+            telemetry.monitor.clone(),
+            reader,
+            client.clone(),
+            manager.clone(),
+            telemetry.rule_names.clone(),
+        ));
     }
     tokio::spawn(datapath_sync::run(
         client.clone(),

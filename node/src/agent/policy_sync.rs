@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use membrane_consensus::registry::LabelSet;
 use membrane_consensus::Registry;
@@ -22,8 +22,7 @@ use super::endpoints::LocalEndpoint;
 use super::registry_client::RegistryClient;
 use crate::policy::{self, Direction, EndpointPolicy, Policy, RuleRef, Verdict};
 
-/// Rule ids (as carried in the datapath's events and conntrack) -> rule names.
-pub type RuleNames = Arc<RwLock<BTreeMap<u32, String>>>;
+pub use super::monitor::RuleNames;
 
 /// A stable, non-zero id for a rule: the same on every node and across restarts, so events
 /// can be named without a shared table.
@@ -138,13 +137,15 @@ impl PolicySync {
         client: Arc<RegistryClient>,
         datapath: Arc<NodeDatapath>,
         cut_denied: bool,
+        rule_names: RuleNames,
+        enforced_revision: Arc<AtomicU64>,
     ) -> PolicySync {
         PolicySync {
             client,
             datapath,
             parsed: Mutex::new(None),
-            enforced_revision: Arc::default(),
-            rule_names: Arc::default(),
+            enforced_revision,
+            rule_names,
             cut_denied,
             apply: Mutex::new(()),
         }

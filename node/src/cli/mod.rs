@@ -79,6 +79,8 @@ enum Command {
     /// What the BPF maps of this node hold, read from the kernel.
     #[command(subcommand)]
     Bpf(BpfCmd),
+    /// Stream this node's flow events (drops, policy verdicts, traces) until Ctrl-C.
+    Monitor(MonitorArgs),
     /// Benchmarks against plain kernel paths (runs membrane-lab, built beside this binary).
     Bench {
         /// What to measure: datapath, registry or gossip.
@@ -87,6 +89,28 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Args)]
+struct MonitorArgs {
+    /// Only events of this local endpoint (its number, as `membrane endpoint list` shows).
+    #[arg(long)]
+    endpoint: Option<u32>,
+    /// Only events where either side has this identity.
+    #[arg(long)]
+    identity: Option<u32>,
+    /// Which events: drop, policy (allowed by a rule), trace (needs the agent's
+    /// --monitor-trace) or all.
+    #[arg(long = "type", value_enum, default_value_t = MonitorKind::All)]
+    kind: MonitorKind,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MonitorKind {
+    Drop,
+    Policy,
+    Trace,
+    All,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +277,18 @@ struct AgentArgs {
     /// them by removing their conntrack entries).
     #[arg(long)]
     keep_established: bool,
+    /// Emit a trace event for every packet forwarded or delivered (for `membrane monitor
+    /// --type trace`; costs an event per packet, within --events-per-sec).
+    #[arg(long)]
+    monitor_trace: bool,
+    /// Flow events each CPU may emit per second (also the burst); the rest are counted
+    /// as lost.
+    #[arg(long, default_value_t = membrane_ebpf::DatapathConfig::DEFAULT_EVENTS_PER_SEC,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    events_per_sec: u32,
+    /// Where the Prometheus metrics endpoint listens (GET /metrics); empty turns it off.
+    #[arg(long, default_value = crate::agent::metrics::DEFAULT_ADDR)]
+    metrics_addr: String,
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     log: String,
@@ -351,6 +387,7 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    let metrics_addr = crate::agent::metrics::parse_addr(&args.metrics_addr)?;
     let opts = AgentOptions {
         state_dir: args.state_dir,
         socket: socket.to_path_buf(),
@@ -372,8 +409,11 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
             overlay_device: args.overlay_device,
             mtu: args.mtu,
             masquerade: args.masquerade,
+            trace: args.monitor_trace,
+            events_per_sec: args.events_per_sec,
         },
         keep_established: args.keep_established,
+        metrics_addr,
     };
     runtime()?.block_on(crate::agent::run(opts))
 }
@@ -579,6 +619,29 @@ async fn run_client(cmd: Command, socket: &std::path::Path, out: &Output) -> any
                 .map_err(status_err)?
                 .into_inner(),
         ),
+        Command::Monitor(args) => {
+            let kind = match args.kind {
+                MonitorKind::Drop => pb::MonitorType::Drop,
+                MonitorKind::Policy => pb::MonitorType::Policy,
+                MonitorKind::Trace => pb::MonitorType::Trace,
+                MonitorKind::All => pb::MonitorType::All,
+            };
+            let req = pb::MonitorRequest {
+                endpoint_id: args.endpoint.unwrap_or(0),
+                identity: args.identity.unwrap_or(0),
+                r#type: kind as i32,
+            };
+            let mut stream = c.monitor(req).await.map_err(status_err)?.into_inner();
+            loop {
+                tokio::select! {
+                    msg = stream.message() => match msg.map_err(status_err)? {
+                        Some(m) => out.flow_event(&m),
+                        None => anyhow::bail!("the agent ended the event stream (did it stop?)"),
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
         Command::Policy(PolicyCmd::Import { file }) => {
             let (source, file) = read_source(&file)?;
             out.policy_imported(

@@ -202,6 +202,17 @@ impl Output {
         }
     }
 
+    /// One flow event per line: text, or a compact JSON object (`membrane monitor`).
+    pub fn flow_event(&self, m: &pb::FlowEventMessage) {
+        use crate::agent::monitor;
+        if self.format == Format::Json {
+            println!("{}", monitor::to_json(m));
+        } else {
+            let offset = monitor::local_utc_offset(m.time_unix_ns.div_euclid(1_000_000_000));
+            println!("{}", monitor::format_line(m, offset));
+        }
+    }
+
     pub fn keyring(&self, r: &pb::GossipKeyringResponse) {
         if self.format == Format::Json {
             let keys: Vec<Value> = r

@@ -1,0 +1,629 @@
+//! The agent's Prometheus endpoint (`--metrics-addr`, default 127.0.0.1:9962).
+//!
+//! Everything is read at scrape time into a [`Snapshot`] (the BPF per-CPU counters summed
+//! over CPUs, Raft, gossip, endpoints, policy revisions, map fill levels, lost events) and
+//! encoded by a custom collector in the Prometheus text format (0.0.4). Nothing is counted
+//! twice in the agent: the counters live where they are kept (the kernel, openraft, the
+//! gossip transport), so a scrape costs nothing between scrapes.
+//!
+//! The HTTP side is a minimal HTTP/1.1 responder (GET /metrics, 404 otherwise, one request
+//! per connection): a scrape is one small GET, and this keeps a server stack out of the
+//! agent.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use membrane_ebpf::{Direction, MapUsage, Reason};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use super::api::EndpointsSlot;
+use super::gossip::GossipSlot;
+use super::monitor::Monitor;
+use super::registry_client::RegistryClient;
+
+/// The default `--metrics-addr`.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9962";
+/// Bytes of request head read before giving up on a client.
+const MAX_REQUEST_HEAD: usize = 8192;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("--metrics-addr {0:?} is not an address (IP:PORT, or empty to turn metrics off)")]
+    BadAddress(String),
+    #[error("cannot listen on {addr} for metrics: {source}; is another agent running? pass another --metrics-addr, or an empty one to turn it off")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Parses `--metrics-addr`: None (off) for an empty string.
+pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, MetricsError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| MetricsError::BadAddress(s.to_string()))
+}
+
+/// What a scrape reads from.
+#[derive(Clone)]
+pub struct Sources {
+    pub client: Arc<RegistryClient>,
+    pub gossip: GossipSlot,
+    pub endpoints: EndpointsSlot,
+    pub monitor: Monitor,
+    /// The policy revision the datapath enforces, set by the policy sync.
+    pub enforced_revision: Arc<AtomicU64>,
+}
+
+/// Raft's view of this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RaftSnapshot {
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub is_leader: bool,
+}
+
+/// Everything one scrape shows. Sections that are not up yet (the datapath, gossip) are
+/// None and their families are left out rather than reported as zero.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// `(direction, reason, packets, bytes)`, summed over CPUs.
+    pub datapath: Option<Vec<(Direction, Reason, u64, u64)>>,
+    pub maps: Option<Vec<MapUsage>>,
+    pub raft: RaftSnapshot,
+    /// `(kind, packets)`.
+    pub gossip: Option<Vec<(&'static str, u64)>>,
+    pub endpoints: Option<u64>,
+    pub policy_revision: u64,
+    pub policy_enforced_revision: u64,
+    /// `(why, events)`.
+    pub events_lost: Vec<(&'static str, u64)>,
+}
+
+/// Reads every source once.
+pub async fn snapshot(src: &Sources) -> Snapshot {
+    let m = src.client.raft().metrics().borrow().clone();
+    // 0.9's metrics carry no commit index; ask the Raft core for it.
+    let commit_index = src
+        .client
+        .raft()
+        .with_raft_state(|st| st.committed.map(|l| l.index).unwrap_or(0))
+        .await
+        .unwrap_or(0);
+    let raft = RaftSnapshot {
+        term: m.current_term,
+        commit_index,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        is_leader: m.state == openraft::ServerState::Leader,
+    };
+    let gossip = src.gossip.get().map(|g| {
+        let c = g.counters();
+        vec![
+            ("sent", c.sent),
+            ("send_failed", c.send_failed),
+            ("received", c.received),
+            ("dropped_truncated", c.dropped_truncated),
+            ("dropped_unknown_version", c.dropped_unknown_version),
+            ("dropped_unknown_key", c.dropped_unknown_key),
+            ("dropped_forged", c.dropped_forged),
+            ("dropped_replay", c.dropped_replay),
+            ("dropped_malformed", c.dropped_malformed),
+        ]
+    });
+    let manager = src.endpoints.get().cloned();
+    // Walking the maps takes the datapath mutex and a syscall per entry: off the runtime.
+    let bpf = match manager.clone() {
+        Some(mgr) => tokio::task::spawn_blocking(move || {
+            let dp = mgr.datapath().bpf();
+            let counters = dp.metrics().map_err(|e| e.to_string());
+            let maps = dp.map_usage().map_err(|e| e.to_string());
+            (counters, maps)
+        })
+        .await
+        .ok(),
+        None => None,
+    };
+    let (datapath, maps) = match bpf {
+        Some((counters, maps)) => (
+            counters
+                .inspect_err(|e| warn!(error = %e, "cannot read the BPF metrics map"))
+                .ok(),
+            maps.inspect_err(|e| warn!(error = %e, "cannot count BPF map entries"))
+                .ok(),
+        ),
+        None => (None, None),
+    };
+    let stats = src.monitor.stats();
+    let datapath_lost = |reason: Reason| {
+        datapath
+            .iter()
+            .flatten()
+            .filter(|(_, r, _, _)| *r == reason)
+            .map(|(_, _, p, _)| *p)
+            .fold(0u64, u64::wrapping_add)
+    };
+    let events_lost = vec![
+        ("rate_limited", datapath_lost(Reason::EventsRateLimited)),
+        ("ringbuf_full", datapath_lost(Reason::EventsRingbufFull)),
+        ("subscriber_lagged", stats.lagged.load(Ordering::Relaxed)),
+        ("undecodable", stats.undecodable.load(Ordering::Relaxed)),
+    ];
+    Snapshot {
+        datapath,
+        maps,
+        raft,
+        gossip,
+        endpoints: manager.map(|m| m.list_live().len() as u64),
+        policy_revision: src.client.local(|r| r.policy_revision()),
+        policy_enforced_revision: src.enforced_revision.load(Ordering::Relaxed),
+        events_lost,
+    }
+}
+
+/// Encodes a snapshot at scrape time.
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+/// Labels as `(name, value)` pairs.
+type Labels = Vec<(&'static str, String)>;
+
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: Vec<(Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let Some(first) = series.first() else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, first.1.metric_type())?;
+    if let [(labels, value)] = series.as_slice() {
+        if labels.is_empty() {
+            // A single series without labels: `name value`, not `name{} value`.
+            return value.encode(metric);
+        }
+    }
+    for (labels, value) in &series {
+        value.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(v: u64) -> ConstGauge<i64> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        if let Some(dp) = &s.datapath {
+            // The event counters count events not emitted, not packets: they are in
+            // membrane_events_lost_total.
+            let rows: Vec<_> = dp
+                .iter()
+                .filter(|(_, r, _, _)| {
+                    !matches!(r, Reason::EventsRateLimited | Reason::EventsRingbufFull)
+                })
+                .collect();
+            let labels = |d: &Direction, r: &Reason| -> Labels {
+                vec![
+                    ("direction", d.as_str().to_string()),
+                    ("reason", r.as_str().to_string()),
+                ]
+            };
+            family(
+                &mut e,
+                "membrane_datapath_packets",
+                "Packets the BPF datapath counted, by direction (ingress = into endpoints) and reason (docs/datapath.md); each packet is counted once by the policy stage and once by the forwarding stage",
+                rows.iter()
+                    .map(|(d, r, p, _)| (labels(d, r), ConstCounter::new(*p)))
+                    .collect(),
+            )?;
+            family(
+                &mut e,
+                "membrane_datapath_bytes",
+                "Bytes (Ethernet header included) the BPF datapath counted, by direction and reason",
+                rows.iter()
+                    .map(|(d, r, _, b)| (labels(d, r), ConstCounter::new(*b)))
+                    .collect(),
+            )?;
+        }
+        if let Some(maps) = &s.maps {
+            family(
+                &mut e,
+                "membrane_bpf_map_entries",
+                "Entries in a BPF map",
+                maps.iter()
+                    .map(|m| (vec![("map", m.name.to_string())], gauge(m.entries as u64)))
+                    .collect(),
+            )?;
+            family(
+                &mut e,
+                "membrane_bpf_map_capacity",
+                "max_entries of a BPF map",
+                maps.iter()
+                    .map(|m| {
+                        (
+                            vec![("map", m.name.to_string())],
+                            gauge(u64::from(m.capacity)),
+                        )
+                    })
+                    .collect(),
+            )?;
+        }
+        let one = |name: &str, help: &str, v: u64, e: &mut DescriptorEncoder| {
+            family(e, name, help, vec![(Labels::new(), gauge(v))])
+        };
+        one(
+            "membrane_raft_term",
+            "Current Raft term",
+            s.raft.term,
+            &mut e,
+        )?;
+        one(
+            "membrane_raft_commit_index",
+            "Highest Raft log index known committed",
+            s.raft.commit_index,
+            &mut e,
+        )?;
+        one(
+            "membrane_raft_applied_index",
+            "Highest Raft log index applied to this node's registry copy",
+            s.raft.applied_index,
+            &mut e,
+        )?;
+        one(
+            "membrane_raft_is_leader",
+            "1 when this node is the Raft leader",
+            u64::from(s.raft.is_leader),
+            &mut e,
+        )?;
+        if let Some(g) = &s.gossip {
+            family(
+                &mut e,
+                "membrane_gossip_packets",
+                "Gossip datagrams sent, received and dropped (by why)",
+                g.iter()
+                    .map(|(k, v)| (vec![("kind", k.to_string())], ConstCounter::new(*v)))
+                    .collect(),
+            )?;
+        }
+        if let Some(n) = s.endpoints {
+            one(
+                "membrane_endpoints",
+                "Live endpoints of this node",
+                n,
+                &mut e,
+            )?;
+        }
+        one(
+            "membrane_policy_revision",
+            "Policy revision in this node's registry copy",
+            s.policy_revision,
+            &mut e,
+        )?;
+        one(
+            "membrane_policy_enforced_revision",
+            "Policy revision the datapath enforces",
+            s.policy_enforced_revision,
+            &mut e,
+        )?;
+        family(
+            &mut e,
+            "membrane_events_lost",
+            "Flow events lost: rate_limited and ringbuf_full in the datapath, subscriber_lagged by slow monitors, undecodable records",
+            s.events_lost
+                .iter()
+                .map(|(why, v)| (vec![("why", why.to_string())], ConstCounter::new(*v)))
+                .collect(),
+        )?;
+        Ok(())
+    }
+}
+
+/// The exposition text of a snapshot.
+pub fn encode(s: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(s)));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        // Writing to a String cannot fail; a collector bug would show as a short page.
+        warn!(error = %e, "encoding metrics failed");
+    }
+    out
+}
+
+/// Binds the metrics listener (at start, so a taken port fails the agent's start).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves GET /metrics on `listener` until the agent stops.
+pub async fn serve(listener: TcpListener, src: Sources) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics endpoint listening");
+    }
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends pass; do not spin on them.
+                warn!(error = %e, "accepting a metrics connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let src = src.clone();
+        tokio::spawn(async move {
+            if let Err(e) = respond(stream, &src).await {
+                debug!(%peer, error = %e, "metrics request failed");
+            }
+        });
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+/// Routes a request by its request line (`GET /metrics HTTP/1.1`).
+pub fn route(head: &str) -> Route {
+    let line = head.lines().next().unwrap_or_default();
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => Route::Metrics,
+        ("GET" | "HEAD", _) => Route::NotFound,
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+fn response(status: &str, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+async fn respond(mut stream: TcpStream, src: &Sources) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let read_head = async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_REQUEST_HEAD {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, read_head)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
+    let head = String::from_utf8_lossy(&buf);
+    let head_only = head.starts_with("HEAD ");
+    let text = "text/plain; charset=utf-8";
+    let out = match route(&head) {
+        Route::Metrics => response(
+            "200 OK",
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            &encode(snapshot(src).await),
+            head_only,
+        ),
+        Route::NotFound => response(
+            "404 Not Found",
+            text,
+            "not found; metrics are at /metrics\n",
+            head_only,
+        ),
+        Route::MethodNotAllowed => response("405 Method Not Allowed", text, "use GET\n", false),
+        Route::BadRequest => response("400 Bad Request", text, "bad request\n", false),
+    };
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn full() -> Snapshot {
+        Snapshot {
+            datapath: Some(vec![
+                (Direction::Egress, Reason::ForwardedLocal, 10, 1000),
+                (Direction::Ingress, Reason::Delivered, 9, 900),
+                (Direction::Egress, Reason::DropPolicyDenied, 2, 148),
+                (Direction::Egress, Reason::EventsRateLimited, 4, 400),
+            ]),
+            maps: Some(vec![MapUsage {
+                name: "conntrack",
+                entries: 3,
+                capacity: 65536,
+            }]),
+            raft: RaftSnapshot {
+                term: 3,
+                commit_index: 40,
+                applied_index: 39,
+                is_leader: true,
+            },
+            gossip: Some(vec![("sent", 5), ("received", 4), ("dropped_forged", 1)]),
+            endpoints: Some(2),
+            policy_revision: 7,
+            policy_enforced_revision: 6,
+            events_lost: vec![("rate_limited", 4), ("subscriber_lagged", 0)],
+        }
+    }
+
+    /// Parses the exposition text back: family -> (help, type, samples).
+    fn parse(text: &str) -> BTreeMap<String, (String, String, Vec<(String, f64)>)> {
+        let mut fams: BTreeMap<String, (String, String, Vec<(String, f64)>)> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("HELP name text");
+                fams.entry(name.into()).or_default().0 = help.into();
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, ty) = rest.split_once(' ').expect("TYPE name type");
+                fams.entry(name.into()).or_default().1 = ty.into();
+            } else {
+                assert!(!line.starts_with('#'), "unexpected comment {line}");
+                let (series, value) = line.rsplit_once(' ').expect("series value");
+                let name = series.split('{').next().unwrap_or(series);
+                let v: f64 = value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{line}: not a number"));
+                let fam = fams
+                    .get_mut(name)
+                    .unwrap_or_else(|| panic!("{name} sampled before its HELP/TYPE"));
+                fam.2.push((series.to_string(), v));
+            }
+        }
+        fams
+    }
+
+    #[test]
+    fn every_family_has_help_type_and_numeric_samples() {
+        let text = encode(full());
+        let fams = parse(&text);
+        let want: BTreeSet<&str> = [
+            "membrane_datapath_packets_total",
+            "membrane_datapath_bytes_total",
+            "membrane_bpf_map_entries",
+            "membrane_bpf_map_capacity",
+            "membrane_raft_term",
+            "membrane_raft_commit_index",
+            "membrane_raft_applied_index",
+            "membrane_raft_is_leader",
+            "membrane_gossip_packets_total",
+            "membrane_endpoints",
+            "membrane_policy_revision",
+            "membrane_policy_enforced_revision",
+            "membrane_events_lost_total",
+        ]
+        .into();
+        let got: BTreeSet<&str> = fams.keys().map(String::as_str).collect();
+        assert_eq!(got, want, "{text}");
+        for (name, (help, ty, samples)) in &fams {
+            assert!(!help.is_empty(), "{name} has no HELP");
+            let expect_ty = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            assert_eq!(ty, expect_ty, "{name}");
+            assert!(!samples.is_empty(), "{name} has no samples");
+        }
+        let value = |series: &str| {
+            fams.values()
+                .flat_map(|f| f.2.iter())
+                .find(|(s, _)| s == series)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("no {series} in {text}"))
+        };
+        assert_eq!(
+            value(
+                r#"membrane_datapath_packets_total{direction="egress",reason="forwarded-local"}"#
+            ),
+            10.0
+        );
+        assert_eq!(
+            value(r#"membrane_datapath_bytes_total{direction="ingress",reason="delivered"}"#),
+            900.0
+        );
+        assert_eq!(
+            value(r#"membrane_bpf_map_capacity{map="conntrack"}"#),
+            65536.0
+        );
+        assert_eq!(value("membrane_raft_is_leader"), 1.0);
+        assert_eq!(value("membrane_policy_enforced_revision"), 6.0);
+        assert_eq!(
+            value(r#"membrane_gossip_packets_total{kind="dropped_forged"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(r#"membrane_events_lost_total{why="rate_limited"}"#),
+            4.0
+        );
+        // Events not emitted are not packets.
+        assert!(!text.contains(r#"reason="events-rate-limited""#), "{text}");
+    }
+
+    #[test]
+    fn sections_not_up_yet_are_left_out() {
+        let text = encode(Snapshot::default());
+        let fams = parse(&text);
+        assert!(fams.contains_key("membrane_raft_term"));
+        assert!(!fams.contains_key("membrane_datapath_packets_total"));
+        assert!(!fams.contains_key("membrane_gossip_packets_total"));
+        assert!(!fams.contains_key("membrane_endpoints"));
+    }
+
+    #[test]
+    fn routes_and_addresses() {
+        assert_eq!(
+            route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics
+        );
+        assert_eq!(route("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
+        assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(
+            route("POST /metrics HTTP/1.1\r\n\r\n"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route("garbage"), Route::BadRequest);
+        assert_eq!(route("GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
+        assert_eq!(parse_addr("").unwrap(), None);
+        assert_eq!(
+            parse_addr(DEFAULT_ADDR).unwrap(),
+            Some("127.0.0.1:9962".parse().unwrap())
+        );
+        assert!(parse_addr("localhost").is_err());
+        let r =
+            String::from_utf8(response("404 Not Found", "text/plain", "nope\n", false)).unwrap();
+        assert!(
+            r.starts_with("HTTP/1.1 404 Not Found\r\n")
+                && r.contains("Content-Length: 5\r\n")
+                && r.ends_with("\r\n\r\nnope\n")
+        );
+    }
+}
