@@ -33,6 +33,7 @@ pub mod endpoint;
 mod faults;
 mod host;
 pub mod idle;
+pub mod observe;
 mod lab;
 mod netns;
 mod process;

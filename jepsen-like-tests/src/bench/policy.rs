@@ -93,7 +93,10 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
     // Ports of other peers are 10000, 10002, ...: keep them below 65536.
     let most = o.rules.iter().max().copied().unwrap_or(0);
     if (most - 2).div_ceil(o.peers) > 27_000 {
-        bail!("--rules {most} with --peers {}: too many ports per peer; raise --peers", o.peers);
+        bail!(
+            "--rules {most} with --peers {}: too many ports per peer; raise --peers",
+            o.peers
+        );
     }
     o.rules.sort_unstable();
     o.rules.dedup();
@@ -166,7 +169,8 @@ fn policy_yaml(n: usize, peers: usize) -> String {
 
 /// The iptables-restore input: no rules at all for n = 0, else the chain.
 fn iptables_rules(n: usize, peers: usize, client: Ipv4Addr, ct_shortcut: bool) -> String {
-    let mut r = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let mut r =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
     if n > 0 {
         r += &format!(":{CHAIN} - [0:0]\n");
         if ct_shortcut {
@@ -227,8 +231,12 @@ struct Sample {
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
     crate::require_root()?;
     let opts = parse(args)?;
-    which(&opts.iptables)
-        .with_context(|| format!("{} is not installed: apt-get install iptables", opts.iptables))?;
+    which(&opts.iptables).with_context(|| {
+        format!(
+            "{} is not installed: apt-get install iptables",
+            opts.iptables
+        )
+    })?;
     let started = Instant::now();
     eprintln!("starting a 1-node Membrane cluster with a server and a client endpoint...");
     let cluster = Cluster::start("bench-pol", 1)?;
@@ -247,7 +255,10 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
 
     let most = opts.rules.iter().max().copied().unwrap_or(2);
     let peers = opts.peers.min(most.saturating_sub(2)).max(1);
-    eprintln!("allocating {peers} peer identities (app=peer-0..{})...", peers - 1);
+    eprintln!(
+        "allocating {peers} peer identities (app=peer-0..{})...",
+        peers - 1
+    );
     allocate_peers(&lab.host(1).socket(), peers)?;
     eprintln!(
         "endpoint MTU {mtu}; {} ({}); {} runs; per setup {} s of new connections and {} round trips",
@@ -267,9 +278,14 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let mut map_entries = vec![None; counts.len()];
     let mut policy_present = false;
     for run in 1..=opts.runs {
-        for (ci, &n) in counts.iter().enumerate() {
-            // Alternate the order of the setups from run to run, so that a trend in the
-            // machine's load (other builds) does not always favour the same one.
+        // Alternate the order of rule counts and of setups from run to run, so that a trend
+        // in the machine's load (other builds) does not always favour the same ones.
+        let mut count_order: Vec<usize> = (0..counts.len()).collect();
+        if run % 2 == 0 {
+            count_order.reverse();
+        }
+        for ci in count_order {
+            let n = counts[ci];
             let mut order: Vec<usize> = (0..kinds.len()).collect();
             if run % 2 == 0 {
                 order.reverse();
@@ -282,7 +298,13 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
                 let setup = match kind {
                     Kind::Membrane => {
                         let t = Instant::now();
-                        set_membrane_policy(&cluster, &policy_file, n, opts.peers, &mut policy_present)?;
+                        set_membrane_policy(
+                            &cluster,
+                            &policy_file,
+                            n,
+                            opts.peers,
+                            &mut policy_present,
+                        )?;
                         if run == 1 {
                             let entries = policy_map_entries(lab.host(1).bpf_pin_dir())?;
                             eprintln!(
@@ -290,14 +312,21 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
                                 t.elapsed().as_secs_f64()
                             );
                             if n > 0 && entries < n {
-                                bail!("the policy map holds {entries} entries, expected at least {n}");
+                                bail!(
+                                    "the policy map holds {entries} entries, expected at least {n}"
+                                );
                             }
                             map_entries[ci] = Some(entries);
                         }
                         &membrane
                     }
                     Kind::IptablesCt | Kind::IptablesNoCt => {
-                        let rules = iptables_rules(n, opts.peers, plain_client_ip, kind == Kind::IptablesCt);
+                        let rules = iptables_rules(
+                            n,
+                            opts.peers,
+                            plain_client_ip,
+                            kind == Kind::IptablesCt,
+                        );
                         restore(&opts.iptables, &plain_server, &rules)?;
                         &plain
                     }
@@ -318,7 +347,11 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
             }
         }
     }
-    restore(&opts.iptables, &plain_server, &iptables_rules(0, 1, plain_client_ip, false))?;
+    restore(
+        &opts.iptables,
+        &plain_server,
+        &iptables_rules(0, 1, plain_client_ip, false),
+    )?;
 
     let med: Vec<Vec<Sample>> = samples
         .iter()
@@ -597,7 +630,10 @@ impl Drop for ConnServer {
 /// Lets the client namespace open tens of thousands of connections a minute: the whole
 /// ephemeral range, and TIME_WAIT ports reused for new outgoing connections.
 fn client_sysctls(ns: &str) -> anyhow::Result<()> {
-    for kv in ["net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1"] {
+    for kv in [
+        "net.ipv4.ip_local_port_range=1024 65000",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
         let out = Command::new("nsenter")
             .arg(format!("--net={}", netns_path(ns).display()))
             .args(["--", "sysctl", "-q", "-w", kv])
@@ -605,7 +641,10 @@ fn client_sysctls(ns: &str) -> anyhow::Result<()> {
             .output()
             .context("cannot run sysctl")?;
         if !out.status.success() {
-            bail!("sysctl {kv} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "sysctl {kv} in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     Ok(())
@@ -649,7 +688,11 @@ fn policy_map_entries(pin_dir: &std::path::Path) -> anyhow::Result<usize> {
         .output()
         .context("cannot run bpftool")?;
     if !out.status.success() {
-        bail!("bpftool map dump {}: {}", pin.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "bpftool map dump {}: {}",
+            pin.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
     v.as_array()
@@ -704,7 +747,10 @@ fn restore(program: &str, ns: &str, rules: &str) -> anyhow::Result<()> {
         .write_all(rules.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("{program} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{program} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -739,12 +785,15 @@ fn plain_bridge(lab: &Lab, mtu: u32) -> anyhow::Result<(String, String)> {
         ip_in(
             &h1,
             &[
-                "link", "add", host_if, "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
-                "mtu", &mtu, "netns", &ns,
+                "link", "add", host_if, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+                &mtu, "netns", &ns,
             ],
         )?;
         ip_in(&h1, &["link", "set", host_if, "master", "plbr2", "up"])?;
-        let cidr = format!("{}.{}.{}.{last}/24", PLAIN_NET[0], PLAIN_NET[1], PLAIN_NET[2]);
+        let cidr = format!(
+            "{}.{}.{}.{last}/24",
+            PLAIN_NET[0], PLAIN_NET[1], PLAIN_NET[2]
+        );
         ip_in(&ns, &["addr", "add", &cidr, "dev", "eth0"])?;
         ip_in(&ns, &["link", "set", "eth0", "up"])?;
         names.push(ns);
@@ -774,7 +823,10 @@ mod tests {
             assert_eq!(distinct.len(), n - 2);
             let client = Ipv4Addr::new(10, 212, 0, 2);
             let rules = iptables_rules(n, 100, client, true);
-            let accepts: Vec<&str> = rules.lines().filter(|l| l.ends_with("-j ACCEPT") && l.starts_with("-A MEMBRANE")).collect();
+            let accepts: Vec<&str> = rules
+                .lines()
+                .filter(|l| l.ends_with("-j ACCEPT") && l.starts_with("-A MEMBRANE"))
+                .collect();
             assert_eq!(accepts.len(), n);
             assert!(accepts[n - 1].contains("10.212.0.2/32") && accepts[n - 1].contains("7401"));
             let yaml = policy_yaml(n, 100);
