@@ -73,33 +73,37 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 
     step("TCP and UDP echo between every pair of endpoints (same node: BPF redirect; across nodes: VXLAN set up by BPF)");
     let _servers = EchoServers::start(&refs)?;
-    let label = |e: &Endpoint| format!("h{}-{}", e.host, e.netns.rsplit('-').next().unwrap_or(""));
-    print!("  {:<9}", "from\\to");
-    for to in &eps {
-        print!("{:<9}", label(to));
-    }
-    println!();
-    let mut failed = 0;
-    for from in &eps {
-        print!("  {:<9}", label(from));
-        for to in &eps {
-            if from.netns == to.netns {
-                print!("{:<9}", "-");
-                continue;
-            }
-            let tcp = check_pair(from, to, Proto::Tcp, Duration::from_secs(3)).is_ok();
-            let udp = check_pair(from, to, Proto::Udp, Duration::from_secs(3)).is_ok();
-            failed += usize::from(!tcp) + usize::from(!udp);
-            let cell = format!(
-                "{}/{}",
-                if tcp { "T" } else { "x" },
-                if udp { "U" } else { "x" }
-            );
-            print!("{cell:<9}");
+    let failed = matrix(&eps);
+    println!("  T = TCP echo ok, U = UDP echo ok, x = no answer; {failed} of 60 failed");
+
+    step("membrane policy import db.yaml   (db accepts only app=web, on TCP 7000), then policy wait");
+    let rev = c.policy_apply(DEMO_POLICY)?;
+    print!("{DEMO_POLICY}");
+    println!("  revision {rev} is enforced by every node");
+    step("The same matrix under the policy: into db only web's TCP gets through; web stays open (no policy selects it)");
+    let failed = matrix(&eps);
+    println!("  {failed} of 60 refused by policy (they time out: the datapath drops them)");
+    step("membrane policy explain --from app=db --to app=db --port 7000/TCP   (on h1)");
+    print!(
+        "{}",
+        c.cli(1, &["policy", "explain", "--from", "app=db", "--to", "app=db", "--port", "7000/TCP"])?
+    );
+    step("membrane policy explain --from app=web --to app=db --port 7000/TCP   (on h1)");
+    print!(
+        "{}",
+        c.cli(1, &["policy", "explain", "--from", "app=web", "--to", "app=db", "--port", "7000/TCP"])?
+    );
+    step("membrane monitor --type drop   (on h1, while a db on h2 tries the db on h1)");
+    if let (Some(from), Some(to)) = (
+        eps.iter().find(|e| e.host == 2 && e.netns.ends_with("db")),
+        eps.iter().find(|e| e.host == 1 && e.netns.ends_with("db")),
+    ) {
+        for line in monitor_while(&c, 1, || {
+            let _ = check_pair(from, to, Proto::Tcp, Duration::from_secs(1));
+        })? {
+            println!("  {line}");
         }
-        println!();
     }
-    println!("  T = TCP echo ok, U = UDP echo ok, x = failed; {failed} of 60 failed");
 
     if keep {
         let bin = crate::membrane_binary()?;
@@ -121,6 +125,106 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     drop(c);
     println!("done");
     Ok(())
+}
+
+/// db accepts TCP 7000 from web only.
+const DEMO_POLICY: &str = r#"apiVersion: membrane.io/v1
+kind: NetworkPolicy
+metadata: {name: db}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: web}}]
+      toPorts: [{ports: [{port: "7000", protocol: TCP}]}]
+"#;
+
+/// Prints the TCP/UDP reachability matrix of `eps` (checked in parallel, 2 s each) and
+/// returns how many checks failed.
+fn matrix(eps: &[Endpoint]) -> usize {
+    let label = |e: &Endpoint| format!("h{}-{}", e.host, e.netns.rsplit('-').next().unwrap_or(""));
+    let results: Vec<Vec<Option<(bool, bool)>>> = std::thread::scope(|s| {
+        let handles: Vec<Vec<_>> = eps
+            .iter()
+            .map(|from| {
+                eps.iter()
+                    .map(|to| {
+                        (from.netns != to.netns).then(|| {
+                            s.spawn(move || {
+                                let t = Duration::from_secs(2);
+                                (
+                                    check_pair(from, to, Proto::Tcp, t).is_ok(),
+                                    check_pair(from, to, Proto::Udp, t).is_ok(),
+                                )
+                            })
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|h| h.map(|h| h.join().unwrap_or((false, false))))
+                    .collect()
+            })
+            .collect()
+    });
+    print!("  {:<9}", "from\\to");
+    for to in eps {
+        print!("{:<9}", label(to));
+    }
+    println!();
+    let mut failed = 0;
+    for (from, row) in eps.iter().zip(&results) {
+        print!("  {:<9}", label(from));
+        for cell in row {
+            match cell {
+                None => print!("{:<9}", "-"),
+                Some((tcp, udp)) => {
+                    failed += usize::from(!tcp) + usize::from(!udp);
+                    let cell = format!(
+                        "{}/{}",
+                        if *tcp { "T" } else { "x" },
+                        if *udp { "U" } else { "x" }
+                    );
+                    print!("{cell:<9}");
+                }
+            }
+        }
+        println!();
+    }
+    failed
+}
+
+/// Runs `membrane monitor --type drop` against host `i` while `traffic` runs, and returns
+/// the lines it printed.
+fn monitor_while(c: &Cluster, i: usize, traffic: impl FnOnce()) -> anyhow::Result<Vec<String>> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(crate::membrane_binary()?)
+        .arg("--socket")
+        .arg(c.lab().host(i).socket())
+        .args(["monitor", "--type", "drop"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start membrane monitor")?;
+    let stdout = child.stdout.take().context("monitor has no stdout")?;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    // Let the subscription start before the traffic.
+    std::thread::sleep(Duration::from_millis(500));
+    traffic();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(out)
 }
 
 /// Blocks until SIGINT or SIGTERM, so that Drop still runs and cleans up.
