@@ -76,7 +76,9 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     let failed = matrix(&eps);
     println!("  T = TCP echo ok, U = UDP echo ok, x = no answer; {failed} of 60 failed");
 
-    step("membrane policy import db.yaml   (db accepts only app=web, on TCP 7000), then policy wait");
+    step(
+        "membrane policy import db.yaml   (db accepts only app=web, on TCP 7000), then policy wait",
+    );
     let rev = c.policy_apply(DEMO_POLICY)?;
     print!("{DEMO_POLICY}");
     println!("  revision {rev} is enforced by every node");
@@ -86,12 +88,18 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     step("membrane policy explain --from app=db --to app=db --port 7000/TCP   (on h1)");
     print!(
         "{}",
-        c.cli(1, &["policy", "explain", "--from", "app=db", "--to", "app=db", "--port", "7000/TCP"])?
+        c.cli(
+            1,
+            &["policy", "explain", "--from", "app=db", "--to", "app=db", "--port", "7000/TCP"]
+        )?
     );
     step("membrane policy explain --from app=web --to app=db --port 7000/TCP   (on h1)");
     print!(
         "{}",
-        c.cli(1, &["policy", "explain", "--from", "app=web", "--to", "app=db", "--port", "7000/TCP"])?
+        c.cli(
+            1,
+            &["policy", "explain", "--from", "app=web", "--to", "app=db", "--port", "7000/TCP"]
+        )?
     );
     step("membrane monitor --type drop   (on h1, while a db on h2 tries the db on h1)");
     if let (Some(from), Some(to)) = (
@@ -213,7 +221,10 @@ fn monitor_while(c: &Cluster, i: usize, traffic: impl FnOnce()) -> anyhow::Resul
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = lines.clone();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
         }
     });

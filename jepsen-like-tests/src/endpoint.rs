@@ -543,10 +543,18 @@ impl Cluster {
     }
 
     /// `membrane policy explain --from F --to T --port P -o json` on host `i`.
-    pub fn policy_explain(&self, i: usize, from: &str, to: &str, port: &str) -> anyhow::Result<Value> {
+    pub fn policy_explain(
+        &self,
+        i: usize,
+        from: &str,
+        to: &str,
+        port: &str,
+    ) -> anyhow::Result<Value> {
         self.cli_json(
             i,
-            &["policy", "explain", "--from", from, "--to", to, "--port", port],
+            &[
+                "policy", "explain", "--from", from, "--to", to, "--port", port,
+            ],
         )
     }
 }

@@ -108,4 +108,3 @@ pub fn value(text: &str, series: &str) -> f64 {
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0.0)
 }
-

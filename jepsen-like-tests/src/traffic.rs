@@ -441,7 +441,10 @@ pub fn tcp_attempt(netns: &str, to: SocketAddr, timeout: Duration) -> anyhow::Re
     let mut back = vec![0u8; msg.len()];
     Ok(match conn.read_exact(&mut back) {
         Ok(()) if back == msg.as_bytes() => TcpAttempt::Echoed,
-        Ok(()) => TcpAttempt::Failed(format!("echo differs: {:?}", String::from_utf8_lossy(&back))),
+        Ok(()) => TcpAttempt::Failed(format!(
+            "echo differs: {:?}",
+            String::from_utf8_lossy(&back)
+        )),
         Err(e) => TcpAttempt::Failed(format!("no echo: {e}")),
     })
 }

@@ -41,4 +41,3 @@ pub fn default_advertise_addr() -> anyhow::Result<String> {
     }
     anyhow::bail!("no non-loopback IPv4 address found; pass --advertise-addr IP:PORT")
 }
-

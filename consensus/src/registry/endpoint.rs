@@ -80,7 +80,9 @@ impl EndpointTable {
     /// The lowest endpoint number from 1 that no endpoint of `node_id` holds.
     pub fn next_id(&self, node_id: u64) -> u32 {
         let used: BTreeSet<u32> = self.on_node(node_id).map(|e| e.id).collect();
-        (1..=u32::MAX).find(|i| !used.contains(i)).unwrap_or(u32::MAX)
+        (1..=u32::MAX)
+            .find(|i| !used.contains(i))
+            .unwrap_or(u32::MAX)
     }
 
     pub fn insert(&mut self, rec: EndpointRecord) {
@@ -90,7 +92,12 @@ impl EndpointTable {
         );
     }
 
-    pub fn remove(&mut self, node_id: u64, container_id: &str, ifname: &str) -> Option<EndpointRecord> {
+    pub fn remove(
+        &mut self,
+        node_id: u64,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<EndpointRecord> {
         self.by_key
             .remove(&(node_id, container_id.to_string(), ifname.to_string()))
     }

@@ -122,8 +122,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             "policy name {name:?} must be 1 to 253 characters long"
         ));
     }
-    if !name.chars().all(ok_char) || !ok_end(name.chars().next()) || !ok_end(name.chars().last())
-    {
+    if !name.chars().all(ok_char) || !ok_end(name.chars().next()) || !ok_end(name.chars().last()) {
         return Err(format!(
             "policy name {name:?} must be lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
         ));

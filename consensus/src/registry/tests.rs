@@ -385,7 +385,13 @@ fn t70_gossip_key_rotation_through_commands() {
     assert_eq!((ring.primary(), ring.keys().len()), (2, 1));
 }
 
-fn new_endpoint(node_id: u64, container: &str, ifname: &str, netns: &str, labels: &[&str]) -> Command {
+fn new_endpoint(
+    node_id: u64,
+    container: &str,
+    ifname: &str,
+    netns: &str,
+    labels: &[&str],
+) -> Command {
     Command::AddEndpoint {
         endpoint: NewEndpoint {
             node_id,
@@ -449,9 +455,11 @@ fn t82_conflicting_adds_are_refused_and_change_nothing() {
         new_endpoint(1, "c2", "eth0", "/run/netns/a", &["app=db"]),
         |e| matches!(e, RegistryError::EndpointConflict(m) if m.contains("already belongs")),
     );
-    refused(&mut r, new_endpoint(9, "c3", "eth0", "/run/netns/c", &["a=b"]), |e| {
-        matches!(e, RegistryError::NodeNotFound { id: 9 })
-    });
+    refused(
+        &mut r,
+        new_endpoint(9, "c3", "eth0", "/run/netns/c", &["a=b"]),
+        |e| matches!(e, RegistryError::NodeNotFound { id: 9 }),
+    );
     for (c, i, n) in [
         ("", "eth0", "/run/netns/x"),
         ("c/4", "eth0", "/run/netns/x"),
@@ -483,7 +491,12 @@ fn t83_exhausted_pod_cidr_is_refused_and_allocates_nothing() {
     refused(
         &mut r,
         new_endpoint(1, "c2", "eth0", "/run/netns/b", &["app=new"]),
-        |e| matches!(e, RegistryError::EndpointAddressesExhausted { capacity: 1, .. }),
+        |e| {
+            matches!(
+                e,
+                RegistryError::EndpointAddressesExhausted { capacity: 1, .. }
+            )
+        },
     );
     let labels = LabelSet::parse(&["app=new"]).unwrap();
     assert!(r.identity_by_labels(&labels).is_none(), "no identity taken");
@@ -526,10 +539,21 @@ fn t85_removing_a_node_removes_its_endpoints_and_their_references() {
         other => panic!("{other:?}"),
     };
     let (on1, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
-    let (on2, _) = added(r.apply(new_endpoint(n2.id, "c2", "eth0", "/run/netns/b", &["app=web"])));
-    assert_eq!(on2.ipv4, "10.128.1.2".parse::<std::net::Ipv4Addr>().unwrap());
+    let (on2, _) = added(r.apply(new_endpoint(
+        n2.id,
+        "c2",
+        "eth0",
+        "/run/netns/b",
+        &["app=web"],
+    )));
+    assert_eq!(
+        on2.ipv4,
+        "10.128.1.2".parse::<std::net::Ipv4Addr>().unwrap()
+    );
     assert_eq!(r.identity(on1.identity).unwrap().references, 2);
-    r.apply(Command::RemoveNode { id: n2.id }).into_result().unwrap();
+    r.apply(Command::RemoveNode { id: n2.id })
+        .into_result()
+        .unwrap();
     assert_eq!(r.endpoints().collect::<Vec<_>>(), vec![&on1]);
     assert_eq!(r.identity(on1.identity).unwrap().references, 1);
 }
@@ -590,8 +614,12 @@ fn t91_bad_policy_writes_are_refused_and_change_nothing() {
             |e| matches!(e, RegistryError::InvalidPolicy(_)),
         );
     }
-    refused(&mut r, Command::DeletePolicy { name: "nope".into() }, |e| {
-        matches!(e, RegistryError::PolicyNotFound { .. })
-    });
+    refused(
+        &mut r,
+        Command::DeletePolicy {
+            name: "nope".into(),
+        },
+        |e| matches!(e, RegistryError::PolicyNotFound { .. }),
+    );
     assert_eq!(r.policy_revision(), 1);
 }

@@ -38,7 +38,9 @@ fn t78_traffic_leaving_the_pod_network_is_masqueraded_unless_disabled() -> anyho
     let target = SocketAddr::new(h2.ip(), 9100);
     let seen = peer_of_one_connection(h2.netns(), target, Duration::from_secs(10))?;
     tcp_connect(&ep.netns, target, Duration::from_secs(5))?;
-    let peer = seen.join().map_err(|_| anyhow::anyhow!("listener thread panicked"))?;
+    let peer = seen
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener thread panicked"))?;
     assert_eq!(
         peer,
         Some(h1),
@@ -59,7 +61,9 @@ fn t78_traffic_leaving_the_pod_network_is_masqueraded_unless_disabled() -> anyho
     let target = SocketAddr::new(h2.ip(), 9100);
     let seen = peer_of_one_connection(h2.netns(), target, Duration::from_secs(4))?;
     let connected = tcp_connect(&ep.netns, target, Duration::from_secs(3)).is_ok();
-    let peer = seen.join().map_err(|_| anyhow::anyhow!("listener thread panicked"))?;
+    let peer = seen
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener thread panicked"))?;
     assert!(
         !connected && peer.is_none(),
         "without masquerade the unroutable pod source must not get through (connected {connected}, peer {peer:?})"

@@ -17,7 +17,8 @@ spec:
       toPorts: [{ports: [{port: "7000", protocol: TCP}]}]
 "#;
 
-const DENIED: &str = r#"membrane_datapath_packets_total{direction="ingress",reason="policy-denied"}"#;
+const DENIED: &str =
+    r#"membrane_datapath_packets_total{direction="ingress",reason="policy-denied"}"#;
 
 fn labelled(v: &Value, field: &str, label: &str) -> bool {
     v[field]
@@ -46,7 +47,8 @@ fn t85_a_policy_drop_shows_in_the_monitor_and_the_metrics() -> anyhow::Result<()
     c.policy_apply(POLICY)?;
 
     let db_id = c.cli_json(1, &["endpoint", "get", &db.container_id])?["id"].clone();
-    let other_identity = c.cli_json(1, &["endpoint", "get", &other.container_id])?["identity"].clone();
+    let other_identity =
+        c.cli_json(1, &["endpoint", "get", &other.container_id])?["identity"].clone();
     let denied_before = value(&scrape(&c, 1)?, DENIED);
     let monitor = MonitorProc::start(&c, 1)?;
     let db_ip = db.ip.to_string();
@@ -57,7 +59,10 @@ fn t85_a_policy_drop_shows_in_the_monitor_and_the_metrics() -> anyhow::Result<()
     let mut verdict = None;
     wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
         let got = tcp_attempt(&other.netns, to(&db), Duration::from_millis(500))?;
-        anyhow::ensure!(got == TcpAttempt::TimedOut, "app=other must be dropped, got {got:?}");
+        anyhow::ensure!(
+            got == TcpAttempt::TimedOut,
+            "app=other must be dropped, got {got:?}"
+        );
         let ok = tcp_attempt(&web.netns, to(&db), Duration::from_secs(2))?;
         anyhow::ensure!(ok == TcpAttempt::Echoed, "app=web must get in, got {ok:?}");
         drop = monitor.find(|v| {
@@ -73,13 +78,18 @@ fn t85_a_policy_drop_shows_in_the_monitor_and_the_metrics() -> anyhow::Result<()
     .map_err(|e| anyhow::anyhow!("{e:#}; monitor saw {}", monitor.sample()))?;
 
     let drop = drop.unwrap_or_default();
-    assert_eq!(drop["endpoint_id"], db_id, "the drop names the server endpoint: {drop}");
+    assert_eq!(
+        drop["endpoint_id"], db_id,
+        "the drop names the server endpoint: {drop}"
+    );
     assert_eq!(drop["remote_identity"], other_identity, "{drop}");
     assert!(labelled(&drop, "remote_labels", "app=other"), "{drop}");
     assert!(labelled(&drop, "endpoint_labels", "app=db"), "{drop}");
     let verdict = verdict.unwrap_or_default();
     assert!(
-        verdict["rule"].as_str().is_some_and(|r| r.contains("db: spec.ingress[0]")),
+        verdict["rule"]
+            .as_str()
+            .is_some_and(|r| r.contains("db: spec.ingress[0]")),
         "the allowed connection names its rule: {verdict}"
     );
     assert!(labelled(&verdict, "remote_labels", "app=web"), "{verdict}");

@@ -519,35 +519,47 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::PolicyImportRequest>,
     ) -> Result<Response<pb::PolicyImportResponse>, Status> {
-        Ok(Response::new(super::policy_api::import(self, req.into_inner()).await?))
+        Ok(Response::new(
+            super::policy_api::import(self, req.into_inner()).await?,
+        ))
     }
 
     async fn policy_get(
         &self,
         req: Request<pb::PolicyGetRequest>,
     ) -> Result<Response<pb::PolicyGetResponse>, Status> {
-        Ok(Response::new(super::policy_api::get(self, req.into_inner())?))
+        Ok(Response::new(super::policy_api::get(
+            self,
+            req.into_inner(),
+        )?))
     }
 
     async fn policy_delete(
         &self,
         req: Request<pb::PolicyDeleteRequest>,
     ) -> Result<Response<pb::PolicyRevisionResponse>, Status> {
-        Ok(Response::new(super::policy_api::delete(self, req.into_inner()).await?))
+        Ok(Response::new(
+            super::policy_api::delete(self, req.into_inner()).await?,
+        ))
     }
 
     async fn policy_wait(
         &self,
         req: Request<pb::PolicyWaitRequest>,
     ) -> Result<Response<pb::PolicyWaitResponse>, Status> {
-        Ok(Response::new(super::policy_api::wait(self, req.into_inner()).await?))
+        Ok(Response::new(
+            super::policy_api::wait(self, req.into_inner()).await?,
+        ))
     }
 
     async fn policy_explain(
         &self,
         req: Request<pb::PolicyExplainRequest>,
     ) -> Result<Response<pb::PolicyExplainResponse>, Status> {
-        Ok(Response::new(super::policy_api::explain(self, req.into_inner())?))
+        Ok(Response::new(super::policy_api::explain(
+            self,
+            req.into_inner(),
+        )?))
     }
 
     async fn bpf_endpoint_list(

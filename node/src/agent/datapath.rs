@@ -62,8 +62,7 @@ impl NodeDatapath {
         pod_pool: Ipv4Net,
     ) -> anyhow::Result<NodeDatapath> {
         // Traffic that leaves the pod network is routed by this node's stack.
-        netdev::set_sysctl("net/ipv4/ip_forward", "1")
-            .context("cannot enable IPv4 forwarding")?;
+        netdev::set_sysctl("net/ipv4/ip_forward", "1").context("cannot enable IPv4 forwarding")?;
         let mtu = match opts.mtu {
             Some(m) => m,
             None => netdev::underlay_mtu()

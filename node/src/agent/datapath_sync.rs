@@ -179,7 +179,9 @@ pub async fn run(
         if Some(seen) != last_seen || last_sync.elapsed() >= RESYNC_EVERY {
             match sync_all(&client, &datapath, me, &endpoints, &policy) {
                 Ok(()) => last_seen = Some(seen),
-                Err(e) => warn!(error = %format!("{e:#}"), "cannot sync the datapath with the registry"),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "cannot sync the datapath with the registry")
+                }
             }
             last_sync = tokio::time::Instant::now();
         }
@@ -327,14 +329,19 @@ mod tests {
             d2.get(&net("10.128.1.2/32")),
             Some(&IpcacheValue::local(id_c2))
         );
-        assert!(!d2.contains_key(&net("10.128.1.0/24")), "own pod CIDR is local");
+        assert!(
+            !d2.contains_key(&net("10.128.1.0/24")),
+            "own pod CIDR is local"
+        );
     }
 
     #[test]
     fn a_node_that_leaves_takes_its_entries_with_it() {
         let mut r = registry();
         let before = desired_ipcache(&r, 1, &BTreeMap::new());
-        r.apply(Command::RemoveNode { id: 2 }).into_result().unwrap();
+        r.apply(Command::RemoveNode { id: 2 })
+            .into_result()
+            .unwrap();
         let after = desired_ipcache(&r, 1, &BTreeMap::new());
         let (upserts, removals) = diff(&before, &after);
         assert!(upserts.is_empty());

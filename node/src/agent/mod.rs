@@ -357,9 +357,7 @@ async fn run_datapath(
         me.clone(),
         policy.clone(),
     ));
-    if let Err(e) =
-        datapath_sync::sync_once(&client, &dp, me.node_id, &policy.cidr_identities())
-    {
+    if let Err(e) = datapath_sync::sync_once(&client, &dp, me.node_id, &policy.cidr_identities()) {
         warn!(error = %format!("{e:#}"), "first ipcache sync failed; the sync loop retries");
     }
     manager.restore().await;

@@ -32,8 +32,15 @@ fn revision_of(resp: RegistryResponse) -> Result<u64, Status> {
     }
 }
 
-pub async fn import(api: &AgentApi, req: pb::PolicyImportRequest) -> Result<pb::PolicyImportResponse, Status> {
-    let file = if req.file.is_empty() { "-" } else { req.file.as_str() };
+pub async fn import(
+    api: &AgentApi,
+    req: pb::PolicyImportRequest,
+) -> Result<pb::PolicyImportResponse, Status> {
+    let file = if req.file.is_empty() {
+        "-"
+    } else {
+        req.file.as_str()
+    };
     let parsed = policy::parse_policies(file, &req.source)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let mut policies = Vec::with_capacity(parsed.len());
@@ -83,15 +90,27 @@ pub fn get(api: &AgentApi, req: pb::PolicyGetRequest) -> Result<pb::PolicyGetRes
     Ok(pb::PolicyGetResponse { policies, revision })
 }
 
-pub async fn delete(api: &AgentApi, req: pb::PolicyDeleteRequest) -> Result<pb::PolicyRevisionResponse, Status> {
+pub async fn delete(
+    api: &AgentApi,
+    req: pb::PolicyDeleteRequest,
+) -> Result<pb::PolicyRevisionResponse, Status> {
     if req.name.is_empty() {
-        return Err(Status::invalid_argument("give the name of the policy to delete"));
+        return Err(Status::invalid_argument(
+            "give the name of the policy to delete",
+        ));
     }
-    let revision = revision_of(api.client.write(Command::DeletePolicy { name: req.name }).await?)?;
+    let revision = revision_of(
+        api.client
+            .write(Command::DeletePolicy { name: req.name })
+            .await?,
+    )?;
     Ok(pb::PolicyRevisionResponse { revision })
 }
 
-pub async fn wait(api: &AgentApi, req: pb::PolicyWaitRequest) -> Result<pb::PolicyWaitResponse, Status> {
+pub async fn wait(
+    api: &AgentApi,
+    req: pb::PolicyWaitRequest,
+) -> Result<pb::PolicyWaitResponse, Status> {
     let timeout = match req.timeout_seconds {
         0 => DEFAULT_WAIT,
         s => Duration::from_secs(u64::from(s)).min(MAX_WAIT),
@@ -141,7 +160,11 @@ fn node_revisions(api: &AgentApi) -> Result<Vec<pb::NodePolicyRevision>, Status>
         .map(|(id, name)| {
             let (enforced, state) = if id == me {
                 let enforced = manager
-                    .map(|m| m.policy().enforced_revision.load(std::sync::atomic::Ordering::SeqCst))
+                    .map(|m| {
+                        m.policy()
+                            .enforced_revision
+                            .load(std::sync::atomic::Ordering::SeqCst)
+                    })
                     .unwrap_or(0);
                 (enforced, "alive")
             } else {
@@ -174,7 +197,11 @@ fn peer(api: &AgentApi, what: &str, text: &str) -> Result<Peer, Status> {
         )));
     }
     if text.contains('=') {
-        let parts: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let parts: Vec<&str> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let labels = LabelSet::parse(&parts)
             .map_err(|e| Status::invalid_argument(format!("--{what}: {e}")))?;
         return Ok(Peer::Labels(labels));
@@ -183,10 +210,18 @@ fn peer(api: &AgentApi, what: &str, text: &str) -> Result<Peer, Status> {
     let found = api.client.local(|r| {
         let eps: Vec<_> = r.endpoints().cloned().collect();
         if let Ok(ip) = text.parse::<Ipv4Addr>() {
-            return Some(eps.into_iter().find(|e| e.ipv4 == ip).map(|e| e.labels).ok_or(ip));
+            return Some(
+                eps.into_iter()
+                    .find(|e| e.ipv4 == ip)
+                    .map(|e| e.labels)
+                    .ok_or(ip),
+            );
         }
         if let Ok(id) = text.parse::<u32>() {
-            return eps.into_iter().find(|e| e.node_id == me && e.id == id).map(|e| Ok(e.labels));
+            return eps
+                .into_iter()
+                .find(|e| e.node_id == me && e.id == id)
+                .map(|e| Ok(e.labels));
         }
         let mut matching: Vec<_> = eps.into_iter().filter(|e| e.container_id == text).collect();
         matching.sort_by_key(|e| e.node_id != me);
@@ -219,7 +254,10 @@ fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
-pub fn explain(api: &AgentApi, req: pb::PolicyExplainRequest) -> Result<pb::PolicyExplainResponse, Status> {
+pub fn explain(
+    api: &AgentApi,
+    req: pb::PolicyExplainRequest,
+) -> Result<pb::PolicyExplainResponse, Status> {
     let from = peer(api, "from", &req.from)?;
     let to = peer(api, "to", &req.to)?;
     let (proto, port) = policy::parse_port_proto(&req.port)
@@ -230,7 +268,9 @@ pub fn explain(api: &AgentApi, req: pb::PolicyExplainRequest) -> Result<pb::Poli
         None => {
             // No datapath yet: parse the registry's policies directly.
             let sources: Vec<(String, String)> = api.client.local(|r| {
-                r.policies().map(|p| (p.name.clone(), p.source.clone())).collect()
+                r.policies()
+                    .map(|p| (p.name.clone(), p.source.clone()))
+                    .collect()
             });
             let mut all = Vec::new();
             for (name, source) in sources {

@@ -107,9 +107,7 @@ pub fn desired_policy_map(
 
 /// The registry's identities as the engine takes them.
 pub fn identities_of(reg: &Registry) -> BTreeMap<u32, LabelSet> {
-    reg.identities()
-        .map(|i| (i.id, i.labels.clone()))
-        .collect()
+    reg.identities().map(|i| (i.id, i.labels.clone())).collect()
 }
 
 /// Parsed policies, re-parsed only when the registry's revision moves.
@@ -171,7 +169,9 @@ impl PolicySync {
         for (name, source) in sources {
             match policy::parse_policies(&name, &source) {
                 Ok(mut p) => policies.append(&mut p),
-                Err(e) => warn!(policy = %name, error = %e, "stored policy does not parse; skipped"),
+                Err(e) => {
+                    warn!(policy = %name, error = %e, "stored policy does not parse; skipped")
+                }
             }
         }
         let policies = Arc::new(policies);
@@ -308,7 +308,13 @@ impl PolicySync {
         drop(bpf);
         let before = self.enforced_revision.swap(revision, Ordering::SeqCst);
         if changed > 0 || before != revision {
-            info!(revision, entries = desired.map.len(), changed, connections_cut = cut, "policy enforced");
+            info!(
+                revision,
+                entries = desired.map.len(),
+                changed,
+                connections_cut = cut,
+                "policy enforced"
+            );
         }
         Ok(changed)
     }
@@ -342,12 +348,10 @@ spec:
     #[test]
     fn a_selected_endpoint_gets_entries_and_enforcement_the_other_does_not() {
         let policies = policy::parse_policies("db.yaml", DB_POLICY).unwrap();
-        let identities: BTreeMap<u32, LabelSet> = [
-            (65792, labels(&["app=web"])),
-            (65793, labels(&["app=db"])),
-        ]
-        .into_iter()
-        .collect();
+        let identities: BTreeMap<u32, LabelSet> =
+            [(65792, labels(&["app=web"])), (65793, labels(&["app=db"]))]
+                .into_iter()
+                .collect();
         let d = desired_policy_map(
             &policies,
             &identities,
@@ -370,7 +374,10 @@ spec:
             d.rule_names.get(&v.rule_id).map(String::as_str),
             Some("db: spec.ingress[0]")
         );
-        assert!(d.map.keys().all(|k| k.endpoint_id == 2), "web has no entries");
+        assert!(
+            d.map.keys().all(|k| k.endpoint_id == 2),
+            "web has no entries"
+        );
     }
 
     #[test]
@@ -382,7 +389,10 @@ spec:
         };
         assert_eq!(rule_id(&r), rule_id(&r.clone()));
         assert_ne!(rule_id(&r), 0);
-        let other = RuleRef { index: 1, ..r.clone() };
+        let other = RuleRef {
+            index: 1,
+            ..r.clone()
+        };
         assert_ne!(rule_id(&r), rule_id(&other));
     }
 }

@@ -164,8 +164,8 @@ fn read_source(file: &std::path::Path) -> anyhow::Result<(String, String)> {
             .context("cannot read the policy from stdin")?;
         return Ok((s, "-".into()));
     }
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     Ok((text, file.display().to_string()))
 }
 
@@ -424,7 +424,11 @@ fn run_validate(file: &std::path::Path, out: &Output) -> anyhow::Result<()> {
     let policies = crate::policy::parse_policies(&label, &text).map_err(|e| anyhow!("{e}"))?;
     let names: Vec<String> = policies.iter().map(|p| p.metadata.name.clone()).collect();
     out.message(
-        &format!("{label}: {} valid policies: {}", names.len(), names.join(", ")),
+        &format!(
+            "{label}: {} valid policies: {}",
+            names.len(),
+            names.join(", ")
+        ),
         serde_json::json!({"file": label, "valid": true, "policies": names}),
     );
     Ok(())

@@ -391,7 +391,11 @@ impl Output {
             if i > 0 {
                 println!("---");
             }
-            println!("# revision {}, updated {}", p.revision, time(p.updated_at_unix));
+            println!(
+                "# revision {}, updated {}",
+                p.revision,
+                time(p.updated_at_unix)
+            );
             print!("{}", p.yaml);
         }
         if r.policies.is_empty() {
@@ -412,7 +416,14 @@ impl Output {
         let rows = r
             .nodes
             .iter()
-            .map(|n| vec![n.name.clone(), n.node_id.to_string(), n.enforced.to_string(), n.state.clone()])
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    n.node_id.to_string(),
+                    n.enforced.to_string(),
+                    n.state.clone(),
+                ]
+            })
             .collect();
         table(&["NODE", "ID", "ENFORCED", "STATE"], rows);
     }

@@ -408,7 +408,8 @@ impl EndpointManager {
         {
             let mut bpf = self.datapath.bpf();
             bpf.remove_endpoint(ep.record.ipv4).map_err(internal)?;
-            bpf.remove_ipcache(host32(ep.record.ipv4)).map_err(internal)?;
+            bpf.remove_ipcache(host32(ep.record.ipv4))
+                .map_err(internal)?;
             bpf.detach_endpoint(&ep.host_ifname).map_err(internal)?;
         }
         self.policy
@@ -562,10 +563,8 @@ impl EndpointManager {
             match self.restore_one(&record, gateway).await {
                 Ok(Some(ep)) => {
                     kept.insert(record.ipv4);
-                    self.live().insert(
-                        (record.container_id.clone(), record.ifname.clone()),
-                        ep,
-                    );
+                    self.live()
+                        .insert((record.container_id.clone(), record.ifname.clone()), ep);
                     self.bump();
                     info!(endpoint = record.id, container_id = %record.container_id, "endpoint restored");
                 }
@@ -596,8 +595,7 @@ impl EndpointManager {
         gateway: Ipv4Addr,
     ) -> Result<Option<LocalEndpoint>, EndpointError> {
         let host_ifname = netdev::host_ifname(&record.container_id, &record.ifname);
-        let Some((host_ifindex, host_mac, mtu)) = netdev::link_by_name(&host_ifname).await?
-        else {
+        let Some((host_ifindex, host_mac, mtu)) = netdev::link_by_name(&host_ifname).await? else {
             let _ = self.datapath.bpf().detach_endpoint(&host_ifname);
             return Ok(None);
         };
