@@ -357,7 +357,13 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
         .iter()
         .map(|per_kind| per_kind.iter().map(|v| median(v)).collect())
         .collect();
-    print_tables(&counts, &kinds, &med, &map_entries);
+    // Noise of Membrane's figures: the spread of its no-policy runs.
+    let base_runs = &samples[0][0];
+    let noise = (
+        mad(&base_runs.iter().map(|s| s.conn_p50_us).collect::<Vec<_>>()),
+        mad(&base_runs.iter().map(|s| s.rr_p50_us).collect::<Vec<_>>()),
+    );
+    print_tables(&counts, &kinds, &med, &map_entries, noise);
     eprintln!("\nbenchmark took {:.0} s", started.elapsed().as_secs_f64());
     drop(membrane);
     drop(plain);
@@ -365,7 +371,13 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_tables(counts: &[usize], kinds: &[Kind], med: &[Vec<Sample>], entries: &[Option<usize>]) {
+fn print_tables(
+    counts: &[usize],
+    kinds: &[Kind],
+    med: &[Vec<Sample>],
+    entries: &[Option<usize>],
+    noise: (f64, f64),
+) {
     let base = &med[0];
     println!("\nMedians over runs. conn: connect + one 64-byte request/response + close, back to back; rr: 64-byte ping-pong on one connection. Added: vs the same side with no policy / no rules.\n");
     println!("| rules | setup | conn/s | conn p50 | conn p99 | rr p50 | rr p99 | added conn p50 | added rr p50 |");
@@ -421,10 +433,14 @@ fn print_tables(counts: &[usize], kinds: &[Kind], med: &[Vec<Sample>], entries: 
             entries[ci].map_or("-".into(), |e| e.to_string()),
             m.conn_per_s / base[0].conn_per_s,
             ct.conn_per_s / base[1].conn_per_s,
-            ratio(i_conn, m_conn),
-            ratio(i_rr, m_rr),
+            ratio(i_conn, m_conn, noise.0),
+            ratio(i_rr, m_rr, noise.1),
         );
     }
+    println!(
+        "\nRun-to-run noise of Membrane's no-policy figures (median absolute deviation): conn p50 {:.1} us, rr p50 {:.1} us; a ratio '>Nx' means Membrane's added latency is within that noise.",
+        noise.0, noise.1
+    );
     if counts.len() > 2 {
         let first = med[1][0].conn_per_s;
         let last = med[counts.len() - 1][0].conn_per_s;
@@ -437,17 +453,28 @@ fn print_tables(counts: &[usize], kinds: &[Kind], med: &[Vec<Sample>], entries: 
     }
 }
 
-/// iptables' added latency over Membrane's; Membrane's below the timer's noise (0.5 us) is
-/// shown as a bound rather than a meaningless quotient.
-fn ratio(iptables: f64, membrane: f64) -> String {
-    const FLOOR: f64 = 0.5;
-    if iptables <= FLOOR {
+/// iptables' added latency over Membrane's. A Membrane figure inside the run-to-run noise
+/// (`noise`, at least 0.5 us) is no divisor: the ratio is then shown as a lower bound,
+/// iptables' added latency over the noise.
+fn ratio(iptables: f64, membrane: f64, noise: f64) -> String {
+    let floor = noise.max(0.5);
+    if iptables <= floor {
         "-".into()
-    } else if membrane < FLOOR {
-        format!(">{:.0}x", iptables / FLOOR)
+    } else if membrane < floor {
+        format!(">{:.0}x", iptables / floor)
     } else {
         format!("{:.1}x", iptables / membrane)
     }
+}
+
+/// Median absolute deviation: the run-to-run spread of one figure.
+fn mad(xs: &[f64]) -> f64 {
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let m = med(&mut xs.to_vec());
+    med(&mut xs.iter().map(|x| (x - m).abs()).collect())
 }
 
 fn fmt_count(n: usize) -> String {
