@@ -2,6 +2,7 @@
 //! `membrane` (agent and CLI, src/bin/membrane.rs) and `membrane-cni` (src/bin/membrane-cni.rs).
 
 pub mod agent;
+mod civil;
 pub mod cli;
 pub mod cni;
 mod init;

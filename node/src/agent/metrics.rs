@@ -496,8 +496,11 @@ mod tests {
     }
 
     /// Parses the exposition text back: family -> (help, type, samples).
-    fn parse(text: &str) -> BTreeMap<String, (String, String, Vec<(String, f64)>)> {
-        let mut fams: BTreeMap<String, (String, String, Vec<(String, f64)>)> = BTreeMap::new();
+    /// family -> (HELP, TYPE, samples).
+    type Families = BTreeMap<String, (String, String, Vec<(String, f64)>)>;
+
+    fn parse(text: &str) -> Families {
+        let mut fams: Families = BTreeMap::new();
         for line in text.lines().filter(|l| !l.is_empty()) {
             if let Some(rest) = line.strip_prefix("# HELP ") {
                 let (name, help) = rest.split_once(' ').expect("HELP name text");

@@ -258,17 +258,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         liveness.clone(),
         opts.autopilot.clone(),
     ));
-    let datapath_task = tokio::spawn(run_datapath(
-        client.clone(),
-        me.clone(),
-        opts.datapath.clone(),
-        opts.plugin_socket.clone(),
-        opts.cni_queue_dir.clone(),
-        endpoints_slot,
-        gossip.clone(),
-        opts.keep_established,
-        telemetry.clone(),
-    ));
+    let datapath_task = tokio::spawn(run_datapath(DatapathTask {
+        client: client.clone(),
+        me: me.clone(),
+        opts: opts.datapath.clone(),
+        plugin_socket: opts.plugin_socket.clone(),
+        queue_dir: opts.cni_queue_dir.clone(),
+        slot: endpoints_slot,
+        gossip: gossip.clone(),
+        keep_established: opts.keep_established,
+        telemetry: telemetry.clone(),
+    }));
 
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
@@ -292,9 +292,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     result
 }
 
-/// Brings up the datapath once this node's registry copy knows its pod CIDR, restores the
-/// endpoints, keeps the ipcache in step, and serves the plugin API until it fails.
-async fn run_datapath(
+/// What the datapath task needs from the agent.
+struct DatapathTask {
     client: Arc<registry_client::RegistryClient>,
     me: crate::state::NodeIdentity,
     opts: datapath::DatapathOptions,
@@ -304,7 +303,22 @@ async fn run_datapath(
     gossip: gossip::GossipSlot,
     keep_established: bool,
     telemetry: Telemetry,
-) -> anyhow::Result<()> {
+}
+
+/// Brings up the datapath once this node's registry copy knows its pod CIDR, restores the
+/// endpoints, keeps the ipcache in step, and serves the plugin API until it fails.
+async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
+    let DatapathTask {
+        client,
+        me,
+        opts,
+        plugin_socket,
+        queue_dir,
+        slot,
+        gossip,
+        keep_established,
+        telemetry,
+    } = task;
     let node_ip = datapath_sync::node_ip(&me.rpc_addr).ok_or_else(|| {
         anyhow!(
             "the advertised address {} is not IPV4:PORT; the overlay needs this node's IPv4 underlay address",

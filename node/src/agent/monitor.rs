@@ -484,7 +484,7 @@ pub fn format_line(m: &pb::FlowEventMessage, utc_offset_secs: i64) -> String {
 pub fn rfc3339_ms(unix_ns: i64) -> String {
     let ms = unix_ns.div_euclid(1_000_000);
     let secs = ms.div_euclid(1000);
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let (y, mo, d) = crate::civil::civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
     format!(
         "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -495,19 +495,6 @@ pub fn rfc3339_ms(unix_ns: i64) -> String {
     )
 }
 
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
 
 /// One JSON object per event (`membrane monitor -o json`); a lost notice is `{"lost": N}`.
 pub fn to_json(m: &pb::FlowEventMessage) -> Value {

@@ -50,7 +50,7 @@ enum Command {
     /// Create a new cluster with this node as its first member, and print the join command.
     Init(InitArgs),
     /// Run the agent on this node.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show the cluster, this node, and its Raft state.
     Status,
     /// Nodes of the cluster.
@@ -351,7 +351,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output::new(cli.output);
     let result = match cli.command {
-        Command::Agent(args) => run_agent(args, &cli.socket),
+        Command::Agent(args) => run_agent(*args, &cli.socket),
         Command::Init(args) => run_init(args, &out),
         Command::Bench { what, args } => run_bench(&what, &args),
         Command::Policy(PolicyCmd::Validate { file }) => run_validate(&file, &out),

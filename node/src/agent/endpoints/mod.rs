@@ -152,9 +152,10 @@ pub fn check_netns(path: &str) -> Result<(), EndpointError> {
             "{path} is a directory, not a network namespace"
         )));
     }
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    // The field's type differs between architectures, hence the inferred literal.
+    const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
     match nix::sys::statfs::statfs(path) {
-        Ok(st) if st.filesystem_type().0 as i64 == NSFS_MAGIC => Ok(()),
+        Ok(st) if st.filesystem_type().0 == NSFS_MAGIC.0 => Ok(()),
         Ok(_) => Err(EndpointError::NoSuchNetns(format!(
             "{path} is not a network namespace (not on nsfs); pass e.g. /var/run/netns/NAME"
         ))),
