@@ -478,7 +478,7 @@ fn mad(xs: &[f64]) -> f64 {
 }
 
 fn fmt_count(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{},000", n / 1000)
     } else {
         n.to_string()
