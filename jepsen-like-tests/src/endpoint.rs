@@ -558,3 +558,31 @@ impl Cluster {
         )
     }
 }
+
+/// A TCP echo from `from` to `to:port` succeeds within a few seconds (the first cross-node
+/// packets may wait for the ipcache or a policy to settle).
+pub fn expect_echo(from: &Endpoint, to: &Endpoint, port: u16) -> anyhow::Result<()> {
+    let target = std::net::SocketAddr::from((to.ip, port));
+    let mut last = crate::traffic::TcpAttempt::TimedOut;
+    crate::wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        last = crate::traffic::tcp_attempt(&from.netns, target, Duration::from_secs(2))?;
+        Ok(last == crate::traffic::TcpAttempt::Echoed)
+    })
+    .map_err(|e| anyhow!("{} -> {}:{port}: {last:?} ({e:#})", from.netns, to.ip))
+}
+
+/// A TCP connect from `from` to `to:port` times out twice in a row (1 s each): the datapath
+/// drops it — not refused with a RST, and not lost once by chance.
+pub fn expect_dropped(from: &Endpoint, to: &Endpoint, port: u16) -> anyhow::Result<()> {
+    let target = std::net::SocketAddr::from((to.ip, port));
+    for _ in 0..2 {
+        let got = crate::traffic::tcp_attempt(&from.netns, target, Duration::from_secs(1))?;
+        anyhow::ensure!(
+            got == crate::traffic::TcpAttempt::TimedOut,
+            "{} -> {}:{port} should be dropped by policy, got {got:?}",
+            from.netns,
+            to.ip
+        );
+    }
+    Ok(())
+}

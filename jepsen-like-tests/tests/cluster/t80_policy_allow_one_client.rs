@@ -1,14 +1,13 @@
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use membrane_jepsen::endpoint::{check_pair, EchoServers, Endpoint, Proto, ECHO_TCP_PORT};
-use membrane_jepsen::traffic::{tcp_attempt, TcpAttempt, TcpEchoServer};
-use membrane_jepsen::{require_root, wait_until, Cluster};
+use membrane_jepsen::endpoint::{
+    check_pair, expect_dropped, expect_echo, EchoServers, Proto, ECHO_TCP_PORT,
+};
+use membrane_jepsen::traffic::TcpEchoServer;
+use membrane_jepsen::{require_root, Cluster};
 
 /// The port the policy opens.
 const DB_PORT: u16 = 5432;
-/// A connect to a port the policy closes must time out (the SYN is dropped), well within this.
-const DENY_TIMEOUT: Duration = Duration::from_secs(1);
 
 const POLICY: &str = r#"apiVersion: membrane.io/v1
 kind: NetworkPolicy
@@ -19,34 +18,6 @@ spec:
     - fromEndpoints: [{matchLabels: {app: web}}]
       toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
 "#;
-
-fn addr(ep: &Endpoint, port: u16) -> SocketAddr {
-    (ep.ip, port).into()
-}
-
-/// Echoes within a few seconds (the first cross-node packets may wait for the ipcache).
-fn must_echo(from: &Endpoint, to: &Endpoint, port: u16) -> anyhow::Result<()> {
-    let mut last = TcpAttempt::TimedOut;
-    wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-        last = tcp_attempt(&from.netns, addr(to, port), Duration::from_secs(2))?;
-        Ok(last == TcpAttempt::Echoed)
-    })
-    .map_err(|e| anyhow::anyhow!("{} -> {}:{port}: {last:?} ({e:#})", from.netns, to.ip))
-}
-
-/// Times out twice in a row: dropped, not refused and not lost once by chance.
-fn must_time_out(from: &Endpoint, to: &Endpoint, port: u16) -> anyhow::Result<()> {
-    for _ in 0..2 {
-        let got = tcp_attempt(&from.netns, addr(to, port), DENY_TIMEOUT)?;
-        anyhow::ensure!(
-            got == TcpAttempt::TimedOut,
-            "{} -> {}:{port} should be dropped by policy, got {got:?}",
-            from.netns,
-            to.ip
-        );
-    }
-    Ok(())
-}
 
 /// Default allow, then a policy selecting the server lets exactly one client identity in, on
 /// one port, on the same node and across nodes; what it refuses times out (dropped, no RST),
@@ -66,7 +37,7 @@ fn t80_a_policy_lets_one_client_identity_in_on_one_port() -> anyhow::Result<()> 
     // Default allow: everyone reaches both ports.
     for from in [&web1, &web2, &other] {
         check_pair(from, &db, Proto::Tcp, Duration::from_secs(10))?;
-        must_echo(from, &db, DB_PORT)?;
+        expect_echo(from, &db, DB_PORT)?;
     }
     let explain = c.policy_explain(1, "app=other", "app=db", "5432/TCP")?;
     assert_eq!(explain["verdict"], "allow", "before any policy: {explain}");
@@ -74,13 +45,13 @@ fn t80_a_policy_lets_one_client_identity_in_on_one_port() -> anyhow::Result<()> 
     let rev = c.policy_apply(POLICY)?;
     assert!(rev > 0, "revision {rev}");
 
-    must_echo(&web1, &db, DB_PORT).map_err(|e| anyhow::anyhow!("same node: {e:#}"))?;
-    must_echo(&web2, &db, DB_PORT).map_err(|e| anyhow::anyhow!("cross node: {e:#}"))?;
-    must_time_out(&other, &db, DB_PORT)?;
-    must_time_out(&web1, &db, ECHO_TCP_PORT)?;
-    must_time_out(&web2, &db, ECHO_TCP_PORT)?;
+    expect_echo(&web1, &db, DB_PORT).map_err(|e| anyhow::anyhow!("same node: {e:#}"))?;
+    expect_echo(&web2, &db, DB_PORT).map_err(|e| anyhow::anyhow!("cross node: {e:#}"))?;
+    expect_dropped(&other, &db, DB_PORT)?;
+    expect_dropped(&web1, &db, ECHO_TCP_PORT)?;
+    expect_dropped(&web2, &db, ECHO_TCP_PORT)?;
     // The policy selects db only: other still reaches web1, which no policy selects.
-    must_echo(&other, &web1, ECHO_TCP_PORT)?;
+    expect_echo(&other, &web1, ECHO_TCP_PORT)?;
 
     // explain, asked on either node, by labels and by endpoint, agrees with the datapath.
     let cases = [

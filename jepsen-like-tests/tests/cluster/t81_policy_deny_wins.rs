@@ -1,9 +1,10 @@
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use membrane_jepsen::endpoint::{check_pair, EchoServers, Endpoint, Proto, ECHO_TCP_PORT};
-use membrane_jepsen::traffic::{tcp_attempt, TcpAttempt, TcpEchoServer};
-use membrane_jepsen::{require_root, wait_until, Cluster};
+use membrane_jepsen::endpoint::{
+    check_pair, expect_dropped, expect_echo, EchoServers, Proto, ECHO_TCP_PORT,
+};
+use membrane_jepsen::traffic::TcpEchoServer;
+use membrane_jepsen::{require_root, Cluster};
 
 const DB_PORT: u16 = 5432;
 
@@ -32,37 +33,6 @@ spec:
       toPorts: [{ports: [{port: "7000", protocol: TCP}]}]
 "#;
 
-fn attempt(
-    from: &Endpoint,
-    to: &Endpoint,
-    port: u16,
-    timeout: Duration,
-) -> anyhow::Result<TcpAttempt> {
-    tcp_attempt(&from.netns, SocketAddr::from((to.ip, port)), timeout)
-}
-
-fn must_echo(from: &Endpoint, to: &Endpoint, port: u16) -> anyhow::Result<()> {
-    let mut last = TcpAttempt::TimedOut;
-    wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
-        last = attempt(from, to, port, Duration::from_secs(2))?;
-        Ok(last == TcpAttempt::Echoed)
-    })
-    .map_err(|e| anyhow::anyhow!("{} -> {}:{port}: {last:?} ({e:#})", from.netns, to.ip))
-}
-
-fn must_time_out(from: &Endpoint, to: &Endpoint, port: u16) -> anyhow::Result<()> {
-    for _ in 0..2 {
-        let got = attempt(from, to, port, Duration::from_secs(1))?;
-        anyhow::ensure!(
-            got == TcpAttempt::TimedOut,
-            "{} -> {}:{port} should be dropped by a deny rule, got {got:?}",
-            from.netns,
-            to.ip
-        );
-    }
-    Ok(())
-}
-
 /// A deny rule beats a broader allow in the same policy: ingress (an allow-all-from-cluster
 /// with one identity/port denied) and egress (an allow-all with one destination port
 /// denied), same node and across nodes; every other pair and port still passes, and
@@ -79,25 +49,25 @@ fn t81_deny_rules_beat_allows_in_both_directions() -> anyhow::Result<()> {
     let _echo = EchoServers::start(&[&db, &other, &web, &other2])?;
     let _pg = TcpEchoServer::start(&db.netns, std::net::Ipv4Addr::UNSPECIFIED, DB_PORT)?;
     for from in [&other, &web, &other2] {
-        must_echo(from, &db, DB_PORT)?;
-        must_echo(from, &db, ECHO_TCP_PORT)?;
+        expect_echo(from, &db, DB_PORT)?;
+        expect_echo(from, &db, ECHO_TCP_PORT)?;
     }
 
     c.policy_apply(POLICY)?;
 
     // ingressDeny on db: app=other on 5432 only, local and remote.
-    must_time_out(&other, &db, DB_PORT).map_err(|e| anyhow::anyhow!("same node: {e:#}"))?;
-    must_time_out(&other2, &db, DB_PORT).map_err(|e| anyhow::anyhow!("cross node: {e:#}"))?;
-    must_echo(&other, &db, ECHO_TCP_PORT)?;
-    must_echo(&other2, &db, ECHO_TCP_PORT)?;
-    must_echo(&web, &db, DB_PORT)?;
+    expect_dropped(&other, &db, DB_PORT).map_err(|e| anyhow::anyhow!("same node: {e:#}"))?;
+    expect_dropped(&other2, &db, DB_PORT).map_err(|e| anyhow::anyhow!("cross node: {e:#}"))?;
+    expect_echo(&other, &db, ECHO_TCP_PORT)?;
+    expect_echo(&other2, &db, ECHO_TCP_PORT)?;
+    expect_echo(&web, &db, DB_PORT)?;
     // egressDeny on web: TCP 7000 to db, whatever db's ingress allows.
-    must_time_out(&web, &db, ECHO_TCP_PORT)?;
+    expect_dropped(&web, &db, ECHO_TCP_PORT)?;
     check_pair(&web, &db, Proto::Udp, Duration::from_secs(5))?;
-    must_echo(&web, &other, ECHO_TCP_PORT)?;
-    must_echo(&web, &other2, ECHO_TCP_PORT)?;
+    expect_echo(&web, &other, ECHO_TCP_PORT)?;
+    expect_echo(&web, &other2, ECHO_TCP_PORT)?;
     // Replies of connections db opens pass db's ingress, deny or not.
-    must_echo(&db, &other, ECHO_TCP_PORT)?;
+    expect_echo(&db, &other, ECHO_TCP_PORT)?;
 
     let e = c.policy_explain(1, "app=other", "app=db", "5432/TCP")?;
     assert_eq!(e["verdict"], "deny", "{e}");
