@@ -109,6 +109,14 @@ fn t20_bad_tokens_and_wrong_ca_are_refused_and_change_nothing() -> anyhow::Resul
     // Used up: the init token admits host 2, then refuses host 3.
     let before_used = registry_view(&c)?;
     c.join(2, &init.token)?;
+    // The autopilot adds a new node to the Raft membership a moment after it is admitted:
+    // wait for that, so the view below changes only if the refused join changes it.
+    wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let (nodes, _) = registry_view(&c)?;
+        Ok(nodes["nodes"]
+            .as_array()
+            .is_some_and(|ns| ns.iter().all(|n| n["raft_role"] != "none")))
+    })?;
     let after_join = registry_view(&c)?;
     assert_ne!(after_join, before_used);
     let log = refused_join(&c, 3, &init.token, &init.ca_hash)?;
