@@ -12,4 +12,4 @@ scripts/deps.sh
 cargo build --workspace --bins
 # One test at a time: lab tests time failure detection and autopilot against the issue's
 # bounds (3 s, 15 s), and two 5-agent labs sharing 2 cores eat into them.
-cargo test --workspace -- --test-threads=1
+cargo test --workspace --no-fail-fast -- --test-threads=1
