@@ -321,35 +321,9 @@ fn packet_socket(ns: &str, ifname: &str) -> OwnedFd {
 
 #[test]
 fn b_cross_node_over_vxlan_carries_identity() {
-    let mut lab = Lab::new();
-    let n1 = lab.node("n1");
-    let n2 = lab.node("n2");
-    let (u1_ip, u2_ip) = (
-        Ipv4Addr::new(192, 168, 200, 1),
-        Ipv4Addr::new(192, 168, 200, 2),
-    );
-    ip(&[
-        "-n", &n1, "link", "add", "u1", "type", "veth", "peer", "name", "u2", "netns", &n2,
-    ]);
-    ip(&["-n", &n1, "addr", "add", "192.168.200.1/24", "dev", "u1"]);
-    ip(&["-n", &n2, "addr", "add", "192.168.200.2/24", "dev", "u2"]);
-    for (ns, dev) in [(&n1, "u1"), (&n2, "u2")] {
-        ip(&["-n", ns, "link", "set", dev, "up"]);
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "add",
-            "membrane_vx",
-            "type",
-            "vxlan",
-            "external",
-            "dstport",
-            "8472",
-            "nolearning",
-        ]);
-        ip(&["-n", ns, "link", "set", "membrane_vx", "up"]);
-    }
+    let (mut nodes, mut dp1, mut dp2) = two_nodes();
+    let (n1, n2, u1_ip, u2_ip) = (nodes.n1.clone(), nodes.n2.clone(), nodes.u1_ip, nodes.u2_ip);
+    let lab = &mut nodes.lab;
     let e1 = lab.endpoint(
         &n1,
         "e1",
@@ -365,13 +339,7 @@ fn b_cross_node_over_vxlan_carries_identity() {
         Ipv4Addr::new(10, 128, 2, 1),
     );
     let (id1, id2) = (1001u32, 0x00ab_cdefu32);
-
-    let mut dp1 = Datapath::load(&lab.pin_dir("n1")).expect("load n1");
-    let mut dp2 = Datapath::load(&lab.pin_dir("n2")).expect("load n2");
-    for (dp, ns, node_ip) in [(&mut dp1, &n1, u1_ip), (&mut dp2, &n2, u2_ip)] {
-        in_netns(ns, || dp.attach_overlay("membrane_vx")).expect("attach_overlay");
-        let vx = in_netns(ns, || Datapath::ifindex("membrane_vx")).unwrap();
-        dp.set_config(&DatapathConfig::new(vx, node_ip)).unwrap();
+    for (dp, node_ip) in [(&dp1, u1_ip), (&dp2, u2_ip)] {
         assert_eq!(dp.config().unwrap().node_ip(), node_ip);
     }
     e1.attach(&mut dp1);
