@@ -495,7 +495,6 @@ pub fn rfc3339_ms(unix_ns: i64) -> String {
     )
 }
 
-
 /// One JSON object per event (`membrane monitor -o json`); a lost notice is `{"lost": N}`.
 pub fn to_json(m: &pb::FlowEventMessage) -> Value {
     if m.lost != 0 {

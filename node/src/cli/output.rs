@@ -45,7 +45,6 @@ fn time(unix: i64) -> String {
     )
 }
 
-
 impl Output {
     pub fn new(format: Format) -> Self {
         Output { format }
