@@ -17,7 +17,6 @@ pub mod spec;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -263,44 +262,32 @@ async fn call<T>(
     }
 }
 
-/// CNI_NETNS must exist and be a namespace file (nsfs; procfs on kernels before 3.19), and
-/// not be our own namespace: moving the container side into the host namespace would put
-/// its address and default route on the node.
+/// CNI_NETNS must exist and be a namespace file other than our own network namespace
+/// (see [`crate::netdev::check_netns_path`]).
 fn check_netns(netns: &str) -> Result<(), CniError> {
-    use nix::sys::statfs::{statfs, NSFS_MAGIC, PROC_SUPER_MAGIC};
-    let meta = std::fs::metadata(netns).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CniError::new(
+    use crate::netdev::NetnsProblem;
+    crate::netdev::check_netns_path(std::path::Path::new(netns)).map_err(|p| match p {
+        NetnsProblem::Missing => CniError::new(
             ErrorCode::UnknownContainer,
             format!(
                 "network namespace {netns} (CNI_NETNS) does not exist; the sandbox is gone or \
                  was never created, so recreate it"
             ),
         ),
-        _ => CniError::io(format!(
+        NetnsProblem::Unreadable(e) => CniError::io(format!(
             "cannot inspect network namespace {netns} (CNI_NETNS): {e}; run membrane-cni as root"
         )),
-    })?;
-    let fs = statfs(netns)
-        .map_err(|e| CniError::io(format!("cannot statfs {netns} (CNI_NETNS): {e}")))?;
-    let fs_type = fs.filesystem_type();
-    if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC {
-        return Err(CniError::new(
+        NetnsProblem::NotANamespace { fs_type } => CniError::new(
             ErrorCode::UnknownContainer,
             format!(
-                "{netns} (CNI_NETNS) is not a network namespace (filesystem type {:#x}); pass a \
-                 namespace like /run/netns/NAME or /proc/PID/ns/net",
-                fs_type.0
+                "{netns} (CNI_NETNS) is not a network namespace (filesystem type {fs_type:#x}); pass a \
+                 namespace like /run/netns/NAME or /proc/PID/ns/net"
             ),
-        ));
-    }
-    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
-        if own.dev() == meta.dev() && own.ino() == meta.ino() {
-            return Err(CniError::env(format!(
-                "{netns} (CNI_NETNS) is the node's own network namespace; pass the container's"
-            )));
-        }
-    }
-    Ok(())
+        ),
+        NetnsProblem::OwnNamespace => CniError::env(format!(
+            "{netns} (CNI_NETNS) is the node's own network namespace; pass the container's"
+        )),
+    })
 }
 
 /// Why there is no connection to the agent.

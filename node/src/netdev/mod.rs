@@ -20,6 +20,7 @@ mod tests;
 pub use endpoint::{container_link, create_endpoint_link, EndpointLink, EndpointLinkSpec};
 pub use error::NetdevError;
 pub use link::{default_endpoint_mtu, delete_link, link_by_name, underlay_mtu};
+pub use netns::{check_netns_path, NetnsProblem};
 pub use nft::ensure_masquerade;
 pub use sysctl::{get_sysctl, set_sysctl};
 pub use vxlan::ensure_vxlan;

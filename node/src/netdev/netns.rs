@@ -70,3 +70,44 @@ where
         f(handle).await
     })
 }
+
+/// Why a path cannot be an endpoint's network namespace.
+#[derive(Debug)]
+pub enum NetnsProblem {
+    /// Nothing at the path.
+    Missing,
+    /// It could not be inspected (permissions, I/O).
+    Unreadable(std::io::Error),
+    /// It is a file, but not a namespace file; the filesystem type says what it is.
+    NotANamespace { fs_type: i64 },
+    /// It is the caller's own network namespace: moving an endpoint's side there would put
+    /// the endpoint's address and default route on the node.
+    OwnNamespace,
+}
+
+/// Checks that `path` is a namespace file (nsfs; procfs on kernels before 3.19) other than
+/// the caller's own network namespace, so a bad path fails before anything is allocated.
+/// The CNI plugin and the agent both ask this before an add.
+pub fn check_netns_path(path: &Path) -> Result<(), NetnsProblem> {
+    use std::os::unix::fs::MetadataExt;
+
+    use nix::sys::statfs::{statfs, NSFS_MAGIC, PROC_SUPER_MAGIC};
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => NetnsProblem::Missing,
+        _ => NetnsProblem::Unreadable(e),
+    })?;
+    let fs = statfs(path).map_err(|e| NetnsProblem::Unreadable(e.into()))?;
+    let fs_type = fs.filesystem_type();
+    if fs_type != NSFS_MAGIC && fs_type != PROC_SUPER_MAGIC {
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        return Err(NetnsProblem::NotANamespace {
+            fs_type: fs_type.0 as i64,
+        });
+    }
+    if let Ok(own) = std::fs::metadata("/proc/self/ns/net") {
+        if own.dev() == meta.dev() && own.ino() == meta.ino() {
+            return Err(NetnsProblem::OwnNamespace);
+        }
+    }
+    Ok(())
+}

@@ -139,30 +139,24 @@ pub struct EndpointManager {
     generation: std::sync::atomic::AtomicU64,
 }
 
-/// Checks that `path` is a network namespace (nsfs), so a bad path fails before anything is
-/// allocated.
+/// Checks that `path` is a network namespace other than the agent's own (see
+/// [`netdev::check_netns_path`]), so a bad path fails before anything is allocated.
 pub fn check_netns(path: &str) -> Result<(), EndpointError> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        EndpointError::NoSuchNetns(format!(
-            "network namespace {path} cannot be opened ({e}); pass the path of a live one, e.g. /var/run/netns/NAME or /proc/PID/ns/net"
-        ))
-    })?;
-    if meta.is_dir() {
-        return Err(EndpointError::NoSuchNetns(format!(
-            "{path} is a directory, not a network namespace"
-        )));
-    }
-    // The field's type differs between architectures, hence the inferred literal.
-    const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
-    match nix::sys::statfs::statfs(path) {
-        Ok(st) if st.filesystem_type().0 == NSFS_MAGIC.0 => Ok(()),
-        Ok(_) => Err(EndpointError::NoSuchNetns(format!(
-            "{path} is not a network namespace (not on nsfs); pass e.g. /var/run/netns/NAME"
-        ))),
-        Err(e) => Err(EndpointError::NoSuchNetns(format!(
-            "cannot inspect {path}: {e}"
-        ))),
-    }
+    use netdev::NetnsProblem;
+    netdev::check_netns_path(Path::new(path)).map_err(|p| match p {
+        NetnsProblem::Missing => EndpointError::NoSuchNetns(format!(
+            "network namespace {path} does not exist; pass the path of a live one, e.g. /var/run/netns/NAME or /proc/PID/ns/net"
+        )),
+        NetnsProblem::Unreadable(e) => EndpointError::NoSuchNetns(format!(
+            "network namespace {path} cannot be inspected ({e})"
+        )),
+        NetnsProblem::NotANamespace { fs_type } => EndpointError::NoSuchNetns(format!(
+            "{path} is not a network namespace (filesystem type {fs_type:#x}); pass e.g. /var/run/netns/NAME"
+        )),
+        NetnsProblem::OwnNamespace => EndpointError::Invalid(format!(
+            "{path} is the node's own network namespace; pass the endpoint's"
+        )),
+    })
 }
 
 /// Validates the parts of an add that need no registry.
