@@ -64,8 +64,6 @@ fn parse(args: &[&str]) -> anyhow::Result<Options> {
 /// Port of the ping-pong echo server and of iperf3, inside the server namespace.
 const ECHO_PORT: u16 = 7300;
 const IPERF_PORT: u16 = 5201;
-/// Bytes per ping-pong message.
-const MSG: usize = 64;
 /// MTU of the baselines when no Membrane endpoint tells us its own.
 const DEFAULT_MTU: u32 = 1450;
 
@@ -218,28 +216,10 @@ fn measure(s: &Setup, o: &Options) -> anyhow::Result<Sample> {
 /// 64-byte messages echoed over one TCP connection (TCP_NODELAY on both ends), one at a
 /// time: each round trip is one transaction, as in netperf's TCP_RR.
 fn ping_pong(s: &Setup, round_trips: usize) -> anyhow::Result<Summary> {
-    use std::io::{Read, Write};
     let _server = TcpEchoServer::start(&s.server_ns, s.server_ip, ECHO_PORT)?;
     let to = SocketAddr::new(IpAddr::V4(s.server_ip), ECHO_PORT);
     let mut conn = tcp_connect(&s.client_ns, to, Duration::from_secs(5))?;
-    let msg = [0x42u8; MSG];
-    let mut back = [0u8; MSG];
-    let mut one = |conn: &mut std::net::TcpStream| -> anyhow::Result<()> {
-        conn.write_all(&msg)?;
-        conn.read_exact(&mut back)?;
-        Ok(())
-    };
-    for _ in 0..(round_trips / 10).max(100) {
-        one(&mut conn)?;
-    }
-    let mut lat = Vec::with_capacity(round_trips);
-    let start = Instant::now();
-    for _ in 0..round_trips {
-        let t = Instant::now();
-        one(&mut conn)?;
-        lat.push(t.elapsed());
-    }
-    Ok(Summary::new(lat, 0, start.elapsed()))
+    super::stats::ping_pong(&mut conn, round_trips)
 }
 
 /// Kills the one-off iperf3 server if the client never reached it.

@@ -109,7 +109,7 @@ const RR_PORT: u16 = 7401;
 /// Pause between changing a setup's rules and measuring it.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Bytes per request and per response.
-const MSG: usize = 64;
+const MSG: usize = super::stats::RR_MESSAGE;
 /// Ports of the other peers' rules: FIRST_PEER_PORT + 2j, never adjacent, so no two of them
 /// can share a port-prefix block and each stays one entry.
 const FIRST_PEER_PORT: u16 = 10_000;
@@ -568,24 +568,7 @@ fn connection_rate(s: &Setup, length: Duration) -> anyhow::Result<Summary> {
 fn ping_pong(s: &Setup, round_trips: usize) -> anyhow::Result<Summary> {
     let to = SocketAddr::new(IpAddr::V4(s.server_ip), RR_PORT);
     let mut conn = tcp_connect(&s.client_ns, to, Duration::from_secs(5))?;
-    let msg = [0x42u8; MSG];
-    let mut back = [0u8; MSG];
-    let mut one = |conn: &mut TcpStream| -> anyhow::Result<()> {
-        conn.write_all(&msg)?;
-        conn.read_exact(&mut back)?;
-        Ok(())
-    };
-    for _ in 0..(round_trips / 10).max(100) {
-        one(&mut conn)?;
-    }
-    let mut lat = Vec::with_capacity(round_trips);
-    let start = Instant::now();
-    for _ in 0..round_trips {
-        let t = Instant::now();
-        one(&mut conn)?;
-        lat.push(t.elapsed());
-    }
-    Ok(Summary::new(lat, 0, start.elapsed()))
+    super::stats::ping_pong(&mut conn, round_trips)
 }
 
 impl Setup {

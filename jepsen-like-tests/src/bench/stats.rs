@@ -43,6 +43,33 @@ impl Summary {
     }
 }
 
+/// Bytes in each ping-pong message of the latency benchmarks (netperf TCP_RR style).
+pub const RR_MESSAGE: usize = 64;
+
+/// `round_trips` 64-byte messages echoed one at a time over `conn`, after a warm-up of a
+/// tenth as many (at least 100): the request/response latency of the path under test.
+pub fn ping_pong(conn: &mut std::net::TcpStream, round_trips: usize) -> anyhow::Result<Summary> {
+    use std::io::{Read, Write};
+    let msg = [0x42u8; RR_MESSAGE];
+    let mut back = [0u8; RR_MESSAGE];
+    let mut one = |conn: &mut std::net::TcpStream| -> anyhow::Result<()> {
+        conn.write_all(&msg)?;
+        conn.read_exact(&mut back)?;
+        Ok(())
+    };
+    for _ in 0..(round_trips / 10).max(100) {
+        one(conn)?;
+    }
+    let mut lat = Vec::with_capacity(round_trips);
+    let start = std::time::Instant::now();
+    for _ in 0..round_trips {
+        let t = std::time::Instant::now();
+        one(conn)?;
+        lat.push(t.elapsed());
+    }
+    Ok(Summary::new(lat, 0, start.elapsed()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
