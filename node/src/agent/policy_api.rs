@@ -115,11 +115,6 @@ pub async fn wait(
         0 => DEFAULT_WAIT,
         s => Duration::from_secs(u64::from(s)).min(MAX_WAIT),
     };
-    let current = api.client.local(|r| r.policy_revision());
-    if req.revision > current {
-        // The revision may be committed but not yet applied here; give it the timeout too.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     let deadline = Instant::now() + timeout;
     loop {
         let nodes = node_revisions(api)?;
@@ -263,23 +258,10 @@ pub fn explain(
     let (proto, port) = policy::parse_port_proto(&req.port)
         .map_err(|e| Status::invalid_argument(format!("--port: {e}")))?;
     let identities: BTreeMap<u32, LabelSet> = api.client.local(identities_of);
+    // Before the datapath is up there is no cache: parse the registry's policies directly.
     let policies = match api.endpoints.get() {
         Some(m) => m.policy().policies().1,
-        None => {
-            // No datapath yet: parse the registry's policies directly.
-            let sources: Vec<(String, String)> = api.client.local(|r| {
-                r.policies()
-                    .map(|p| (p.name.clone(), p.source.clone()))
-                    .collect()
-            });
-            let mut all = Vec::new();
-            for (name, source) in sources {
-                if let Ok(mut p) = policy::parse_policies(&name, &source) {
-                    all.append(&mut p);
-                }
-            }
-            std::sync::Arc::new(all)
-        }
+        None => std::sync::Arc::new(super::policy_sync::stored_policies(&api.client)),
     };
     let e = policy::explain(&policies, &identities, &from, &to, proto, port);
     Ok(pb::PolicyExplainResponse {

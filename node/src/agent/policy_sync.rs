@@ -110,6 +110,25 @@ pub fn identities_of(reg: &Registry) -> BTreeMap<u32, LabelSet> {
     reg.identities().map(|i| (i.id, i.labels.clone())).collect()
 }
 
+/// The registry's policies, parsed. A stored policy that no longer parses (it was valid
+/// when stored; this cannot happen within one version) is skipped and logged rather than
+/// stopping enforcement of the others.
+pub fn stored_policies(client: &RegistryClient) -> Vec<Policy> {
+    let sources: Vec<(String, String)> = client.local(|r| {
+        r.policies()
+            .map(|p| (p.name.clone(), p.source.clone()))
+            .collect()
+    });
+    let mut policies = Vec::new();
+    for (name, source) in sources {
+        match policy::parse_policies(&name, &source) {
+            Ok(mut p) => policies.append(&mut p),
+            Err(e) => warn!(policy = %name, error = %e, "stored policy does not parse; skipped"),
+        }
+    }
+    policies
+}
+
 /// Parsed policies, re-parsed only when the registry's revision moves.
 struct Parsed {
     revision: u64,
@@ -149,9 +168,7 @@ impl PolicySync {
         }
     }
 
-    /// The registry's policies (revision, parsed). A stored policy that no longer parses
-    /// (it was valid when stored; this cannot happen within one version) is skipped and
-    /// logged rather than stopping enforcement of the others.
+    /// The registry's policies (revision, parsed; see [`stored_policies`]).
     pub fn policies(&self) -> (u64, Arc<Vec<Policy>>) {
         let revision = self.client.local(|r| r.policy_revision());
         let mut parsed = self.parsed.lock().unwrap_or_else(PoisonError::into_inner);
@@ -160,21 +177,7 @@ impl PolicySync {
                 return (revision, p.policies.clone());
             }
         }
-        let sources: Vec<(String, String)> = self.client.local(|r| {
-            r.policies()
-                .map(|p| (p.name.clone(), p.source.clone()))
-                .collect()
-        });
-        let mut policies = Vec::new();
-        for (name, source) in sources {
-            match policy::parse_policies(&name, &source) {
-                Ok(mut p) => policies.append(&mut p),
-                Err(e) => {
-                    warn!(policy = %name, error = %e, "stored policy does not parse; skipped")
-                }
-            }
-        }
-        let policies = Arc::new(policies);
+        let policies = Arc::new(stored_policies(&self.client));
         *parsed = Some(Parsed {
             revision,
             policies: policies.clone(),
