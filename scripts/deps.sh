@@ -23,6 +23,7 @@ want llvm-objdump llvm
 [[ -f /usr/include/linux/bpf.h ]] || need+=(linux-libc-dev)
 [[ -d /usr/include/x86_64-linux-gnu/asm || -d /usr/include/asm ]] || need+=(linux-libc-dev)
 want iperf3 iperf3              # the datapath benchmark and demo traffic
+want ping iputils-ping          # ebpf/tests/policy.rs: ICMP echo through conntrack and policy
 for extra in "$@"; do
   case "$extra" in
     etcd) want etcd etcd-server; want etcdctl etcd-client ;;

@@ -71,10 +71,11 @@ fn add_c(env: &mut SameNode, dp: &mut Datapath) -> Ep {
 }
 
 fn ping(ns: &str, to: Ipv4Addr, wait: &str) -> bool {
+    let ping = require_tool("ping", "iputils-ping");
     Command::new("ip")
-        .args([
-            "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", wait,
-        ])
+        .args(["netns", "exec", ns])
+        .arg(ping)
+        .args(["-n", "-q", "-c", "1", "-W", wait])
         .arg(to.to_string())
         .output()
         .expect("run ping (iputils-ping)")

@@ -23,6 +23,19 @@ use membrane_ebpf::{
 
 pub static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The path of `program` on PATH; panics naming the program and its Debian package, so a
+/// missing tool fails as itself rather than as a verdict of the datapath under test.
+pub fn require_tool(program: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{program} is not installed: run scripts/deps.sh (Debian package {package})")
+        })
+}
+
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
