@@ -3,7 +3,10 @@
 
 use std::net::Ipv4Addr;
 
-use super::{common::ip_from_map, common::Direction, metrics::Reason};
+use super::{
+    common::{ip_from_map, Direction},
+    metrics::Reason,
+};
 
 /// Kind of a [`FlowEvent`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

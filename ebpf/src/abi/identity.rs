@@ -1,6 +1,6 @@
-//! Mirror of `bpf/lib/identity.h`: the reserved security identities. The registry
-//! (membrane-consensus) allocates from 256 up; a test in the node crate checks that its
-//! numbers equal these.
+//! Mirror of `bpf/lib/identity.h`: the reserved security identities (Cilium's numbering).
+//! The registry (membrane-consensus) is the Rust home of these numbers and allocates from
+//! 256 up; this module is the datapath's copy, held to the header by the test below.
 
 /// No identity known: the wildcard of policy entries, and the identity of a remote node's
 /// whole pod CIDR in the ipcache.
