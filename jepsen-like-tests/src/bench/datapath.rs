@@ -22,8 +22,8 @@ use serde_json::Value;
 use super::flags::count;
 use super::stats::{median_of, micros, Summary};
 use super::system::{add_bridge, attach, link_mtu, which};
-use crate::traffic::{tcp_connect, TcpEchoServer};
 use crate::netns::nsenter;
+use crate::traffic::{tcp_connect, TcpEchoServer};
 use crate::{ip_in, Cluster, Lab};
 
 /// `bench datapath`'s flags.

@@ -1,12 +1,15 @@
 //! Value parsers shared by the benchmarks' flags (each benchmark derives its own `Args`).
 
-/// A count of at least 1 (runs, seconds, round trips, clients ...); `_` may group digits,
-/// as in `20_000`.
-pub fn count<T: TryFrom<usize>>(s: &str) -> Result<T, String> {
-    let n: usize = s
-        .replace('_', "")
+/// A whole number; `_` may group digits, as in `20_000`.
+pub fn number(s: &str) -> Result<usize, String> {
+    s.replace('_', "")
         .parse()
-        .map_err(|e| format!("{s:?} is not a count: {e}"))?;
+        .map_err(|e| format!("{s:?} is not a whole number: {e}"))
+}
+
+/// A count of at least 1 (runs, seconds, round trips, clients ...), as [`number`].
+pub fn count<T: TryFrom<usize>>(s: &str) -> Result<T, String> {
+    let n = number(s)?;
     if n == 0 {
         return Err("must be at least 1".into());
     }

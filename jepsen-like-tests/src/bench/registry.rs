@@ -85,11 +85,7 @@ pub fn run(opts: &Args) -> anyhow::Result<()> {
             etcd.endpoints.clone(),
         )
     };
-    let via = if leader_only {
-        "leader"
-    } else {
-        "all nodes"
-    };
+    let via = if leader_only { "leader" } else { "all nodes" };
     let netns = cluster.lab().host(1).netns().to_string();
     let (clients, ops) = (opts.clients, opts.ops);
     let (m, e) = in_netns(&netns, move || -> anyhow::Result<(Summary, Summary)> {
