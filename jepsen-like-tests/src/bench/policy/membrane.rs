@@ -1,11 +1,12 @@
 //! The Membrane side: the N-rule policy as YAML, imported through the CLI and counted in the
 //! BPF policy map, and the peer identities its selectors name.
 
+use std::process::{Command, Stdio};
+
 use anyhow::{anyhow, bail, Context};
 use membrane_proto::v1::agent_client::AgentClient;
 use membrane_proto::v1::IdentityRequest;
 use serde_json::Value;
-use std::process::{Command, Stdio};
 
 use super::other_pairs;
 use super::workload::{CONN_PORT, RR_PORT};

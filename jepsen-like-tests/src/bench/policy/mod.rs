@@ -52,7 +52,7 @@ pub struct Args {
         long,
         value_name = "N,N,...",
         value_delimiter = ',',
-        default_values_t = [10, 1000, 10_000],
+        default_value = "10,1000,10000",
         value_parser = rule_count
     )]
     pub rules: Vec<usize>,
