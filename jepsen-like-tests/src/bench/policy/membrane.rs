@@ -1,9 +1,9 @@
 //! The Membrane side: the N-rule policy as YAML, imported through the CLI and counted in the
 //! BPF policy map, and the peer identities its selectors name.
 
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use membrane_proto::v1::agent_client::AgentClient;
 use membrane_proto::v1::IdentityRequest;
 use serde_json::Value;
@@ -74,19 +74,16 @@ pub(super) fn set_membrane_policy(
 /// Entries in the policy map, read with bpftool (what the datapath really holds).
 pub(super) fn policy_map_entries(pin_dir: &std::path::Path) -> anyhow::Result<usize> {
     let pin = pin_dir.join("policy");
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&pin)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run bpftool")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool map dump {}: {}",
-            pin.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = crate::cmd::run(
+        "bpftool",
+        &[
+            OsStr::new("-j"),
+            OsStr::new("map"),
+            OsStr::new("dump"),
+            OsStr::new("pinned"),
+            pin.as_os_str(),
+        ],
+    )?;
     let v: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
     v.as_array()
         .map(Vec::len)
