@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -159,10 +159,8 @@ impl Cluster {
     pub fn cni_call(&self, i: usize, call: &CniCall) -> anyhow::Result<CniOutcome> {
         let bin = crate::cni_binary()?;
         let host = self.lab().host(i);
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", netns_path(host.netns()).display()))
-            .arg("--")
-            .arg(&bin)
+        let mut cmd = crate::netns::nsenter(host.netns());
+        cmd.arg(&bin)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env(

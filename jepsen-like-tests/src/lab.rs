@@ -186,14 +186,6 @@ impl Lab {
         Ok(())
     }
 
-    /// The endpoint namespaces alive now, in creation order.
-    pub fn endpoint_namespaces(&self) -> Vec<String> {
-        self.endpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// The number of hosts.
     pub fn len(&self) -> usize {
         self.hosts.len()

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -14,6 +15,15 @@ use crate::cmd::run;
 /// Where `ip netns` keeps its named namespaces.
 pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
+}
+
+/// `nsenter --net=/run/netns/<name> --`, to which the caller adds a program and its arguments:
+/// the program runs in that network namespace and keeps every other namespace of ours.
+pub(crate) fn nsenter(name: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", netns_path(name).display()))
+        .arg("--");
+    cmd
 }
 
 /// Whether a named namespace exists (ours or anyone's).

@@ -13,52 +13,34 @@
 //! are the medians over runs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use serde_json::Value;
 
-use super::stats::Summary;
+use super::flags::count;
+use super::stats::{median_of, micros, Summary};
+use super::system::{add_bridge, attach, link_mtu, which};
+use crate::netns::nsenter;
 use crate::traffic::{tcp_connect, TcpEchoServer};
-use crate::{ip_in, netns_path, Cluster, Lab};
+use crate::{ip_in, Cluster, Lab};
 
-struct Options {
-    runs: usize,
-    round_trips: usize,
-    seconds: u32,
-    baseline_only: bool,
-}
-
-fn parse(args: &[&str]) -> anyhow::Result<Options> {
-    let mut o = Options {
-        runs: 3,
-        round_trips: 20_000,
-        seconds: 5,
-        baseline_only: false,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || -> anyhow::Result<usize> {
-            it.next()
-                .ok_or_else(|| anyhow!("{a} needs a value"))?
-                .parse()
-                .map_err(|e| anyhow!("{a}: {e}"))
-        };
-        match *a {
-            "--runs" => o.runs = value()?,
-            "--round-trips" => o.round_trips = value()?,
-            "--seconds" => o.seconds = u32::try_from(value()?)?,
-            "--baseline-only" => o.baseline_only = true,
-            other => bail!(
-                "unknown option {other}; known: --runs N --round-trips N --seconds N --baseline-only"
-            ),
-        }
-    }
-    if o.runs == 0 || o.round_trips == 0 || o.seconds == 0 {
-        bail!("--runs, --round-trips and --seconds must be at least 1");
-    }
-    Ok(o)
+/// `bench datapath`'s flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Runs of all setups, interleaved; the figures are the medians over runs.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = count::<usize>)]
+    pub runs: usize,
+    /// 64-byte round trips per setup and run.
+    #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = count::<usize>)]
+    pub round_trips: usize,
+    /// Seconds of iperf3 per setup and run.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = count::<u32>)]
+    pub seconds: u32,
+    /// Only the plain kernel baselines, no Membrane cluster.
+    #[arg(long)]
+    pub baseline_only: bool,
 }
 
 /// Port of the ping-pong echo server and of iperf3, inside the server namespace.
@@ -99,9 +81,8 @@ impl World {
 }
 
 /// Builds the setups, runs them interleaved, and prints the tables.
-pub fn run(args: &[&str]) -> anyhow::Result<()> {
+pub fn run(opts: &Args) -> anyhow::Result<()> {
     crate::require_root()?;
-    let opts = parse(args)?;
     which("iperf3").context("iperf3 is not installed: run scripts/deps.sh")?;
     let mut setups = Vec::new();
     let world = if opts.baseline_only {
@@ -141,7 +122,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let mut samples: Vec<Vec<Sample>> = setups.iter().map(|_| Vec::new()).collect();
     for run in 1..=opts.runs {
         for (k, s) in setups.iter().enumerate() {
-            let sample = measure(s, &opts).with_context(|| format!("measuring {}", s.name))?;
+            let sample = measure(s, opts).with_context(|| format!("measuring {}", s.name))?;
             eprintln!(
                 "run {run} {:<20} {:>6.2} Gbit/s  p50 {:>6.1} us  p99 {:>6.1} us  {:>8.0} tx/s",
                 s.name, sample.gbps, sample.p50_us, sample.p99_us, sample.tps
@@ -189,26 +170,21 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn median(v: &[Sample]) -> Sample {
-    let pick = |f: fn(&Sample) -> f64| {
-        let mut xs: Vec<f64> = v.iter().map(f).collect();
-        xs.sort_by(|a, b| a.total_cmp(b));
-        xs[xs.len() / 2]
-    };
     Sample {
-        gbps: pick(|s| s.gbps),
-        p50_us: pick(|s| s.p50_us),
-        p99_us: pick(|s| s.p99_us),
-        tps: pick(|s| s.tps),
+        gbps: median_of(v, |s| s.gbps),
+        p50_us: median_of(v, |s| s.p50_us),
+        p99_us: median_of(v, |s| s.p99_us),
+        tps: median_of(v, |s| s.tps),
     }
 }
 
-fn measure(s: &Setup, o: &Options) -> anyhow::Result<Sample> {
+fn measure(s: &Setup, o: &Args) -> anyhow::Result<Sample> {
     let gbps = iperf(s, o.seconds)?;
     let rr = ping_pong(s, o.round_trips)?;
     Ok(Sample {
         gbps,
-        p50_us: rr.p50.as_secs_f64() * 1e6,
-        p99_us: rr.p99.as_secs_f64() * 1e6,
+        p50_us: micros(rr.p50),
+        p99_us: micros(rr.p99),
         tps: rr.ops_per_sec(),
     })
 }
@@ -234,9 +210,8 @@ impl Drop for Reap {
 
 /// `iperf3 -c` for `seconds` against a one-off `iperf3 -s -1`; received Gbit/s.
 fn iperf(s: &Setup, seconds: u32) -> anyhow::Result<f64> {
-    let server = Command::new("nsenter")
-        .arg(format!("--net={}", netns_path(&s.server_ns).display()))
-        .args(["--", "iperf3", "-s", "-1", "-p", &IPERF_PORT.to_string()])
+    let server = nsenter(&s.server_ns)
+        .args(["iperf3", "-s", "-1", "-p", &IPERF_PORT.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -246,9 +221,8 @@ fn iperf(s: &Setup, seconds: u32) -> anyhow::Result<f64> {
     // The server needs a moment to listen; a refused client exits at once, so retry.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", netns_path(&s.client_ns).display()))
-            .args(["--", "iperf3", "-c", &s.server_ip.to_string()])
+        let out = nsenter(&s.client_ns)
+            .args(["iperf3", "-c", &s.server_ip.to_string()])
             .args([
                 "-p",
                 &IPERF_PORT.to_string(),
@@ -276,43 +250,10 @@ fn iperf(s: &Setup, seconds: u32) -> anyhow::Result<f64> {
     }
 }
 
-fn link_mtu(ns: &str, dev: &str) -> anyhow::Result<u32> {
-    let v: Value = serde_json::from_str(&ip_in(ns, &["-j", "link", "show", dev])?)?;
-    v[0]["mtu"]
-        .as_u64()
-        .map(|m| m as u32)
-        .ok_or_else(|| anyhow!("no MTU for {dev} in {ns}"))
-}
-
-/// A veth from host namespace `host_ns` (`host_if`, enslaved to `bridge`) to `eth0` in
-/// `ns` with `cidr`, both ends at `mtu`.
-fn attach(
-    host_ns: &str,
-    host_if: &str,
-    bridge: &str,
-    ns: &str,
-    cidr: &str,
-    mtu: u32,
-) -> anyhow::Result<()> {
-    let mtu = mtu.to_string();
-    ip_in(
-        host_ns,
-        &[
-            "link", "add", host_if, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
-            &mtu, "netns", ns,
-        ],
-    )?;
-    ip_in(host_ns, &["link", "set", host_if, "master", bridge, "up"])?;
-    ip_in(ns, &["addr", "add", cidr, "dev", "eth0"])?;
-    ip_in(ns, &["link", "set", "eth0", "up"])?;
-    Ok(())
-}
-
 /// Two namespaces on host 1 joined by a plain bridge (10.210.0.0/24), no BPF anywhere.
 fn plain_bridge(lab: &Lab, mtu: u32) -> anyhow::Result<Setup> {
     let h1 = lab.host(1).netns().to_string();
-    ip_in(&h1, &["link", "add", "plbr0", "type", "bridge"])?;
-    ip_in(&h1, &["link", "set", "plbr0", "up"])?;
+    add_bridge(&h1, "plbr0")?;
     let a = lab.add_endpoint_netns(1, "pa")?;
     let b = lab.add_endpoint_netns(1, "pb")?;
     attach(&h1, "plva", "plbr0", &a, "10.210.0.2/24", mtu)?;
@@ -334,8 +275,7 @@ fn plain_vxlan(lab: &Lab, mtu: u32) -> anyhow::Result<Setup> {
         let hns = lab.host(i).netns().to_string();
         let local = lab.host(i).ip().to_string();
         let remote = lab.host(other).ip().to_string();
-        ip_in(&hns, &["link", "add", "plbr1", "type", "bridge"])?;
-        ip_in(&hns, &["link", "set", "plbr1", "up"])?;
+        add_bridge(&hns, "plbr1")?;
         ip_in(
             &hns,
             &[
@@ -382,11 +322,20 @@ fn plain_vxlan(lab: &Lab, mtu: u32) -> anyhow::Result<Setup> {
     })
 }
 
-fn which(program: &str) -> anyhow::Result<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("{program} not found on PATH"))
+#[cfg(test)]
+mod tests {
+    use super::super::flags::parse;
+    use super::*;
+
+    #[test]
+    fn flags_default_as_documented_and_reject_zero() {
+        let a: Args = parse(&[]).unwrap();
+        assert_eq!((a.runs, a.round_trips, a.seconds), (3, 20_000, 5));
+        assert!(!a.baseline_only);
+        let a: Args = parse(&["--runs", "1", "--round-trips", "200", "--seconds", "1"]).unwrap();
+        assert_eq!((a.runs, a.round_trips, a.seconds), (1, 200, 1));
+        assert!(parse::<Args>(&["--baseline-only"]).unwrap().baseline_only);
+        assert!(parse::<Args>(&["--runs", "0"]).is_err());
+        assert!(parse::<Args>(&["--rules", "10"]).is_err());
+    }
 }

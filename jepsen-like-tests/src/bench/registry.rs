@@ -18,51 +18,52 @@ use membrane_proto::v1::IdentityRequest;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
+use super::flags::count;
 use super::stats::Summary;
+use super::system::which;
 use crate::{in_netns, wait_until, Cluster, Lab};
 
-struct Options {
-    clients: usize,
-    ops: usize,
-    /// Clients talk to every node (followers forward to the leader), or to the leader only.
-    leader_only: bool,
+/// `bench registry`'s flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Concurrent clients of each system.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = count::<usize>)]
+    pub clients: usize,
+    /// Operations per system, shared among the clients (at least one each).
+    #[arg(long, value_name = "N", default_value_t = 3000, value_parser = count::<usize>)]
+    pub ops: usize,
+    /// Where the clients send: every node (followers forward to the leader), or the leader.
+    #[arg(long, value_enum, default_value_t = Via::All)]
+    pub via: Via,
 }
 
-fn parse(args: &[&str]) -> anyhow::Result<Options> {
-    let mut o = Options {
-        clients: 32,
-        ops: 3000,
-        leader_only: false,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || -> anyhow::Result<usize> {
-            it.next()
-                .ok_or_else(|| anyhow!("{a} needs a value"))?
-                .parse()
-                .map_err(|e| anyhow!("{a}: {e}"))
-        };
-        match *a {
-            "--clients" => o.clients = value()?,
-            "--ops" => o.ops = value()?,
-            "--via" => match it.next().copied() {
-                Some("all") => o.leader_only = false,
-                Some("leader") => o.leader_only = true,
-                other => bail!("--via takes all or leader, not {other:?}"),
-            },
-            other => bail!("unknown option {other}; known: --clients N --ops N --via all|leader"),
+/// The nodes the benchmark's clients talk to.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Every node; followers forward writes to the leader.
+    All,
+    /// The leader only.
+    Leader,
+}
+
+impl Args {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.ops < self.clients {
+            bail!(
+                "--ops {} is fewer than --clients {}: every client needs at least one op",
+                self.ops,
+                self.clients
+            );
         }
+        Ok(())
     }
-    if o.clients == 0 || o.ops < o.clients {
-        bail!("need --clients >= 1 and --ops >= --clients");
-    }
-    Ok(o)
 }
 
 /// Runs both systems and prints a markdown table.
-pub fn run(args: &[&str]) -> anyhow::Result<()> {
+pub fn run(opts: &Args) -> anyhow::Result<()> {
     crate::require_root()?;
-    let opts = parse(args)?;
+    opts.check()?;
+    let leader_only = opts.via == Via::Leader;
     let etcd_bin = which("etcd")
         .context("etcd is not installed: run scripts/deps.sh etcd (Debian's etcd-server)")?;
     eprintln!("starting a 3-node Membrane cluster and a 3-member etcd in the same lab...");
@@ -70,7 +71,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     let etcd = EtcdCluster::start(cluster.lab(), &etcd_bin)?;
 
     // Warm-up both, then measure.
-    let (sockets, endpoints) = if opts.leader_only {
+    let (sockets, endpoints) = if leader_only {
         let leader = cluster
             .leader_seen_by(1)?
             .ok_or_else(|| anyhow!("membrane has no leader"))? as usize;
@@ -84,11 +85,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
             etcd.endpoints.clone(),
         )
     };
-    let via = if opts.leader_only {
-        "leader"
-    } else {
-        "all nodes"
-    };
+    let via = if leader_only { "leader" } else { "all nodes" };
     let netns = cluster.lab().host(1).netns().to_string();
     let (clients, ops) = (opts.clients, opts.ops);
     let (m, e) = in_netns(&netns, move || -> anyhow::Result<(Summary, Summary)> {
@@ -223,15 +220,6 @@ async fn etcd_workload(
         .await)
 }
 
-fn which(cmd: &str) -> anyhow::Result<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(cmd))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("{cmd} not found in PATH"))
-}
-
 /// Three etcd members, one in each of the lab's first three hosts, data in the lab dir.
 /// Killed on drop.
 struct EtcdCluster {
@@ -329,5 +317,26 @@ impl Drop for EtcdCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::flags::parse;
+    use super::*;
+
+    #[test]
+    fn flags_default_as_documented_and_need_a_share_per_client() {
+        let a: Args = parse(&[]).unwrap();
+        assert_eq!((a.clients, a.ops, a.via), (32, 3000, Via::All));
+        assert!(a.check().is_ok());
+        let a: Args = parse(&["--via", "leader", "--ops", "200"]).unwrap();
+        assert_eq!((a.ops, a.via), (200, Via::Leader));
+        assert!(a.check().is_ok());
+        let a: Args = parse(&["--clients", "8", "--ops", "7"]).unwrap();
+        assert!(a.check().is_err());
+        assert!(parse::<Args>(&["--clients", "0"]).is_err());
+        assert!(parse::<Args>(&["--via", "some"]).is_err());
+        assert!(parse::<Args>(&["--via"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! Throughput and latency summaries.
+//! Throughput and latency summaries, and the medians over runs that the tables report.
 
 use std::time::Duration;
 
@@ -43,6 +43,29 @@ impl Summary {
     }
 }
 
+/// A duration in microseconds, the unit of the latency tables.
+pub fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The median of `xs` (the upper one of an even count): the figure of a benchmark over its
+/// runs, robust to one run that other load on the machine disturbed.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+/// The median of one field over the runs' samples.
+pub fn median_of<S>(samples: &[S], field: impl Fn(&S) -> f64) -> f64 {
+    median(samples.iter().map(field).collect())
+}
+
+/// Median absolute deviation: the run-to-run spread of one figure.
+pub fn mad(xs: &[f64]) -> f64 {
+    let m = median(xs.to_vec());
+    median(xs.iter().map(|x| (x - m).abs()).collect())
+}
+
 /// Bytes in each ping-pong message of the latency benchmarks (netperf TCP_RR style).
 pub const RR_MESSAGE: usize = 64;
 
@@ -81,5 +104,15 @@ mod tests {
         assert_eq!(s.p50, Duration::from_millis(51));
         assert_eq!(s.p99, Duration::from_millis(99));
         assert_eq!(s.ops_per_sec(), 50.0);
+    }
+
+    #[test]
+    fn median_takes_the_upper_middle_and_mad_the_spread_around_it() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median_of(&[(1, 5.0), (2, 7.0), (3, 6.0)], |s| s.1), 6.0);
+        // Deviations from 3: 2, 1, 0, 1, 7 -> median 1; the outlier does not move it.
+        assert_eq!(mad(&[1.0, 2.0, 3.0, 4.0, 10.0]), 1.0);
+        assert_eq!(micros(Duration::from_millis(2)), 2000.0);
     }
 }

@@ -6,29 +6,58 @@
 //!   kernel bridge and VXLAN paths.
 //! - `membrane-lab bench policy [...]`: connection rate and latency under 10-10,000 policy
 //!   rules against equivalent iptables chains.
+//! - `membrane-lab idle-check HOSTS MINUTES`: a cluster left alone must see no false downs.
 
 use std::process::ExitCode;
 
-fn usage() -> ExitCode {
-    eprintln!(
-        "usage: membrane-lab demo [--keep] | membrane-lab bench registry [--clients N] [--ops N] [--via all|leader] | membrane-lab bench datapath [--runs N] [--round-trips N] [--seconds N] [--baseline-only] | membrane-lab bench policy [--rules 10,1000,10000] [--seconds N] [--runs N] [--round-trips N] [--peers N] [--iptables PROGRAM] | membrane-lab idle-check HOSTS MINUTES"
-    );
-    ExitCode::from(2)
+use clap::{Parser, Subcommand};
+use membrane_jepsen::bench::{datapath, policy, registry};
+
+/// Runs Membrane clusters in network namespaces on this machine (as root).
+#[derive(Parser)]
+#[command(name = "membrane-lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The README's demo: a cluster, endpoints, a policy, and which endpoint reaches which.
+    Demo {
+        /// Wait for Ctrl-C before tearing the lab down.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Compares Membrane with a reference system side by side, in one run.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Watches a cluster left alone for false downs.
+    IdleCheck {
+        /// Agents in the lab.
+        hosts: usize,
+        /// How long to watch.
+        minutes: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Identity allocations against a 3-node cluster vs create-if-absent writes to a 3-member etcd.
+    Registry(registry::Args),
+    /// Endpoint TCP throughput and ping-pong latency vs a plain bridge and a plain kernel VXLAN.
+    Datapath(datapath::Args),
+    /// Connection rate and latency under N-rule policies vs equivalent iptables chains.
+    Policy(policy::Args),
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match args.as_slice() {
-        ["demo", rest @ ..] => membrane_jepsen::demo::run(rest.contains(&"--keep")),
-        ["bench", "registry", rest @ ..] => membrane_jepsen::bench::registry::run(rest),
-        ["bench", "datapath", rest @ ..] => membrane_jepsen::bench::datapath::run(rest),
-        ["bench", "policy", rest @ ..] => membrane_jepsen::bench::policy::run(rest),
-        ["idle-check", hosts, minutes] => match (hosts.parse(), minutes.parse()) {
-            (Ok(h), Ok(m)) => membrane_jepsen::idle::run(h, m),
-            _ => return usage(),
-        },
-        _ => return usage(),
+    let result = match Cli::parse().command {
+        Command::Demo { keep } => membrane_jepsen::demo::run(keep),
+        Command::Bench(Bench::Registry(args)) => registry::run(&args),
+        Command::Bench(Bench::Datapath(args)) => datapath::run(&args),
+        Command::Bench(Bench::Policy(args)) => policy::run(&args),
+        Command::IdleCheck { hosts, minutes } => membrane_jepsen::idle::run(hosts, minutes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
