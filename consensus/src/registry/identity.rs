@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LabelSet, RegistryError};
+use super::{LabelSet, Registry, RegistryError, Response};
 
 /// First locally allocated number (low 16 bits).
 pub const IDENTITY_FIRST_LOCAL: u32 = 256;
@@ -156,9 +156,47 @@ impl IdentityTable {
     }
 }
 
+impl Registry {
+    pub fn identities(&self) -> impl Iterator<Item = &IdentityRecord> {
+        self.identities.iter()
+    }
+
+    pub fn identity_by_labels(&self, labels: &LabelSet) -> Option<&IdentityRecord> {
+        self.identities.by_labels(labels)
+    }
+
+    pub fn identity(&self, id: u32) -> Option<&IdentityRecord> {
+        self.identities.get(id)
+    }
+
+    pub(super) fn allocate_identity(
+        &mut self,
+        labels: LabelSet,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        let (identity, created) = self.identities.allocate(labels)?;
+        Ok(Response::Identity { identity, created })
+    }
+
+    pub(super) fn release_identity(
+        &mut self,
+        labels: &LabelSet,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        let (id, references) = self.identities.release(labels)?;
+        Ok(Response::Released {
+            id,
+            references,
+            removed: references == 0,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::test_support::{bootstrapped, refused};
+    use crate::registry::Command;
 
     fn labels(s: &str) -> LabelSet {
         LabelSet::parse(&s.split(',').collect::<Vec<_>>()).unwrap()
@@ -233,5 +271,48 @@ mod tests {
         let back: IdentityTable = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
         assert!(back.by_labels(&labels("app=web")).is_some());
+    }
+
+    #[test]
+    fn t40_identities_through_commands() {
+        let mut r = bootstrapped();
+        let labels = LabelSet::parse(&["app=web"]).unwrap();
+        let Response::Identity {
+            identity,
+            created: true,
+        } = r.apply(Command::AllocateIdentity {
+            labels: labels.clone(),
+        })
+        else {
+            panic!()
+        };
+        assert_eq!(identity.id, (7 << 16) | 256);
+        let again = r.apply(Command::AllocateIdentity {
+            labels: labels.clone(),
+        });
+        assert!(matches!(again, Response::Identity { created: false, .. }));
+        assert_eq!(
+            r.apply(Command::ReleaseIdentity {
+                labels: labels.clone()
+            }),
+            Response::Released {
+                id: identity.id,
+                references: 1,
+                removed: false
+            }
+        );
+        assert_eq!(
+            r.apply(Command::ReleaseIdentity {
+                labels: labels.clone()
+            }),
+            Response::Released {
+                id: identity.id,
+                references: 0,
+                removed: true
+            }
+        );
+        refused(&mut r, Command::ReleaseIdentity { labels }, |e| {
+            matches!(e, RegistryError::IdentityNotFound { .. })
+        });
     }
 }
