@@ -44,7 +44,11 @@ pub use endpoint::{
 };
 pub use error::RegistryError;
 pub use gossip_keys::{GossipKey, GossipKeyring, MAX_GOSSIP_KEYS};
-pub use identity::{IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_MAX_LOCAL};
+pub use identity::{
+    reserved_identity_name, IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_HEALTH, IDENTITY_HOST,
+    IDENTITY_INIT, IDENTITY_MAX_LOCAL, IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN, IDENTITY_UNMANAGED,
+    IDENTITY_WORLD, RESERVED_IDENTITIES,
+};
 pub use labels::LabelSet;
 pub use node::{NewNode, NodeRecord};
 pub use policy::{NewPolicy, PolicyRecord, MAX_POLICIES, MAX_POLICY_BYTES};
