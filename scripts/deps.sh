@@ -24,6 +24,7 @@ want llvm-objdump llvm
 [[ -d /usr/include/x86_64-linux-gnu/asm || -d /usr/include/asm ]] || need+=(linux-libc-dev)
 want iperf3 iperf3              # the datapath benchmark and demo traffic
 want ping iputils-ping          # ebpf/tests/policy.rs: ICMP echo through conntrack and policy
+want bpftool bpftool            # ebpf/tests/datapath.rs creates an incompatible pinned map; bench policy counts entries
 for extra in "$@"; do
   case "$extra" in
     etcd) want etcd etcd-server; want etcdctl etcd-client ;;

@@ -1,11 +1,14 @@
 /* Endpoint programs, attached to the host side of each endpoint's veth
  * (docs/datapath.md, "Programs"). */
 #include "lib/common.h"
-#include "lib/maps.h"
+#include "lib/identity.h"
+#include "lib/endpoints.h"
+#include "lib/ipcache.h"
+#include "lib/config.h"
 #include "lib/metrics.h"
 #include "lib/eth.h"
-#include "lib/ipv4.h"
 #include "lib/flow.h"
+#include "lib/parse.h"
 #include "lib/actions.h"
 #include "lib/policy.h"
 
@@ -21,17 +24,11 @@ int from_endpoint(struct __sk_buff *skb)
 	struct bpf_tunnel_key key = {};
 	struct iphdr ip;
 	enum reason verdict;
+	int ret;
 
-	switch (ipv4_load(skb, &ip)) {
-	case IPV4_OK:
-		break;
-	case IPV4_NOT_IPV4:
-		return pass_to_stack(skb, &c);
-	default:
-		return drop(skb, &c, REASON_DROP_MALFORMED);
-	}
-	if (flow_load(skb, &ip, &c.f) < 0)
-		return drop(skb, &c, REASON_DROP_MALFORMED);
+	ret = parse_packet(skb, &c, &ip, REASON_TO_STACK);
+	if (ret != PARSE_OK)
+		return ret;
 
 	/* Anti-spoofing: the source must be the endpoint behind this very interface. */
 	src = lookup_endpoint(ip.saddr);
@@ -93,19 +90,13 @@ int to_endpoint(struct __sk_buff *skb)
 	__u32 mark = skb->mark;
 	struct iphdr ip;
 	enum reason verdict;
+	int ret;
 
-	switch (ipv4_load(skb, &ip)) {
-	case IPV4_OK:
-		break;
-	case IPV4_NOT_IPV4:
-		/* The datapath is IPv4 only; endpoints get no other address family. */
-		forwarded(skb, &c, REASON_DELIVERED);
-		return TC_ACT_OK;
-	default:
-		return drop(skb, &c, REASON_DROP_MALFORMED);
-	}
-	if (flow_load(skb, &ip, &c.f) < 0)
-		return drop(skb, &c, REASON_DROP_MALFORMED);
+	/* The datapath is IPv4 only; endpoints get no other address family: anything else is
+	 * delivered as it is. */
+	ret = parse_packet(skb, &c, &ip, REASON_DELIVERED);
+	if (ret != PARSE_OK)
+		return ret;
 
 	/* Whose ingress policy applies: the endpoint behind this interface. A packet for
 	 * another address has no policy to check and is not delivered. */

@@ -1,11 +1,11 @@
 /* Overlay program, attached to tc ingress of the VXLAN device in external (collect_md)
  * mode (docs/datapath.md, "Programs"). */
 #include "lib/common.h"
-#include "lib/maps.h"
+#include "lib/endpoints.h"
 #include "lib/metrics.h"
 #include "lib/eth.h"
-#include "lib/ipv4.h"
 #include "lib/flow.h"
+#include "lib/parse.h"
 #include "lib/actions.h"
 #include "lib/policy.h"
 
@@ -16,18 +16,12 @@ int from_overlay(struct __sk_buff *skb)
 	struct endpoint_value *ep;
 	struct bpf_tunnel_key key = {};
 	struct iphdr ip;
+	int ret;
 
-	switch (ipv4_load(skb, &ip)) {
-	case IPV4_OK:
-		break;
-	case IPV4_NOT_IPV4:
-		return pass_to_stack(skb, &c);
-	default:
-		return drop(skb, &c, REASON_DROP_MALFORMED);
-	}
-	/* Parsed for the events only; policy is decided by to_endpoint. */
-	if (flow_load(skb, &ip, &c.f) < 0)
-		return drop(skb, &c, REASON_DROP_MALFORMED);
+	/* The flow is parsed for the events only; policy is decided by to_endpoint. */
+	ret = parse_packet(skb, &c, &ip, REASON_TO_STACK);
+	if (ret != PARSE_OK)
+		return ret;
 
 	ep = lookup_endpoint(ip.daddr);
 	if (!ep)

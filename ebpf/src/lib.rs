@@ -29,7 +29,9 @@ use tracing::info;
 pub use abi::{
     ct_timeout, proto, CtKey, CtValue, DatapathConfig, Direction, EndpointKey, EndpointValue,
     EventKind, FlowEvent, FlowEventRecord, IpcacheKey, IpcacheValue, MetricValue, PolicyKey,
-    PolicyTable, PolicyValue, Reason, Verdict, IDENTITY_HOST, IDENTITY_WORLD,
+    PolicyTable, PolicyValue, Reason, Verdict, IDENTITY_HEALTH, IDENTITY_HOST, IDENTITY_INIT,
+    IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN, IDENTITY_UNMANAGED, IDENTITY_WORLD,
+    RESERVED_IDENTITIES,
 };
 pub use error::DatapathError;
 pub use events::EventReader;
@@ -135,11 +137,6 @@ impl Datapath {
             ifname,
             Hook::Ingress,
         )
-    }
-
-    /// Detaches `from_overlay` from `ifname`; like [`Datapath::detach_endpoint`].
-    pub fn detach_overlay(&mut self, ifname: &str) -> Result<(), DatapathError> {
-        loader::detach_all(&self.links_dir, ifname)
     }
 
     /// The ifindex of `ifname` in the calling thread's network namespace (for

@@ -25,8 +25,9 @@ pub(crate) const CONNTRACK: &str = "conntrack";
 pub(crate) const EVENTS: &str = "events";
 pub(crate) const EVENT_BUDGET: &str = "event_budget";
 
-/// What each pinned map must look like (bpf/lib/maps.h): checked before an existing pin is
-/// reused, because the kernel would otherwise happily hand an old layout to new programs.
+/// What each pinned map must look like (as declared in its concern's bpf/lib/*.h): checked
+/// before an existing pin is reused, because the kernel would otherwise happily hand an old
+/// layout to new programs.
 pub(crate) struct MapSpec {
     pub name: &'static str,
     pub map_type: aya::maps::MapType,
@@ -331,5 +332,43 @@ impl Maps {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::header::define;
+
+    fn spec(name: &str) -> &'static MapSpec {
+        SPECS.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// The capacities the loader checks pins against are the headers' `*_MAX`.
+    #[test]
+    fn capacities_match_the_headers() {
+        for (name, header, define_name) in [
+            (
+                ENDPOINTS,
+                include_str!("../bpf/lib/endpoints.h"),
+                "ENDPOINTS_MAX",
+            ),
+            (IPCACHE, include_str!("../bpf/lib/ipcache.h"), "IPCACHE_MAX"),
+            (POLICY, include_str!("../bpf/lib/policy.h"), "POLICY_MAX"),
+            (CONNTRACK, include_str!("../bpf/lib/conntrack.h"), "CT_MAX"),
+            (EVENTS, include_str!("../bpf/lib/events.h"), "EVENTS_BYTES"),
+        ] {
+            assert_eq!(
+                u64::from(spec(name).max_entries),
+                define(header, define_name),
+                "{name}"
+            );
+        }
+        // METRICS_MAX is 2 * METRICS_PER_DIR: one row per direction.
+        let metrics = include_str!("../bpf/lib/metrics.h");
+        assert_eq!(
+            u64::from(spec(METRICS).max_entries),
+            2 * define(metrics, "METRICS_PER_DIR")
+        );
     }
 }

@@ -419,7 +419,7 @@ fn e_incompatible_pinned_map_is_refused() {
     // A first load creates the pins; an "endpoints" map of another layout replaces one.
     drop(Datapath::load(&pin).expect("load"));
     fs::remove_file(pin.join("endpoints")).unwrap();
-    let out = Command::new("bpftool")
+    let out = Command::new(require_tool("bpftool", "bpftool"))
         .args(["map", "create"])
         .arg(pin.join("endpoints"))
         .args([

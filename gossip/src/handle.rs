@@ -176,11 +176,6 @@ impl Gossip {
             .await
     }
 
-    /// Gossips with `addr` now (a node learnt from elsewhere, e.g. the registry).
-    pub fn gossip_with(&self, addr: SocketAddr) {
-        let _ = self.handle.gossip(addr);
-    }
-
     /// The address the socket was asked to bind.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr

@@ -14,7 +14,8 @@ use membrane_crypto::keys::NodeKeys;
 use membrane_crypto::token::JoinToken;
 use serde::Serialize;
 
-use crate::agent::{join_command, unix_now};
+use crate::agent::join_command;
+use crate::clock::unix_now;
 use crate::state::{Bootstrap, NodeIdentity, StateDir};
 
 pub struct InitOptions {

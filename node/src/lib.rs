@@ -1,13 +1,29 @@
 //! The Membrane agent, its CLI, and the CNI plugin, as a library behind two binaries:
 //! `membrane` (agent and CLI, src/bin/membrane.rs) and `membrane-cni` (src/bin/membrane-cni.rs).
 
+// Wiring: the agent starts the wings below and serves the local API; the CLI and the CNI
+// plugin are the binaries' front ends.
 pub mod agent;
-mod civil;
 pub mod cli;
 pub mod cni;
 mod init;
-pub mod netdev;
+
+// The wings, one capability each (docs/architecture.md).
+pub mod cluster;
+pub mod endpoints;
+pub mod ipcache;
+pub mod observe;
 pub mod policy;
+pub mod rpc;
+
+// What the wings share: the registry client, the node's BPF datapath and netlink, the
+// state directory, node TLS, the clock, and the desired-vs-current diff.
+mod civil;
+pub mod clock;
+pub mod datapath;
+mod diff;
+pub mod netdev;
+pub mod registry;
 mod state;
 mod transport;
 

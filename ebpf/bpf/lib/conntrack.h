@@ -4,11 +4,60 @@
 #ifndef MEMBRANE_CONNTRACK_H
 #define MEMBRANE_CONNTRACK_H
 
-#include "maps.h"
+#include "common.h"
 #include "flow.h"
 #include "events.h"
 
-/* Idle timeouts in seconds; mirrored in ebpf/src/abi.rs::ct_timeout (checked by a test). */
+/* A connection as first seen at one policy point. direction says which: DIR_EGRESS at
+ * the source endpoint (from_endpoint), DIR_INGRESS at the destination endpoint
+ * (to_endpoint). A local->local connection therefore has two entries, one per policy
+ * decision, so that neither side's entry can stand in for the other's policy. */
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__be16 sport;     /* ICMP echo: the identifier, in both ports */
+	__be16 dport;
+	__u8 proto;
+	__u8 direction;
+	__u16 pad;
+};
+
+#define CT_F_SYN_SEEN (1U << 0)    /* TCP: the opening SYN passed */
+#define CT_F_SEEN_REPLY (1U << 1)  /* a packet in the reply direction passed */
+#define CT_F_ESTABLISHED (1U << 2) /* TCP: handshake completed */
+#define CT_F_FIN_ORIG (1U << 3)    /* TCP: FIN from the original sender */
+#define CT_F_FIN_REPLY (1U << 4)   /* TCP: FIN from the reply side */
+#define CT_F_CLOSING (1U << 5)     /* TCP: RST, or FIN both ways */
+
+struct ct_value {
+	__u64 expires_ns;      /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) after which it is dead */
+	__u64 packets;         /* both directions */
+	__u64 bytes;
+	__u32 remote_identity; /* of the policy decision that created the entry */
+	__u32 rule_id;         /* the allow rule, 0 when allowed by default */
+	__u32 flags;           /* CT_F_* */
+	__u16 endpoint_id;     /* the endpoint whose policy decided */
+	__u8 direction;        /* DIR_* of that decision (= ct_key.direction) */
+	__u8 pad;
+};
+
+_Static_assert(sizeof(struct ct_key) == 16, "ct_key size");
+_Static_assert(sizeof(struct ct_value) == 40, "ct_value size");
+
+#define CT_MAX 65536
+
+/* LRU: a full table evicts the least recently used connection instead of refusing new
+ * ones; an evicted connection goes through policy again (docs/datapath.md). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_MAX);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+/* Idle timeouts in seconds; mirrored in ebpf/src/abi/conntrack.rs::ct_timeout (checked by
+ * a test). */
 #define CT_TIMEOUT_TCP_SYN_S 60
 #define CT_TIMEOUT_TCP_ESTABLISHED_S 21600
 #define CT_TIMEOUT_TCP_CLOSING_S 10

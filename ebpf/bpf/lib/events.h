@@ -4,9 +4,62 @@
 #ifndef MEMBRANE_EVENTS_H
 #define MEMBRANE_EVENTS_H
 
-#include "maps.h"
+#include "config.h"
 #include "metrics.h"
 #include "flow.h"
+
+#define EVENT_DROP 1
+#define EVENT_POLICY_VERDICT 2
+#define EVENT_TRACE 3
+
+/* One record of the events ring buffer. Addresses and ports in network byte order. */
+struct flow_event {
+	__u64 ts_ns;           /* bpf_ktime_get_ns() */
+	__u32 saddr;
+	__u32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 direction;        /* DIR_* */
+	__u8 kind;             /* EVENT_* */
+	__u16 reason;          /* enum reason */
+	__u16 endpoint_id;     /* the local endpoint, 0 when unknown */
+	__u32 remote_identity;
+	__u32 rule_id;         /* the policy rule that decided, 0 = none */
+	__u32 ifindex;         /* skb->ifindex where the program ran */
+	__u32 len;             /* skb->len */
+	__u8 policy_match;     /* 1..4 = policy table (I,P) (I,any) (any,P) (any,any); 0 none */
+	__u8 icmp_type;        /* ICMP: the type (the ports hold only an echo identifier) */
+	__u8 pad[2];
+};
+
+/* Per-CPU token bucket of the event rate limit; tokens in units of 1e-9 event so that
+ * refills need no division. */
+struct event_budget {
+	__u64 tokens;
+	__u64 last_ns;
+};
+
+_Static_assert(sizeof(struct flow_event) == 48, "flow_event size");
+_Static_assert(sizeof(struct event_budget) == 16, "event_budget size");
+
+#define EVENTS_BYTES (1U << 20)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* Pinned too, so that both objects draw on one budget per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_budget SEC(".maps");
 
 #define NSEC_PER_SEC 1000000000ULL
 

@@ -1,10 +1,29 @@
 /* Per-CPU packet/byte counters indexed by direction * METRICS_PER_DIR + reason. The
  * numbers are part of the contract (docs/datapath.md) and are named in
- * ebpf/src/abi.rs::Reason: never renumber. */
+ * ebpf/src/abi/metrics.rs::Reason: never renumber. */
 #ifndef MEMBRANE_METRICS_H
 #define MEMBRANE_METRICS_H
 
-#include "maps.h"
+#include "common.h"
+
+struct metric_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+_Static_assert(sizeof(struct metric_value) == 16, "metric_value size");
+
+/* Metrics index: direction * METRICS_PER_DIR + reason. */
+#define METRICS_PER_DIR 64
+#define METRICS_MAX (2 * METRICS_PER_DIR)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, METRICS_MAX);
+	__type(key, __u32);
+	__type(value, struct metric_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} metrics SEC(".maps");
 
 enum reason {
 	REASON_FORWARDED_LOCAL = 1,

@@ -3,11 +3,52 @@
 #ifndef MEMBRANE_POLICY_H
 #define MEMBRANE_POLICY_H
 
-#include "maps.h"
+#include "common.h"
+#include "endpoints.h"
 #include "flow.h"
 #include "metrics.h"
 #include "events.h"
 #include "conntrack.h"
+
+/* LPM key: after prefixlen the bytes are compared in order, so the 64 exactly matched
+ * bits come first and the port (network order, high bits first) last.
+ * prefixlen = 64 + port prefix length (0..16). */
+struct policy_key {
+	__u32 prefixlen;
+	__u16 endpoint_id;
+	__u8 direction;   /* DIR_* */
+	__u8 proto;       /* IANA number, 0 = any */
+	__u32 identity;   /* remote identity, 0 = any */
+	__be16 port;      /* TCP/UDP destination port; ICMP: the type (bpf_htons(type)) */
+	__u16 pad;
+};
+
+#define POLICY_PREFIX_EXACT 64 /* bits of endpoint_id, direction, proto, identity */
+#define POLICY_PREFIX_FULL (POLICY_PREFIX_EXACT + 16)
+
+#define POLICY_ALLOW 1
+#define POLICY_DENY 2
+
+struct policy_value {
+	__u8 verdict;     /* POLICY_ALLOW or POLICY_DENY */
+	__u8 pad[3];
+	__u32 rule_id;    /* names the rule in events; 0 = none */
+};
+
+_Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
+_Static_assert(__builtin_offsetof(struct policy_key, port) == 12, "policy_key port");
+_Static_assert(sizeof(struct policy_value) == 8, "policy_value size");
+
+#define POLICY_MAX 65536
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, POLICY_MAX);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
 
 /* skb->mark carries the source identity from from_endpoint (local source) and
  * from_overlay (the VNI) to to_endpoint, where ingress policy is decided for every path

@@ -10,10 +10,10 @@ use membrane_proto::v1::agent_server::Agent;
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
-use super::endpoints::plugin_service::{detail as endpoint_detail, mac_string};
-use super::endpoints::EndpointManager;
-use super::query::{Query, QueryResult};
-use super::registry_client::RegistryClient;
+use crate::endpoints::plugin_service::{detail as endpoint_detail, mac_string};
+use crate::endpoints::{EndpointManager, EndpointsSlot};
+use crate::registry::client::RegistryClient;
+use crate::registry::query::{Query, QueryResult};
 use crate::state::NodeIdentity;
 
 /// Token defaults, as kubeadm: one hour, and (stricter than kubeadm) a single use.
@@ -22,18 +22,17 @@ pub const DEFAULT_TOKEN_USES: u32 = 1;
 
 pub struct AgentApi {
     pub client: Arc<RegistryClient>,
-    pub gossip: super::gossip::GossipSlot,
+    pub gossip: crate::cluster::gossip::GossipSlot,
     pub me: NodeIdentity,
     /// `sha256:HEX` of the cluster CA, for printing join commands.
     pub ca_hash: String,
     /// Set once the datapath is up.
     pub endpoints: EndpointsSlot,
     /// Flow events of this node's datapath (silent until the datapath is up).
-    pub monitor: super::monitor::Monitor,
+    pub monitor: crate::observe::monitor::Monitor,
+    /// The policy slice: import, get, delete, wait, explain.
+    pub policy: crate::policy::api::PolicyApi,
 }
-
-/// The endpoint manager once the datapath runs.
-pub type EndpointsSlot = Arc<std::sync::OnceLock<Arc<EndpointManager>>>;
 
 fn role_name(state: ServerState) -> &'static str {
     match state {
@@ -241,7 +240,7 @@ impl Agent for AgentApi {
         })?;
         // Snapshot and subscription taken together, so no change falls between them.
         let (members, rx) = gossip.subscribe_with_snapshot();
-        let now = super::unix_now_ms();
+        let now = crate::clock::unix_now_ms();
         let initial: Vec<Result<pb::MemberEvent, Status>> = members
             .into_values()
             .map(|(state, meta)| Ok(member_event(state.as_str(), &meta, now)))
@@ -253,7 +252,7 @@ impl Agent for AgentApi {
                 membrane_gossip::MemberEvent::Down(m) => ("down", m),
                 membrane_gossip::MemberEvent::Changed(m) => ("changed", m),
             };
-            Some(Ok(member_event(kind, meta, super::unix_now_ms())))
+            Some(Ok(member_event(kind, meta, crate::clock::unix_now_ms())))
         });
         Ok(Response::new(Box::pin(
             tokio_stream::iter(initial).chain(updates),
@@ -272,7 +271,7 @@ impl Agent for AgentApi {
         use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
         use tokio_stream::StreamExt;
         let req = req.into_inner();
-        let filter = super::monitor::Filter::from_request(&req).ok_or_else(|| {
+        let filter = crate::observe::monitor::Filter::from_request(&req).ok_or_else(|| {
             Status::invalid_argument(format!(
                 "unknown monitor type {}; use drop, policy, trace or all",
                 req.r#type
@@ -286,7 +285,7 @@ impl Agent for AgentApi {
                 // This subscriber fell behind: tell it how much it missed and go on.
                 Err(BroadcastStreamRecvError::Lagged(n)) => {
                     stats.lagged.fetch_add(n, Ordering::Relaxed);
-                    super::monitor::lost_notice(n)
+                    crate::observe::monitor::lost_notice(n)
                 }
             };
             filter.matches(&msg).then_some(Ok(msg))
@@ -312,7 +311,7 @@ impl Agent for AgentApi {
         let gossip = self.gossip.get().cloned().ok_or_else(|| {
             Status::unavailable("gossip is not running yet; try again in a moment")
         })?;
-        let ring = super::rotation::rotate(&self.client, &gossip).await?;
+        let ring = crate::cluster::rotation::rotate(&self.client, &gossip).await?;
         Ok(Response::new(keyring_response(&ring)))
     }
 
@@ -337,7 +336,7 @@ impl Agent for AgentApi {
             req.max_uses
         };
         let token = JoinToken::generate();
-        let now = super::unix_now();
+        let now = crate::clock::unix_now();
         let record = TokenRecord {
             id: token.id().to_string(),
             secret_hash: token.secret_hash(),
@@ -369,7 +368,7 @@ impl Agent for AgentApi {
         let QueryResult::Tokens(tokens) = self.client.query(Query::Tokens).await? else {
             return Err(Status::internal("unexpected answer to a token query"));
         };
-        let now = super::unix_now();
+        let now = crate::clock::unix_now();
         Ok(Response::new(pb::TokenListResponse {
             tokens: tokens.iter().map(|t| token_info(t, now)).collect(),
         }))
@@ -520,7 +519,7 @@ impl Agent for AgentApi {
         req: Request<pb::PolicyImportRequest>,
     ) -> Result<Response<pb::PolicyImportResponse>, Status> {
         Ok(Response::new(
-            super::policy_api::import(self, req.into_inner()).await?,
+            crate::policy::api::import(&self.policy, req.into_inner()).await?,
         ))
     }
 
@@ -528,8 +527,8 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::PolicyGetRequest>,
     ) -> Result<Response<pb::PolicyGetResponse>, Status> {
-        Ok(Response::new(super::policy_api::get(
-            self,
+        Ok(Response::new(crate::policy::api::get(
+            &self.policy,
             req.into_inner(),
         )?))
     }
@@ -539,7 +538,7 @@ impl Agent for AgentApi {
         req: Request<pb::PolicyDeleteRequest>,
     ) -> Result<Response<pb::PolicyRevisionResponse>, Status> {
         Ok(Response::new(
-            super::policy_api::delete(self, req.into_inner()).await?,
+            crate::policy::api::delete(&self.policy, req.into_inner()).await?,
         ))
     }
 
@@ -548,7 +547,7 @@ impl Agent for AgentApi {
         req: Request<pb::PolicyWaitRequest>,
     ) -> Result<Response<pb::PolicyWaitResponse>, Status> {
         Ok(Response::new(
-            super::policy_api::wait(self, req.into_inner()).await?,
+            crate::policy::api::wait(&self.policy, req.into_inner()).await?,
         ))
     }
 
@@ -556,8 +555,8 @@ impl Agent for AgentApi {
         &self,
         req: Request<pb::PolicyExplainRequest>,
     ) -> Result<Response<pb::PolicyExplainResponse>, Status> {
-        Ok(Response::new(super::policy_api::explain(
-            self,
+        Ok(Response::new(crate::policy::api::explain(
+            &self.policy,
             req.into_inner(),
         )?))
     }

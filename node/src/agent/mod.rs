@@ -3,22 +3,7 @@
 //! the Raft membership in step with the registry.
 
 mod api;
-mod bootstrap;
-mod cluster_service;
-pub mod datapath;
-pub mod datapath_sync;
-pub mod endpoints;
-pub mod gossip;
-mod join;
-mod join_service;
-pub mod membership;
-pub mod metrics;
-pub mod monitor;
-mod policy_api;
-pub mod policy_sync;
-pub mod query;
-pub mod registry_client;
-mod rotation;
+mod reconcile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,9 +21,17 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
+pub use crate::rpc::JoinArgs;
 pub use api::{join_command, DEFAULT_TOKEN_TTL_SECS, DEFAULT_TOKEN_USES};
-pub use join::JoinArgs;
 
+use crate::cluster::{autopilot, gossip};
+use crate::datapath::{self, NodeDatapath};
+use crate::endpoints::{self, EndpointManager, EndpointsSlot};
+use crate::observe::{metrics, monitor, Telemetry};
+use crate::policy::api::{PolicyApi, PolicySlot};
+use crate::policy::sync::PolicySync;
+use crate::registry::RegistryClient;
+use crate::rpc::{bootstrap, cluster_service, join, join_service};
 use crate::state::StateDir;
 use crate::transport::{require_node_certificate, NodeTls};
 
@@ -52,7 +45,7 @@ pub struct AgentOptions {
     pub advertise: Option<String>,
     pub name: Option<String>,
     pub join: Option<JoinArgs>,
-    pub autopilot: membership::AutopilotConfig,
+    pub autopilot: autopilot::AutopilotConfig,
     /// Where gossip listens (default 0.0.0.0 and the RPC port + 1).
     pub gossip_listen: Option<SocketAddr>,
     /// The plugin API socket (orchestrators, `membrane-cni`).
@@ -67,34 +60,8 @@ pub struct AgentOptions {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-/// What the monitor and metrics share with the policy sync: the policy sync fills
-/// `rule_names` (rule id -> name, for events) and stores the revision it has written to
-/// the datapath in `enforced_revision` (for metrics and `policy wait`).
-#[derive(Clone)]
-pub struct Telemetry {
-    pub monitor: monitor::Monitor,
-    pub rule_names: monitor::RuleNames,
-    pub enforced_revision: Arc<std::sync::atomic::AtomicU64>,
-}
-
 /// Where a node pins its BPF maps by default.
 pub const DEFAULT_BPF_ROOT: &str = "/sys/fs/bpf/membrane";
-
-/// Seconds since the epoch. The registry never reads a clock; commands carry this.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the epoch, for event timestamps.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Raft timing for a LAN with fsync'd writes: elections well above the append latency.
 fn raft_config(cluster_name: &str) -> anyhow::Result<Arc<openraft::Config>> {
@@ -158,11 +125,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow!("cannot start raft: {e}"))?;
-    let client = Arc::new(registry_client::RegistryClient::new(
-        raft.clone(),
-        registry,
-        tls.clone(),
-    ));
+    let client = Arc::new(RegistryClient::new(raft.clone(), registry, tls.clone()));
 
     // Node RPC server.
     let listen = match opts.listen {
@@ -205,7 +168,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
     let node_server = tokio::spawn(node_server);
 
-    let liveness = membership::Liveness::default();
+    let liveness = autopilot::Liveness::default();
     let gossip = gossip::spawn(
         client.clone(),
         me.clone(),
@@ -215,7 +178,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
     // Local API on the Unix socket.
     let unix = bind_unix(&opts.socket)?;
-    let endpoints_slot: api::EndpointsSlot = Arc::default();
+    let endpoints_slot: EndpointsSlot = Arc::default();
+    let policy_slot: PolicySlot = Arc::default();
     // monitor-metrics: event stream, rule names and enforced revision (see Telemetry).
     let telemetry = Telemetry {
         monitor: monitor::Monitor::new(monitor::CHANNEL_CAPACITY),
@@ -242,6 +206,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ca_hash,
         endpoints: endpoints_slot.clone(),
         monitor: telemetry.monitor.clone(),
+        policy: PolicyApi {
+            client: client.clone(),
+            gossip: gossip.clone(),
+            node_id: me.node_id,
+            sync: policy_slot.clone(),
+        },
     };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
@@ -253,7 +223,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bootstrap::bootstrap(&raft, &client, b, &me).await?;
         state.remove_bootstrap()?;
     }
-    let reconciler = tokio::spawn(membership::run(
+    let reconciler = tokio::spawn(autopilot::run(
         client.clone(),
         liveness.clone(),
         opts.autopilot.clone(),
@@ -265,6 +235,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         plugin_socket: opts.plugin_socket.clone(),
         queue_dir: opts.cni_queue_dir.clone(),
         slot: endpoints_slot,
+        policy_slot,
         gossip: gossip.clone(),
         keep_established: opts.keep_established,
         telemetry: telemetry.clone(),
@@ -294,12 +265,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
 /// What the datapath task needs from the agent.
 struct DatapathTask {
-    client: Arc<registry_client::RegistryClient>,
+    client: Arc<RegistryClient>,
     me: crate::state::NodeIdentity,
     opts: datapath::DatapathOptions,
     plugin_socket: PathBuf,
     queue_dir: PathBuf,
-    slot: api::EndpointsSlot,
+    slot: EndpointsSlot,
+    policy_slot: PolicySlot,
     gossip: gossip::GossipSlot,
     keep_established: bool,
     telemetry: Telemetry,
@@ -315,11 +287,12 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         plugin_socket,
         queue_dir,
         slot,
+        policy_slot,
         gossip,
         keep_established,
         telemetry,
     } = task;
-    let node_ip = datapath_sync::node_ip(&me.rpc_addr).ok_or_else(|| {
+    let node_ip = crate::ipcache::node_ip(&me.rpc_addr).ok_or_else(|| {
         anyhow!(
             "the advertised address {} is not IPV4:PORT; the overlay needs this node's IPv4 underlay address",
             me.rpc_addr
@@ -355,30 +328,29 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    let dp = Arc::new(
-        datapath::NodeDatapath::start(&opts, &pin_dir, node_ip, pod_cidr, pod_pool).await?,
-    );
-    let policy = Arc::new(policy_sync::PolicySync::new(
+    let dp = Arc::new(NodeDatapath::start(&opts, &pin_dir, node_ip, pod_cidr, pod_pool).await?);
+    let policy = Arc::new(PolicySync::new(
         client.clone(),
         dp.clone(),
         !keep_established,
         telemetry.rule_names.clone(),
         telemetry.enforced_revision.clone(),
     ));
-    let manager = Arc::new(endpoints::EndpointManager::new(
+    let manager = Arc::new(EndpointManager::new(
         client.clone(),
         dp.clone(),
         me.clone(),
         policy.clone(),
     ));
-    if let Err(e) = datapath_sync::sync_once(&client, &dp, me.node_id, &policy.cidr_identities()) {
+    if let Err(e) = crate::ipcache::sync_once(&client, &dp, me.node_id, &policy.cidr_identities()) {
         warn!(error = %format!("{e:#}"), "first ipcache sync failed; the sync loop retries");
     }
     manager.restore().await;
     // Deletes queued while the agent was down go before any new add is accepted.
     manager.drain_queue(&queue_dir).await;
     let _ = slot.set(manager.clone());
-    if let Err(e) = policy.sync(&manager.list_live()) {
+    let _ = policy_slot.set(policy.clone());
+    if let Err(e) = policy.sync(&manager.live_records()) {
         warn!(error = %format!("{e:#}"), "first policy sync failed; the sync loop retries");
     }
     // The one reader of the events ring buffer.
@@ -392,7 +364,7 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
             telemetry.rule_names.clone(),
         ));
     }
-    tokio::spawn(datapath_sync::run(
+    tokio::spawn(reconcile::run(
         client.clone(),
         dp.clone(),
         me.node_id,

@@ -287,7 +287,7 @@ struct AgentArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     events_per_sec: u32,
     /// Where the Prometheus metrics endpoint listens (GET /metrics); empty turns it off.
-    #[arg(long, default_value = crate::agent::metrics::DEFAULT_ADDR)]
+    #[arg(long, default_value = crate::observe::metrics::DEFAULT_ADDR)]
     metrics_addr: String,
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
@@ -387,7 +387,7 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    let metrics_addr = crate::agent::metrics::parse_addr(&args.metrics_addr)?;
+    let metrics_addr = crate::observe::metrics::parse_addr(&args.metrics_addr)?;
     let opts = AgentOptions {
         state_dir: args.state_dir,
         socket: socket.to_path_buf(),
@@ -395,7 +395,7 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         advertise: args.advertise_addr,
         name: args.name,
         join,
-        autopilot: crate::agent::membership::AutopilotConfig {
+        autopilot: crate::cluster::autopilot::AutopilotConfig {
             target_voters: args.voters,
             voter_down_after: std::time::Duration::from_secs(args.voter_down_after),
             remove_after: std::time::Duration::from_secs(args.remove_dead_after),
@@ -403,7 +403,7 @@ fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
         gossip_listen: args.gossip_addr,
         plugin_socket: args.plugin_socket,
         cni_queue_dir: args.cni_queue_dir,
-        datapath: crate::agent::datapath::DatapathOptions {
+        datapath: crate::datapath::DatapathOptions {
             pin_dir: args.bpf_pin_dir,
             tunnel_port: args.tunnel_port,
             overlay_device: args.overlay_device,

@@ -190,7 +190,7 @@ impl Output {
 
     /// One flow event per line: text, or a compact JSON object (`membrane monitor`).
     pub fn flow_event(&self, m: &pb::FlowEventMessage) {
-        use crate::agent::monitor;
+        use crate::observe::monitor;
         if self.format == Format::Json {
             println!("{}", monitor::to_json(m));
         } else {

@@ -49,10 +49,15 @@
 
 pub mod engine;
 mod error;
+// The agent's policy wing: keeping the datapath's policy map in step, and the local API.
+#[allow(missing_docs)]
+pub mod api;
 pub mod explain;
 pub mod parse;
 pub mod rule;
 pub mod selector;
+#[allow(missing_docs)]
+pub mod sync;
 
 #[cfg(test)]
 mod tests;

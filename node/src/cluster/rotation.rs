@@ -10,7 +10,7 @@ use membrane_gossip::{Gossip, MemberState};
 use tonic::Status;
 use tracing::info;
 
-use super::registry_client::RegistryClient;
+use crate::registry::client::RegistryClient;
 
 /// How long a step waits for every live node.
 const STEP_WAIT: Duration = Duration::from_secs(30);

@@ -24,7 +24,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
-use super::query::{answer, Query, QueryResult};
+use crate::registry::query::{answer, Query, QueryResult};
 use crate::transport::NodeTls;
 
 /// How long a write or read waits for a leader before giving up.

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use membrane_ebpf::{proto, Direction, EventKind, EventReader, FlowEvent};
 use membrane_proto::v1 as pb;
@@ -22,11 +22,10 @@ use tokio::io::Interest;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use super::endpoints::EndpointManager;
-use super::registry_client::RegistryClient;
+pub use crate::policy::sync::RuleNames;
 
-/// Rule id -> rule name, filled by the policy sync; the monitor reads it per event.
-pub type RuleNames = Arc<RwLock<BTreeMap<u32, String>>>;
+use crate::endpoints::EndpointManager;
+use crate::registry::client::RegistryClient;
 
 /// Events buffered per subscriber before the slowest one starts losing them.
 pub const CHANNEL_CAPACITY: usize = 4096;

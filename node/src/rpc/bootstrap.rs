@@ -10,7 +10,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tracing::info;
 
-use super::registry_client::{ClientError, RegistryClient};
+use crate::registry::client::{ClientError, RegistryClient};
 use crate::state::{Bootstrap, NodeIdentity};
 
 pub async fn bootstrap(

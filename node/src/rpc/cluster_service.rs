@@ -7,8 +7,8 @@ use membrane_proto::v1::cluster_server::Cluster;
 use membrane_proto::v1::{ForwardRequest, ForwardResponse};
 use tonic::{Request, Response, Status};
 
-use super::query::Query;
-use super::registry_client::{decode, encode, ClientError, RegistryClient};
+use crate::registry::client::{decode, encode, ClientError, RegistryClient};
+use crate::registry::query::Query;
 
 pub struct ClusterService {
     pub client: Arc<RegistryClient>,

@@ -22,7 +22,7 @@ use membrane_consensus::Command;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tracing::{debug, info, warn};
 
-use super::registry_client::RegistryClient;
+use crate::registry::client::RegistryClient;
 
 /// How far behind the leader's last log index a learner may be and still be promoted.
 pub const MAX_PROMOTION_LAG: u64 = 50;

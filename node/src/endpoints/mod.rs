@@ -22,10 +22,13 @@ use membrane_consensus::{Command, RegistryError, Response};
 use membrane_ebpf::{EndpointValue, IpcacheValue};
 use tracing::{info, warn};
 
-use super::datapath::NodeDatapath;
-use super::registry_client::{ClientError, RegistryClient};
+use crate::datapath::NodeDatapath;
 use crate::netdev::{self, EndpointLink, EndpointLinkSpec, NetdevError};
+use crate::registry::client::{ClientError, RegistryClient};
 use crate::state::NodeIdentity;
+
+/// The endpoint manager once the datapath runs (the local API and metrics start earlier).
+pub type EndpointsSlot = Arc<std::sync::OnceLock<Arc<EndpointManager>>>;
 
 /// The interface name CNI uses when none is given.
 pub const DEFAULT_IFNAME: &str = "eth0";
@@ -134,7 +137,7 @@ pub struct EndpointManager {
     /// One add or delete at a time.
     ops: tokio::sync::Mutex<()>,
     /// Installs each endpoint's policy before the endpoint is handed out.
-    policy: Arc<super::policy_sync::PolicySync>,
+    policy: Arc<crate::policy::sync::PolicySync>,
     /// Bumped whenever the live set changes, so the sync loop notices.
     generation: std::sync::atomic::AtomicU64,
 }
@@ -210,7 +213,7 @@ impl EndpointManager {
         client: Arc<RegistryClient>,
         datapath: Arc<NodeDatapath>,
         me: NodeIdentity,
-        policy: Arc<super::policy_sync::PolicySync>,
+        policy: Arc<crate::policy::sync::PolicySync>,
     ) -> EndpointManager {
         EndpointManager {
             client,
@@ -237,7 +240,7 @@ impl EndpointManager {
         &self.datapath
     }
 
-    pub fn policy(&self) -> &Arc<super::policy_sync::PolicySync> {
+    pub fn policy(&self) -> &Arc<crate::policy::sync::PolicySync> {
         &self.policy
     }
 
@@ -250,6 +253,11 @@ impl EndpointManager {
         self.live()
             .get(&(container_id.to_string(), ifname.to_string()))
             .cloned()
+    }
+
+    /// The registry records of the live endpoints, as the policy sync takes them.
+    pub fn live_records(&self) -> Vec<EndpointRecord> {
+        self.list_live().into_iter().map(|e| e.record).collect()
     }
 
     /// Every live endpoint of this node.
@@ -291,7 +299,7 @@ impl EndpointManager {
                     ifname: req.ifname.clone(),
                     netns: req.netns.clone(),
                     labels: req.labels.clone(),
-                    now: super::unix_now(),
+                    now: crate::clock::unix_now(),
                 },
             })
             .await?;
@@ -382,7 +390,7 @@ impl EndpointManager {
         // Policy first: the endpoint's first packet must meet its policy.
         let value = self
             .policy
-            .install_endpoint(ep, value)
+            .install_endpoint(&ep.record, value)
             .map_err(|e| internal("cannot install the endpoint's policy", e))?;
         let mut bpf = self.datapath.bpf();
         bpf.attach_endpoint(&ep.host_ifname)

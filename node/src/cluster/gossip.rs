@@ -14,8 +14,8 @@ use membrane_crypto::seal::Keyring;
 use membrane_gossip::{Gossip, GossipConfig, MemberEvent, NodeMeta};
 use tracing::{info, warn};
 
-use super::membership::Liveness;
-use super::registry_client::RegistryClient;
+use crate::cluster::autopilot::Liveness;
+use crate::registry::client::RegistryClient;
 use crate::state::NodeIdentity;
 
 /// The gossip handle once it runs.

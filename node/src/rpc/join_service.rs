@@ -17,7 +17,7 @@ use membrane_proto::v1::{JoinRequest, JoinResponse};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::registry_client::{ClientError, RegistryClient};
+use crate::registry::client::{ClientError, RegistryClient};
 
 pub struct JoinService {
     pub client: Arc<RegistryClient>,
@@ -73,7 +73,7 @@ impl JoinService {
         let ca = ClusterCa::from_pem(&config.ca_cert_pem, &config.ca_key_pem)
             .map_err(|e| Status::internal(format!("cluster CA unusable: {e}")))?;
 
-        let now = super::unix_now();
+        let now = crate::clock::unix_now();
         let cmd = Command::AdmitNode {
             token_id: token.id().to_string(),
             presented_hash: token.secret_hash(),

@@ -10,19 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use membrane_consensus::registry::LabelSet;
+use membrane_consensus::registry::{EndpointRecord, LabelSet};
 use membrane_consensus::Registry;
 use membrane_ebpf::{EndpointValue, PolicyKey, PolicyValue};
 use tracing::{info, warn};
 
-use super::datapath::NodeDatapath;
-use super::endpoints::LocalEndpoint;
-use super::registry_client::RegistryClient;
+use crate::datapath::NodeDatapath;
 use crate::policy::{self, Direction, EndpointPolicy, Policy, RuleRef, Verdict};
+use crate::registry::client::RegistryClient;
 
-pub use super::monitor::RuleNames;
+/// Rule id -> rule name, filled by the policy sync; the monitor reads it per event.
+pub type RuleNames = Arc<RwLock<BTreeMap<u32, String>>>;
 
 /// A stable, non-zero id for a rule: the same on every node and across restarts, so events
 /// can be named without a shared table.
@@ -202,12 +202,12 @@ impl PolicySync {
     /// endpoints-map value with its enforcement flags.
     pub fn install_endpoint(
         &self,
-        ep: &LocalEndpoint,
+        ep: &EndpointRecord,
         value: EndpointValue,
     ) -> Result<EndpointValue, membrane_ebpf::DatapathError> {
         let _apply = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
-        let computed = self.compute_for(&ep.record.labels);
-        let Ok(ep16) = u16::try_from(ep.record.id) else {
+        let computed = self.compute_for(&ep.labels);
+        let Ok(ep16) = u16::try_from(ep.id) else {
             return Ok(value);
         };
         let mut names = BTreeMap::new();
@@ -246,14 +246,12 @@ impl PolicySync {
 
     /// Brings the policy map, the enforcement flags and conntrack to what the registry
     /// says for `live` endpoints. Returns the number of map writes + removals.
-    pub fn sync(&self, live: &[LocalEndpoint]) -> anyhow::Result<usize> {
+    pub fn sync(&self, live: &[EndpointRecord]) -> anyhow::Result<usize> {
         let _apply = self.apply.lock().unwrap_or_else(PoisonError::into_inner);
         let (revision, policies) = self.policies();
         let identities = self.client.local(identities_of);
-        let endpoints: Vec<(u32, LabelSet)> = live
-            .iter()
-            .map(|e| (e.record.id, e.record.labels.clone()))
-            .collect();
+        let endpoints: Vec<(u32, LabelSet)> =
+            live.iter().map(|e| (e.id, e.labels.clone())).collect();
         let desired = desired_policy_map(&policies, &identities, &endpoints);
         self.rule_names
             .write()
@@ -261,7 +259,7 @@ impl PolicySync {
             .extend(desired.rule_names.clone());
         let mut bpf = self.datapath.bpf();
         let current: BTreeMap<PolicyKey, PolicyValue> = bpf.policy_entries()?.into_iter().collect();
-        let (upserts, removals) = super::datapath_sync::diff(&current, &desired.map);
+        let (upserts, removals) = crate::diff::diff(&current, &desired.map);
         for (k, v) in &upserts {
             bpf.upsert_policy(k, v)?;
         }
@@ -270,13 +268,13 @@ impl PolicySync {
         }
         let mut flag_changes = 0;
         for ep in live {
-            let Some((ingress, egress)) = desired.enforcement.get(&ep.record.id).copied() else {
+            let Some((ingress, egress)) = desired.enforcement.get(&ep.id).copied() else {
                 continue;
             };
-            if let Some(v) = bpf.endpoint(ep.record.ipv4)? {
+            if let Some(v) = bpf.endpoint(ep.ipv4)? {
                 let want = v.with_enforcement(ingress, egress);
                 if want != v {
-                    bpf.upsert_endpoint(ep.record.ipv4, &want)?;
+                    bpf.upsert_endpoint(ep.ipv4, &want)?;
                     flag_changes += 1;
                 }
             }

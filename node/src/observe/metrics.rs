@@ -25,10 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use super::api::EndpointsSlot;
-use super::gossip::GossipSlot;
-use super::monitor::Monitor;
-use super::registry_client::RegistryClient;
+use crate::cluster::gossip::GossipSlot;
+use crate::endpoints::EndpointsSlot;
+use crate::observe::monitor::Monitor;
+use crate::registry::client::RegistryClient;
 
 /// The default `--metrics-addr`.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9962";

@@ -1,28 +1,21 @@
 //! Keeps the BPF ipcache in step with the registry.
 //!
 //! [`desired_ipcache`] is pure: from the registry's local copy it computes what the ipcache
-//! of node `me` must hold (docs/datapath.md, "What the agent keeps in the maps"); [`diff`]
+//! of node `me` must hold (docs/datapath.md, "What the agent keeps in the maps"); [`crate::diff::diff`]
 //! turns that and the map's current contents into upserts and removals. The loop at the
-//! bottom applies them whenever the registry changes, and every few seconds regardless, so
-//! an entry changed behind the agent's back is put right.
+//! agent's reconcile loop (agent/reconcile.rs) applies them whenever the registry changes,
+//! and every few seconds regardless, so an entry changed behind the agent's back is put right.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use membrane_consensus::Registry;
 use membrane_ebpf::IpcacheValue;
-use tracing::{debug, warn};
 
-use std::sync::atomic::Ordering;
-
-use super::datapath::NodeDatapath;
-use super::endpoints::EndpointManager;
-use super::gossip::GossipSlot;
-use super::policy_sync::PolicySync;
-use super::registry_client::RegistryClient;
+use crate::datapath::NodeDatapath;
+use crate::diff::diff;
+use crate::registry::RegistryClient;
 
 /// Reserved identities (Cilium's numbers).
 pub const IDENTITY_HOST: u32 = 1;
@@ -31,11 +24,6 @@ pub const IDENTITY_REMOTE_NODE: u32 = 6;
 /// A remote node's pod CIDR as a whole: the address is on that node, its endpoint is not
 /// (yet) known here.
 pub const IDENTITY_UNKNOWN: u32 = 0;
-
-/// How often the maps are checked even when the registry did not change.
-const RESYNC_EVERY: Duration = Duration::from_secs(5);
-/// How often the registry's applied index is polled.
-const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// The underlay IPv4 of a node, from its registered RPC address.
 pub fn node_ip(rpc_addr: &str) -> Option<Ipv4Addr> {
@@ -101,24 +89,6 @@ pub fn desired_ipcache(
     out
 }
 
-/// What to write and what to delete so that `current` becomes `desired`.
-pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
-    current: &BTreeMap<K, V>,
-    desired: &BTreeMap<K, V>,
-) -> (Vec<(K, V)>, Vec<K>) {
-    let upserts = desired
-        .iter()
-        .filter(|(k, v)| current.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let removals = current
-        .keys()
-        .filter(|k| !desired.contains_key(*k))
-        .cloned()
-        .collect();
-    (upserts, removals)
-}
-
 /// Brings the ipcache to what the registry says; returns (written, removed).
 pub fn sync_once(
     client: &RegistryClient,
@@ -137,74 +107,6 @@ pub fn sync_once(
         bpf.remove_ipcache(*cidr)?;
     }
     Ok((upserts.len(), removals.len()))
-}
-
-/// How often expired conntrack entries are collected.
-const CT_GC_EVERY: Duration = Duration::from_secs(30);
-
-/// Syncs the ipcache and the policy side once.
-fn sync_all(
-    client: &RegistryClient,
-    datapath: &NodeDatapath,
-    me: u64,
-    endpoints: &EndpointManager,
-    policy: &PolicySync,
-) -> anyhow::Result<()> {
-    let cidrs = policy.cidr_identities();
-    let (written, removed) = sync_once(client, datapath, me, &cidrs)?;
-    if written + removed > 0 {
-        debug!(written, removed, "ipcache synced with the registry");
-    }
-    policy.sync(&endpoints.list_live())?;
-    Ok(())
-}
-
-/// Runs forever: syncs when the registry's applied index or the local endpoints change,
-/// and every few seconds regardless; publishes the enforced policy revision in gossip;
-/// collects expired conntrack entries.
-pub async fn run(
-    client: Arc<RegistryClient>,
-    datapath: Arc<NodeDatapath>,
-    me: u64,
-    endpoints: Arc<EndpointManager>,
-    policy: Arc<PolicySync>,
-    gossip: GossipSlot,
-) {
-    let mut last_seen = None;
-    let mut last_sync = tokio::time::Instant::now();
-    let mut last_gc = tokio::time::Instant::now();
-    let mut published = None;
-    loop {
-        let seen = (client.applied_index(), endpoints.generation());
-        if Some(seen) != last_seen || last_sync.elapsed() >= RESYNC_EVERY {
-            match sync_all(&client, &datapath, me, &endpoints, &policy) {
-                Ok(()) => last_seen = Some(seen),
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "cannot sync the datapath with the registry")
-                }
-            }
-            last_sync = tokio::time::Instant::now();
-        }
-        let enforced = policy.enforced_revision.load(Ordering::SeqCst);
-        if published != Some(enforced) {
-            if let Some(g) = gossip.get() {
-                let mut meta = g.local_meta().await;
-                meta.policy_revision = enforced.to_string();
-                g.set_meta(meta).await;
-                published = Some(enforced);
-            }
-        }
-        if last_gc.elapsed() >= CT_GC_EVERY {
-            let now = membrane_ebpf::ktime_now_ns();
-            match datapath.bpf().conntrack_gc(now) {
-                Ok(n) if n > 0 => debug!(removed = n, "expired conntrack entries collected"),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "conntrack GC failed"),
-            }
-            last_gc = tokio::time::Instant::now();
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
 }
 
 #[cfg(test)]
@@ -355,14 +257,5 @@ mod tests {
                 net("10.128.1.2/32")
             ]
         );
-    }
-
-    #[test]
-    fn diff_writes_only_what_changed() {
-        let cur: BTreeMap<u32, u32> = [(1, 1), (2, 2), (3, 3)].into_iter().collect();
-        let want: BTreeMap<u32, u32> = [(1, 1), (2, 20), (4, 4)].into_iter().collect();
-        let (up, rm) = diff(&cur, &want);
-        assert_eq!(up, vec![(2, 20), (4, 4)]);
-        assert_eq!(rm, vec![3]);
     }
 }

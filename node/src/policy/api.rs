@@ -14,18 +14,33 @@ use membrane_gossip::MemberState;
 use membrane_proto::v1 as pb;
 use tonic::Status;
 
-use super::api::AgentApi;
-use super::policy_sync::identities_of;
+use std::sync::{Arc, OnceLock};
+
+use crate::cluster::gossip::GossipSlot;
+use crate::policy::sync::{identities_of, PolicySync};
 use crate::policy::{self, Peer, Verdict};
+use crate::registry::RegistryClient;
 
 /// Default and largest wait of `policy wait`.
+/// The policy sync once the datapath runs (the local API starts earlier).
+pub type PolicySlot = Arc<OnceLock<Arc<PolicySync>>>;
+
+/// What the policy slice of the local API reads and writes.
+pub struct PolicyApi {
+    pub client: Arc<RegistryClient>,
+    pub gossip: GossipSlot,
+    /// This node's id: its enforced revision comes from its own datapath, not gossip.
+    pub node_id: u64,
+    pub sync: PolicySlot,
+}
+
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 fn revision_of(resp: RegistryResponse) -> Result<u64, Status> {
     match resp {
         RegistryResponse::PolicyRevision(r) => Ok(r),
-        RegistryResponse::Err(e) => Err(super::registry_client::ClientError::Refused(e).into()),
+        RegistryResponse::Err(e) => Err(crate::registry::client::ClientError::Refused(e).into()),
         other => Err(Status::internal(format!(
             "unexpected registry answer {other:?}"
         ))),
@@ -33,7 +48,7 @@ fn revision_of(resp: RegistryResponse) -> Result<u64, Status> {
 }
 
 pub async fn import(
-    api: &AgentApi,
+    api: &PolicyApi,
     req: pb::PolicyImportRequest,
 ) -> Result<pb::PolicyImportResponse, Status> {
     let file = if req.file.is_empty() {
@@ -57,14 +72,14 @@ pub async fn import(
         api.client
             .write(Command::PutPolicies {
                 policies,
-                now: super::unix_now(),
+                now: crate::clock::unix_now(),
             })
             .await?,
     )?;
     Ok(pb::PolicyImportResponse { revision, names })
 }
 
-pub fn get(api: &AgentApi, req: pb::PolicyGetRequest) -> Result<pb::PolicyGetResponse, Status> {
+pub fn get(api: &PolicyApi, req: pb::PolicyGetRequest) -> Result<pb::PolicyGetResponse, Status> {
     let (records, revision) = api.client.local(|r| {
         (
             r.policies().cloned().collect::<Vec<_>>(),
@@ -91,7 +106,7 @@ pub fn get(api: &AgentApi, req: pb::PolicyGetRequest) -> Result<pb::PolicyGetRes
 }
 
 pub async fn delete(
-    api: &AgentApi,
+    api: &PolicyApi,
     req: pb::PolicyDeleteRequest,
 ) -> Result<pb::PolicyRevisionResponse, Status> {
     if req.name.is_empty() {
@@ -108,7 +123,7 @@ pub async fn delete(
 }
 
 pub async fn wait(
-    api: &AgentApi,
+    api: &PolicyApi,
     req: pb::PolicyWaitRequest,
 ) -> Result<pb::PolicyWaitResponse, Status> {
     let timeout = match req.timeout_seconds {
@@ -142,9 +157,9 @@ pub async fn wait(
 
 /// What every registered node enforces: this one from its own datapath, the others from
 /// their gossip metadata.
-fn node_revisions(api: &AgentApi) -> Result<Vec<pb::NodePolicyRevision>, Status> {
-    let me = api.me.node_id;
-    let manager = api.endpoints.get();
+fn node_revisions(api: &PolicyApi) -> Result<Vec<pb::NodePolicyRevision>, Status> {
+    let me = api.node_id;
+    let sync = api.sync.get();
     let gossip = api.gossip.get();
     let nodes: Vec<(u64, String)> = api
         .client
@@ -154,10 +169,9 @@ fn node_revisions(api: &AgentApi) -> Result<Vec<pb::NodePolicyRevision>, Status>
         .into_iter()
         .map(|(id, name)| {
             let (enforced, state) = if id == me {
-                let enforced = manager
-                    .map(|m| {
-                        m.policy()
-                            .enforced_revision
+                let enforced = sync
+                    .map(|p| {
+                        p.enforced_revision
                             .load(std::sync::atomic::Ordering::SeqCst)
                     })
                     .unwrap_or(0);
@@ -184,7 +198,7 @@ fn node_revisions(api: &AgentApi) -> Result<Vec<pb::NodePolicyRevision>, Status>
 
 /// Reads `--from`/`--to`: labels (`k=v,k=v`), an endpoint (number of this node, container
 /// id, or an endpoint's IPv4 address) or an address outside the cluster.
-fn peer(api: &AgentApi, what: &str, text: &str) -> Result<Peer, Status> {
+fn peer(api: &PolicyApi, what: &str, text: &str) -> Result<Peer, Status> {
     let text = text.trim();
     if text.is_empty() {
         return Err(Status::invalid_argument(format!(
@@ -201,7 +215,7 @@ fn peer(api: &AgentApi, what: &str, text: &str) -> Result<Peer, Status> {
             .map_err(|e| Status::invalid_argument(format!("--{what}: {e}")))?;
         return Ok(Peer::Labels(labels));
     }
-    let me = api.me.node_id;
+    let me = api.node_id;
     let found = api.client.local(|r| {
         let eps: Vec<_> = r.endpoints().cloned().collect();
         if let Ok(ip) = text.parse::<Ipv4Addr>() {
@@ -250,7 +264,7 @@ fn verdict_name(v: Verdict) -> &'static str {
 }
 
 pub fn explain(
-    api: &AgentApi,
+    api: &PolicyApi,
     req: pb::PolicyExplainRequest,
 ) -> Result<pb::PolicyExplainResponse, Status> {
     let from = peer(api, "from", &req.from)?;
@@ -259,9 +273,9 @@ pub fn explain(
         .map_err(|e| Status::invalid_argument(format!("--port: {e}")))?;
     let identities: BTreeMap<u32, LabelSet> = api.client.local(identities_of);
     // Before the datapath is up there is no cache: parse the registry's policies directly.
-    let policies = match api.endpoints.get() {
-        Some(m) => m.policy().policies().1,
-        None => std::sync::Arc::new(super::policy_sync::stored_policies(&api.client)),
+    let policies = match api.sync.get() {
+        Some(p) => p.policies().1,
+        None => std::sync::Arc::new(crate::policy::sync::stored_policies(&api.client)),
     };
     let e = policy::explain(&policies, &identities, &from, &to, proto, port);
     Ok(pb::PolicyExplainResponse {

@@ -1,0 +1,10 @@
+//! The node-to-node RPC surface beside Raft: joining a cluster (client side and the join
+//! service), the cluster service that followers forward writes and reads to, and the
+//! bootstrap of a cluster's first node.
+
+pub mod bootstrap;
+pub mod cluster_service;
+pub mod join;
+pub mod join_service;
+
+pub use join::JoinArgs;
