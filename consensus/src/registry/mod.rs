@@ -50,7 +50,7 @@ pub use identity::{
     IDENTITY_WORLD, RESERVED_IDENTITIES,
 };
 pub use labels::LabelSet;
-pub use node::{NewNode, NodeRecord};
+pub use node::{KeyError, NewNode, NodeRecord, Sha256, X25519Public};
 pub use policy::{NewPolicy, PolicyRecord, MAX_POLICIES, MAX_POLICY_BYTES};
 pub use token::{TokenRecord, TokenState};
 

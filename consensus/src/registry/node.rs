@@ -4,8 +4,12 @@
 //! A node's id is handed out once and never again, even after the node is removed; its pod
 //! CIDR is freed with it and may go to a later node.
 
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{pod_cidr, Registry, RegistryError, Response};
 
@@ -14,11 +18,12 @@ use super::{pod_cidr, Registry, RegistryError, Response};
 pub struct NodeRecord {
     pub id: u64,
     pub name: String,
-    pub rpc_addr: String,
-    /// Hex SHA-256 of the public key in the node's TLS certificate.
-    pub tls_key_sha256: String,
-    /// The node's X25519 public key for the datapath tunnel, hex.
-    pub x25519_public: String,
+    #[serde(with = "addr_as_string")]
+    pub rpc_addr: SocketAddr,
+    /// SHA-256 of the public key in the node's TLS certificate.
+    pub tls_key_sha256: Sha256,
+    /// The node's X25519 public key for the datapath tunnel.
+    pub x25519_public: X25519Public,
     pub pod_cidr: Ipv4Net,
     pub joined_at: i64,
 }
@@ -27,9 +32,104 @@ pub struct NodeRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewNode {
     pub name: String,
-    pub rpc_addr: String,
-    pub tls_key_sha256: String,
-    pub x25519_public: String,
+    #[serde(with = "addr_as_string")]
+    pub rpc_addr: SocketAddr,
+    pub tls_key_sha256: Sha256,
+    pub x25519_public: X25519Public,
+}
+
+/// A 32-byte key (or digest) that records carry: lower-case hex in text and in serde, so
+/// log entries and snapshots stay readable and encode exactly as the hex strings that
+/// these fields were before (stores written then still decode).
+macro_rules! key32 {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub [u8; 32]);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = KeyError;
+            fn from_str(s: &str) -> Result<Self, KeyError> {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(s, &mut out).map_err(|_| KeyError {
+                    what: $what,
+                    reason: format!("{s:?} is not 64 hex characters"),
+                })?;
+                Ok($name(out))
+            }
+        }
+
+        impl TryFrom<&[u8]> for $name {
+            type Error = KeyError;
+            fn try_from(b: &[u8]) -> Result<Self, KeyError> {
+                b.try_into().map($name).map_err(|_| KeyError {
+                    what: $what,
+                    reason: format!("it is {} bytes, not 32", b.len()),
+                })
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+key32!(
+    /// A SHA-256 digest: of a node's TLS public key (SubjectPublicKeyInfo).
+    Sha256,
+    "SHA-256 digest"
+);
+key32!(
+    /// A node's X25519 public key.
+    X25519Public,
+    "X25519 public key"
+);
+
+/// A key that is not 32 bytes (or 64 hex characters).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what}: {reason}")]
+pub struct KeyError {
+    what: &'static str,
+    reason: String,
+}
+
+/// `ip:port` as a string in serde, as the field was before it was typed: readable in JSON,
+/// and the same bytes in bincode, so stores written before still decode.
+mod addr_as_string {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Registry {
@@ -98,8 +198,41 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    use super::{NewNode, Sha256, X25519Public};
     use crate::registry::test_support::*;
     use crate::registry::{Command, RegistryError, Response};
+
+    #[test]
+    fn typed_fields_encode_as_the_strings_they_were() {
+        #[derive(serde::Serialize)]
+        struct Before {
+            name: String,
+            rpc_addr: String,
+            tls_key_sha256: String,
+            x25519_public: String,
+        }
+        let before = Before {
+            name: "n1".into(),
+            rpc_addr: "10.0.0.1:7700".into(),
+            tls_key_sha256: "0a".repeat(32),
+            x25519_public: "11".repeat(32),
+        };
+        let now = NewNode {
+            name: "n1".into(),
+            rpc_addr: "10.0.0.1:7700".parse().unwrap(),
+            tls_key_sha256: Sha256([0x0a; 32]),
+            x25519_public: X25519Public([0x11; 32]),
+        };
+        let old_bytes = bincode::serialize(&before).unwrap();
+        assert_eq!(bincode::serialize(&now).unwrap(), old_bytes);
+        assert_eq!(bincode::deserialize::<NewNode>(&old_bytes).unwrap(), now);
+        assert_eq!(
+            serde_json::to_string(&now).unwrap(),
+            serde_json::to_string(&before).unwrap()
+        );
+        assert!("abc".parse::<Sha256>().is_err());
+        assert!(X25519Public::try_from(&[0u8; 31][..]).is_err());
+    }
 
     #[test]
     fn t20_admit_with_a_valid_token_assigns_id_and_cidr() {

@@ -3,7 +3,7 @@
 
 use super::{
     ClusterConfig, Command, EndpointRecord, GossipKey, LabelSet, NewEndpoint, NewNode, NodeRecord,
-    Registry, RegistryError, Response, TokenRecord,
+    Registry, RegistryError, Response, Sha256, TokenRecord, X25519Public,
 };
 
 pub const HASH_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -25,10 +25,18 @@ pub fn config() -> ClusterConfig {
 pub fn new_node(name: &str) -> NewNode {
     NewNode {
         name: name.into(),
-        rpc_addr: format!("{name}:7700"),
-        tls_key_sha256: "00".repeat(32),
-        x25519_public: "11".repeat(32),
+        // The port tells the nodes apart (names are not addresses).
+        rpc_addr: std::net::SocketAddr::from(([10, 0, 0, 1], 7700 + name_port(name))),
+        tls_key_sha256: Sha256([0x00; 32]),
+        x25519_public: X25519Public([0x11; 32]),
     }
+}
+
+/// A port from the node's name, so that every test node has its own address.
+fn name_port(name: &str) -> u16 {
+    name.bytes()
+        .fold(0u16, |a, b| a.wrapping_mul(31).wrapping_add(u16::from(b)))
+        % 1000
 }
 
 pub fn token(id: &str, hash: &str, max_uses: u32) -> TokenRecord {
