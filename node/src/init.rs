@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail};
 use ipnet::Ipv4Net;
-use membrane_consensus::registry::{ClusterConfig, GossipKey, NewNode, TokenRecord};
+use membrane_consensus::registry::{ClusterConfig, GossipKey, NewNode, TokenRecord, X25519Public};
 use membrane_crypto::ca::ClusterCa;
 use membrane_crypto::keys::NodeKeys;
 use membrane_crypto::token::JoinToken;
@@ -46,12 +46,12 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
     if opts.cluster_id == 0 {
         bail!("--cluster-id must be between 1 and 255");
     }
-    if opts.advertise.parse::<std::net::SocketAddr>().is_err() {
+    let Ok(advertise) = opts.advertise.parse::<std::net::SocketAddr>() else {
         bail!(
             "--advertise-addr {:?} is not ip:port (e.g. 10.0.0.1:7700)",
             opts.advertise
         );
-    }
+    };
     let state = StateDir::open(&opts.state_dir)?;
     if let Some(me) = state.identity()? {
         bail!(
@@ -88,9 +88,9 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
     };
     let first_node = NewNode {
         name: opts.node_name.clone(),
-        rpc_addr: opts.advertise.clone(),
-        tls_key_sha256: keys.tls_public_key_sha256(),
-        x25519_public: hex::encode(keys.x25519_public()),
+        rpc_addr: advertise,
+        tls_key_sha256: keys.tls_public_key_sha256().parse()?,
+        x25519_public: X25519Public(keys.x25519_public()),
     };
     let expires = first_token.expires_at;
     let gossip_key = GossipKey {

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::LabelSet;
+use super::{ipam, LabelSet, Registry, RegistryError, Response};
 
 /// Longest container id accepted (runtimes use 64 hex digits; leave room for others).
 pub const MAX_CONTAINER_ID_LEN: usize = 256;
@@ -168,4 +168,223 @@ pub fn validate_netns(path: &str) -> Result<(), String> {
         return Err("the network namespace path is too long or contains NUL".into());
     }
     Ok(())
+}
+
+impl Registry {
+    /// Every endpoint of every node, by (node, container id, ifname).
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRecord> {
+        self.endpoints.iter()
+    }
+
+    /// The endpoints of one node.
+    pub fn endpoints_on(&self, node_id: u64) -> impl Iterator<Item = &EndpointRecord> {
+        self.endpoints.on_node(node_id)
+    }
+
+    pub fn endpoint(
+        &self,
+        node_id: u64,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<&EndpointRecord> {
+        self.endpoints.get(node_id, container_id, ifname)
+    }
+
+    pub(super) fn add_endpoint(&mut self, new: NewEndpoint) -> Result<Response, RegistryError> {
+        self.config()?;
+        let invalid = RegistryError::InvalidEndpoint;
+        validate_container_id(&new.container_id).map_err(invalid)?;
+        validate_ifname(&new.ifname).map_err(invalid)?;
+        validate_netns(&new.netns).map_err(invalid)?;
+        let node = self
+            .nodes
+            .get(&new.node_id)
+            .ok_or(RegistryError::NodeNotFound { id: new.node_id })?;
+        let pod_cidr = node.pod_cidr;
+        if let Some(existing) = self
+            .endpoints
+            .get(new.node_id, &new.container_id, &new.ifname)
+        {
+            if existing.netns != new.netns {
+                return Err(RegistryError::EndpointConflict(format!(
+                    "container {:?} already has interface {:?} in network namespace {}; delete it first or use the same namespace",
+                    new.container_id, new.ifname, existing.netns
+                )));
+            }
+            return Ok(Response::Endpoint {
+                endpoint: existing.clone(),
+                created: false,
+            });
+        }
+        if let Some(other) = self
+            .endpoints
+            .on_node(new.node_id)
+            .find(|e| e.netns == new.netns && e.ifname == new.ifname)
+        {
+            return Err(RegistryError::EndpointConflict(format!(
+                "interface {:?} in network namespace {} already belongs to container {:?}; pick another interface name",
+                new.ifname, new.netns, other.container_id
+            )));
+        }
+        let ipv4 = ipam::allocate(pod_cidr, &self.endpoints.addresses_on(new.node_id)).ok_or(
+            RegistryError::EndpointAddressesExhausted {
+                node_id: new.node_id,
+                cidr: pod_cidr.to_string(),
+                capacity: ipam::capacity(pod_cidr),
+            },
+        )?;
+        // Last fallible step; it changes nothing when it fails.
+        let (identity, _) = self.identities.allocate(new.labels.clone())?;
+        let rec = EndpointRecord {
+            node_id: new.node_id,
+            id: self.endpoints.next_id(new.node_id),
+            container_id: new.container_id,
+            ifname: new.ifname,
+            netns: new.netns,
+            ipv4,
+            identity: identity.id,
+            labels: new.labels,
+            created_at: new.now,
+        };
+        self.endpoints.insert(rec.clone());
+        Ok(Response::Endpoint {
+            endpoint: rec,
+            created: true,
+        })
+    }
+
+    pub(super) fn remove_endpoint(
+        &mut self,
+        node_id: u64,
+        container_id: &str,
+        ifname: &str,
+    ) -> Option<EndpointRecord> {
+        let ep = self.endpoints.remove(node_id, container_id, ifname)?;
+        let _ = self.identities.release(&ep.labels);
+        Some(ep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::registry::test_support::*;
+    use crate::registry::{Command, LabelSet, Registry, RegistryError, Response};
+
+    #[test]
+    fn t80_add_endpoint_allocates_address_and_identity() {
+        let mut r = bootstrapped();
+        let (a, created) =
+            added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        assert!(created);
+        assert_eq!(a.ipv4, "10.128.0.2".parse::<std::net::Ipv4Addr>().unwrap());
+        assert_eq!(a.id, 1);
+        let ident = r.identity(a.identity).expect("identity allocated");
+        assert_eq!(ident.references, 1);
+        let (b, _) = added(r.apply(new_endpoint(1, "c2", "eth0", "/run/netns/b", &["app=web"])));
+        assert_eq!(b.ipv4, "10.128.0.3".parse::<std::net::Ipv4Addr>().unwrap());
+        assert_eq!(b.identity, a.identity, "same labels, same identity");
+        assert_eq!(r.identity(a.identity).unwrap().references, 2);
+        assert_eq!(b.id, 2);
+    }
+
+    #[test]
+    fn t81_repeated_add_returns_the_same_record_and_takes_no_reference() {
+        let mut r = bootstrapped();
+        let (a, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        let before = r.clone();
+        let (again, created) =
+            added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        assert!(!created);
+        assert_eq!(again, a);
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn t82_conflicting_adds_are_refused_and_change_nothing() {
+        let mut r = bootstrapped();
+        added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        // Same container and ifname, another namespace.
+        refused(
+            &mut r,
+            new_endpoint(1, "c1", "eth0", "/run/netns/other", &["app=web"]),
+            |e| matches!(e, RegistryError::EndpointConflict(m) if m.contains("already has interface")),
+        );
+        // Another container claiming the same interface of the same namespace.
+        refused(
+            &mut r,
+            new_endpoint(1, "c2", "eth0", "/run/netns/a", &["app=db"]),
+            |e| matches!(e, RegistryError::EndpointConflict(m) if m.contains("already belongs")),
+        );
+        refused(
+            &mut r,
+            new_endpoint(9, "c3", "eth0", "/run/netns/c", &["a=b"]),
+            |e| matches!(e, RegistryError::NodeNotFound { id: 9 }),
+        );
+        for (c, i, n) in [
+            ("", "eth0", "/run/netns/x"),
+            ("c/4", "eth0", "/run/netns/x"),
+            ("c4", "", "/run/netns/x"),
+            ("c4", "a-name-too-long-for-linux", "/run/netns/x"),
+            ("c4", "et h0", "/run/netns/x"),
+            ("c4", "eth0", "relative/path"),
+        ] {
+            refused(&mut r, new_endpoint(1, c, i, n, &["a=b"]), |e| {
+                matches!(e, RegistryError::InvalidEndpoint(_))
+            });
+        }
+    }
+
+    #[test]
+    fn t83_exhausted_pod_cidr_is_refused_and_allocates_nothing() {
+        let mut r = Registry::default();
+        let mut cfg = config();
+        cfg.node_prefix_len = 30;
+        r.apply(Command::Bootstrap {
+            config: cfg,
+            first_node: new_node("n1"),
+            first_token: token("abcdef", HASH_A, 1),
+            gossip_key: gossip_key(1),
+        })
+        .into_result()
+        .unwrap();
+        added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        refused(
+            &mut r,
+            new_endpoint(1, "c2", "eth0", "/run/netns/b", &["app=new"]),
+            |e| {
+                matches!(
+                    e,
+                    RegistryError::EndpointAddressesExhausted { capacity: 1, .. }
+                )
+            },
+        );
+        let labels = LabelSet::parse(&["app=new"]).unwrap();
+        assert!(r.identity_by_labels(&labels).is_none(), "no identity taken");
+    }
+
+    #[test]
+    fn t84_remove_endpoint_frees_address_and_reference() {
+        let mut r = bootstrapped();
+        let (a, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        let resp = r.apply(Command::RemoveEndpoint {
+            node_id: 1,
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        });
+        assert_eq!(resp, Response::EndpointRemoved(Some(a.clone())));
+        assert!(r.identity(a.identity).is_none(), "last reference released");
+        assert_eq!(r.endpoints().count(), 0);
+        // Unknown: fine, nothing changes.
+        let before = r.clone();
+        let resp = r.apply(Command::RemoveEndpoint {
+            node_id: 1,
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        });
+        assert_eq!(resp, Response::EndpointRemoved(None));
+        assert_eq!(r, before);
+        // The address is free again.
+        let (b, _) = added(r.apply(new_endpoint(1, "c9", "eth0", "/run/netns/z", &["app=web"])));
+        assert_eq!(b.ipv4, a.ipv4);
+    }
 }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::RegistryError;
+use super::{Registry, RegistryError, Response};
 
 /// Most keys installed at once; rotation needs two.
 pub const MAX_GOSSIP_KEYS: usize = 4;
@@ -113,9 +113,32 @@ impl GossipKeyring {
     }
 }
 
+impl Registry {
+    /// The gossip keyring, once bootstrapped.
+    pub fn gossip_keyring(&self) -> Option<&GossipKeyring> {
+        self.gossip_keyring.as_ref()
+    }
+
+    /// Changes the keyring on a copy, so a refused change leaves it as it was.
+    pub(super) fn with_keyring(
+        &mut self,
+        change: impl FnOnce(&mut GossipKeyring) -> Result<(), RegistryError>,
+    ) -> Result<Response, RegistryError> {
+        let mut ring = self
+            .gossip_keyring
+            .clone()
+            .ok_or(RegistryError::NotBootstrapped)?;
+        change(&mut ring)?;
+        self.gossip_keyring = Some(ring);
+        Ok(Response::Ok)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::test_support::{bootstrapped, gossip_key, refused};
+    use crate::registry::Command;
 
     fn key(id: u32) -> GossipKey {
         GossipKey {
@@ -162,5 +185,25 @@ mod tests {
             "at most {MAX_GOSSIP_KEYS} keys"
         );
         assert_eq!(key(3).bytes().unwrap(), [3u8; 32]);
+    }
+
+    #[test]
+    fn t70_gossip_key_rotation_through_commands() {
+        let mut r = bootstrapped();
+        assert_eq!(r.gossip_keyring().unwrap().primary(), 1);
+        refused(&mut r, Command::RemoveGossipKey { id: 1 }, |e| {
+            matches!(e, RegistryError::InvalidGossipKey(_))
+        });
+        refused(&mut r, Command::UseGossipKey { id: 2 }, |e| {
+            matches!(e, RegistryError::InvalidGossipKey(_))
+        });
+        assert_eq!(
+            r.apply(Command::InstallGossipKey { key: gossip_key(2) }),
+            Response::Ok
+        );
+        assert_eq!(r.apply(Command::UseGossipKey { id: 2 }), Response::Ok);
+        assert_eq!(r.apply(Command::RemoveGossipKey { id: 1 }), Response::Ok);
+        let ring = r.gossip_keyring().unwrap();
+        assert_eq!((ring.primary(), ring.keys().len()), (2, 1));
     }
 }

@@ -1,8 +1,8 @@
 //! Security identities: a label set maps to one number, unique and stable while referenced.
 //!
-//! Numbering follows Cilium's layout: 1-255 are reserved (1 host, 2 world, 3 unmanaged,
-//! 4 health, 5 init, 6 remote-node), the cluster id sits in bits 16-23, and the low 16 bits
-//! count from 256. Numbers are handed out from a moving cursor rather than "lowest free" so
+//! Numbering follows Cilium's layout: 0-255 are reserved (0 unknown, 1 host, 2 world,
+//! 3 unmanaged, 4 health, 5 init, 6 remote-node; the consts below are their one home), the
+//! cluster id sits in bits 16-23, and the low 16 bits count from 256. Numbers are handed out from a moving cursor rather than "lowest free" so
 //! that a number released a moment ago is not given to other labels while datapaths on
 //! other nodes may still hold it.
 
@@ -10,9 +10,44 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LabelSet, RegistryError};
+use super::{LabelSet, Registry, RegistryError, Response};
 
-/// First locally allocated number (low 16 bits).
+/// A remote pod CIDR whose endpoint is not known yet (only "any identity" policy matches it).
+pub const IDENTITY_UNKNOWN: u32 = 0;
+/// The local host.
+pub const IDENTITY_HOST: u32 = 1;
+/// Anything outside the cluster (no ipcache entry).
+pub const IDENTITY_WORLD: u32 = 2;
+/// Endpoints not managed by membrane.
+pub const IDENTITY_UNMANAGED: u32 = 3;
+/// The agents' health checks.
+pub const IDENTITY_HEALTH: u32 = 4;
+/// Endpoints whose labels are not known yet.
+pub const IDENTITY_INIT: u32 = 5;
+/// Other nodes of the cluster.
+pub const IDENTITY_REMOTE_NODE: u32 = 6;
+
+/// Every reserved identity with the name tools print for it. The numbers are mirrored in
+/// the datapath's C header, and the names follow Cilium's (`reserved:host` ...).
+pub const RESERVED_IDENTITIES: [(u32, &str); 7] = [
+    (IDENTITY_UNKNOWN, "reserved:unknown"),
+    (IDENTITY_HOST, "reserved:host"),
+    (IDENTITY_WORLD, "reserved:world"),
+    (IDENTITY_UNMANAGED, "reserved:unmanaged"),
+    (IDENTITY_HEALTH, "reserved:health"),
+    (IDENTITY_INIT, "reserved:init"),
+    (IDENTITY_REMOTE_NODE, "reserved:remote-node"),
+];
+
+/// The name of a reserved identity, `None` for any other number.
+pub fn reserved_identity_name(id: u32) -> Option<&'static str> {
+    RESERVED_IDENTITIES
+        .iter()
+        .find(|(n, _)| *n == id)
+        .map(|(_, name)| *name)
+}
+
+/// First locally allocated number (low 16 bits); everything below is reserved.
 pub const IDENTITY_FIRST_LOCAL: u32 = 256;
 /// Last locally allocated number (low 16 bits).
 pub const IDENTITY_MAX_LOCAL: u32 = 0xFFFF;
@@ -156,9 +191,47 @@ impl IdentityTable {
     }
 }
 
+impl Registry {
+    pub fn identities(&self) -> impl Iterator<Item = &IdentityRecord> {
+        self.identities.iter()
+    }
+
+    pub fn identity_by_labels(&self, labels: &LabelSet) -> Option<&IdentityRecord> {
+        self.identities.by_labels(labels)
+    }
+
+    pub fn identity(&self, id: u32) -> Option<&IdentityRecord> {
+        self.identities.get(id)
+    }
+
+    pub(super) fn allocate_identity(
+        &mut self,
+        labels: LabelSet,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        let (identity, created) = self.identities.allocate(labels)?;
+        Ok(Response::Identity { identity, created })
+    }
+
+    pub(super) fn release_identity(
+        &mut self,
+        labels: &LabelSet,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        let (id, references) = self.identities.release(labels)?;
+        Ok(Response::Released {
+            id,
+            references,
+            removed: references == 0,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::test_support::{bootstrapped, refused};
+    use crate::registry::Command;
 
     fn labels(s: &str) -> LabelSet {
         LabelSet::parse(&s.split(',').collect::<Vec<_>>()).unwrap()
@@ -233,5 +306,66 @@ mod tests {
         let back: IdentityTable = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
         assert!(back.by_labels(&labels("app=web")).is_some());
+    }
+
+    #[test]
+    fn reserved_identities_have_one_name_each_and_sit_below_the_local_range() {
+        assert_eq!(reserved_identity_name(IDENTITY_HOST), Some("reserved:host"));
+        assert_eq!(
+            reserved_identity_name(IDENTITY_WORLD),
+            Some("reserved:world")
+        );
+        assert_eq!(
+            reserved_identity_name(IDENTITY_REMOTE_NODE),
+            Some("reserved:remote-node")
+        );
+        assert_eq!(reserved_identity_name(IDENTITY_FIRST_LOCAL), None);
+        for (i, (id, _)) in RESERVED_IDENTITIES.iter().enumerate() {
+            assert_eq!(*id, i as u32, "the table is in number order, without holes");
+            assert!(*id < IDENTITY_FIRST_LOCAL);
+        }
+    }
+
+    #[test]
+    fn t40_identities_through_commands() {
+        let mut r = bootstrapped();
+        let labels = LabelSet::parse(&["app=web"]).unwrap();
+        let Response::Identity {
+            identity,
+            created: true,
+        } = r.apply(Command::AllocateIdentity {
+            labels: labels.clone(),
+        })
+        else {
+            panic!()
+        };
+        assert_eq!(identity.id, (7 << 16) | 256);
+        let again = r.apply(Command::AllocateIdentity {
+            labels: labels.clone(),
+        });
+        assert!(matches!(again, Response::Identity { created: false, .. }));
+        assert_eq!(
+            r.apply(Command::ReleaseIdentity {
+                labels: labels.clone()
+            }),
+            Response::Released {
+                id: identity.id,
+                references: 1,
+                removed: false
+            }
+        );
+        assert_eq!(
+            r.apply(Command::ReleaseIdentity {
+                labels: labels.clone()
+            }),
+            Response::Released {
+                id: identity.id,
+                references: 0,
+                removed: true
+            }
+        );
+        refused(&mut r, Command::ReleaseIdentity { labels }, |e| {
+            matches!(e, RegistryError::IdentityNotFound { .. })
+        });
     }
 }

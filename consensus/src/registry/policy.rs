@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Registry, RegistryError, Response};
+
 /// Largest policy source accepted, in bytes (a policy with 10,000 rules fits).
 pub const MAX_POLICY_BYTES: usize = 4 << 20;
 /// Most policies a cluster may hold.
@@ -128,4 +130,116 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+impl Registry {
+    /// Every stored policy, by name.
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyRecord> {
+        self.policies.iter()
+    }
+
+    pub fn policy(&self, name: &str) -> Option<&PolicyRecord> {
+        self.policies.get(name)
+    }
+
+    /// The policy revision: bumped by every policy change, 0 before the first.
+    pub fn policy_revision(&self) -> u64 {
+        self.policies.revision()
+    }
+
+    pub(super) fn put_policies(
+        &mut self,
+        policies: Vec<NewPolicy>,
+        now: i64,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        self.policies
+            .check(&policies)
+            .map_err(RegistryError::InvalidPolicy)?;
+        Ok(Response::PolicyRevision(self.policies.put(policies, now)))
+    }
+
+    pub(super) fn delete_policy(&mut self, name: &str) -> Result<Response, RegistryError> {
+        self.config()?;
+        let revision = self
+            .policies
+            .delete(name)
+            .ok_or_else(|| RegistryError::PolicyNotFound {
+                name: name.to_string(),
+            })?;
+        Ok(Response::PolicyRevision(revision))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NewPolicy;
+    use crate::registry::test_support::*;
+    use crate::registry::{Command, RegistryError, Response};
+
+    fn policy(name: &str) -> NewPolicy {
+        NewPolicy {
+            name: name.into(),
+            source: format!("metadata:\n  name: {name}\n"),
+        }
+    }
+
+    #[test]
+    fn t90_policies_are_stored_under_a_rising_revision() {
+        let mut r = bootstrapped();
+        assert_eq!(r.policy_revision(), 0);
+        let resp = r.apply(Command::PutPolicies {
+            policies: vec![policy("a"), policy("b")],
+            now: T0,
+        });
+        assert_eq!(resp, Response::PolicyRevision(1));
+        assert_eq!(r.policies().count(), 2);
+        // Replacing one keeps the other and bumps the revision once.
+        let resp = r.apply(Command::PutPolicies {
+            policies: vec![policy("a")],
+            now: T0 + 1,
+        });
+        assert_eq!(resp, Response::PolicyRevision(2));
+        assert_eq!(r.policy("a").unwrap().revision, 2);
+        assert_eq!(r.policy("b").unwrap().revision, 1);
+        let resp = r.apply(Command::DeletePolicy { name: "b".into() });
+        assert_eq!(resp, Response::PolicyRevision(3));
+        assert!(r.policy("b").is_none());
+    }
+
+    #[test]
+    fn t91_bad_policy_writes_are_refused_and_change_nothing() {
+        let mut r = bootstrapped();
+        r.apply(Command::PutPolicies {
+            policies: vec![policy("a")],
+            now: T0,
+        });
+        for bad in [
+            vec![],
+            vec![policy("Upper")],
+            vec![policy("-dash")],
+            vec![policy("ok"), policy("ok")],
+            vec![NewPolicy {
+                name: "empty".into(),
+                source: "  ".into(),
+            }],
+        ] {
+            refused(
+                &mut r,
+                Command::PutPolicies {
+                    policies: bad,
+                    now: T0,
+                },
+                |e| matches!(e, RegistryError::InvalidPolicy(_)),
+            );
+        }
+        refused(
+            &mut r,
+            Command::DeletePolicy {
+                name: "nope".into(),
+            },
+            |e| matches!(e, RegistryError::PolicyNotFound { .. }),
+        );
+        assert_eq!(r.policy_revision(), 1);
+    }
 }

@@ -1,7 +1,9 @@
 //! Shared fixtures for the consensus integration tests.
 #![allow(dead_code)]
 
-use membrane_consensus::registry::{ClusterConfig, GossipKey, NewNode, TokenRecord};
+use membrane_consensus::registry::{
+    ClusterConfig, GossipKey, NewNode, Sha256, TokenRecord, X25519Public,
+};
 use membrane_consensus::Command;
 
 /// A `Bootstrap` command for a cluster with id 7 and node 1 at 127.0.0.1:7700.
@@ -18,9 +20,9 @@ pub fn bootstrap_cmd() -> Command {
         },
         first_node: NewNode {
             name: "n1".into(),
-            rpc_addr: "127.0.0.1:7700".into(),
-            tls_key_sha256: "00".repeat(32),
-            x25519_public: "11".repeat(32),
+            rpc_addr: "127.0.0.1:7700".parse().expect("addr"),
+            tls_key_sha256: Sha256([0x00; 32]),
+            x25519_public: X25519Public([0x11; 32]),
         },
         first_token: token("first"),
         gossip_key: GossipKey {

@@ -190,10 +190,10 @@ impl Agent for AgentApi {
                 .into(),
                 id: n.id,
                 name: n.name,
-                rpc_addr: n.rpc_addr,
+                rpc_addr: n.rpc_addr.to_string(),
                 pod_cidr: n.pod_cidr.to_string(),
-                tls_key_sha256: n.tls_key_sha256,
-                x25519_public: n.x25519_public,
+                tls_key_sha256: n.tls_key_sha256.to_string(),
+                x25519_public: n.x25519_public.to_string(),
                 joined_at_unix: n.joined_at,
                 gossip_state: match self.gossip.get() {
                     Some(g) => g

@@ -292,7 +292,12 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         keep_established,
         telemetry,
     } = task;
-    let node_ip = crate::ipcache::node_ip(&me.rpc_addr).ok_or_else(|| {
+    let node_ip = me
+        .rpc_addr
+        .parse()
+        .ok()
+        .and_then(crate::ipcache::node_ip)
+        .ok_or_else(|| {
         anyhow!(
             "the advertised address {} is not IPV4:PORT; the overlay needs this node's IPv4 underlay address",
             me.rpc_addr

@@ -223,7 +223,7 @@ pub async fn run(client: Arc<RegistryClient>, liveness: Liveness, config: Autopi
             continue;
         }
         let registered: BTreeMap<u64, String> =
-            client.local(|r| r.nodes().map(|n| (n.id, n.rpc_addr.clone())).collect());
+            client.local(|r| r.nodes().map(|n| (n.id, n.rpc_addr.to_string())).collect());
         let (voters, learners) = client.membership();
         let matched: BTreeMap<u64, u64> = metrics
             .replication

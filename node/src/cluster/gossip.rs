@@ -22,8 +22,7 @@ use crate::state::NodeIdentity;
 pub type GossipSlot = Arc<OnceLock<Arc<Gossip>>>;
 
 /// The gossip address that goes with an RPC address (same IP, port + 1).
-pub fn gossip_addr_of(rpc_addr: &str) -> Option<SocketAddr> {
-    let mut a: SocketAddr = rpc_addr.parse().ok()?;
+pub fn gossip_addr_of(mut a: SocketAddr) -> Option<SocketAddr> {
     a.set_port(a.port().checked_add(1)?);
     Some(a)
 }
@@ -48,7 +47,7 @@ pub fn spawn(
     let slot: GossipSlot = Arc::default();
     let out = slot.clone();
     tokio::spawn(async move {
-        let Some(advertise) = gossip_addr_of(&me.rpc_addr) else {
+        let Some(advertise) = me.rpc_addr.parse().ok().and_then(gossip_addr_of) else {
             warn!(rpc_addr = %me.rpc_addr, "cannot derive a gossip address; gossip stays off");
             return;
         };
@@ -66,7 +65,7 @@ pub fn spawn(
             let seeds: Vec<SocketAddr> = r
                 .nodes()
                 .filter(|n| n.id != me.node_id)
-                .filter_map(|n| gossip_addr_of(&n.rpc_addr))
+                .filter_map(|n| gossip_addr_of(n.rpc_addr))
                 .collect();
             let pod_cidr = r
                 .node(me.node_id)

@@ -26,8 +26,8 @@ pub const IDENTITY_REMOTE_NODE: u32 = 6;
 pub const IDENTITY_UNKNOWN: u32 = 0;
 
 /// The underlay IPv4 of a node, from its registered RPC address.
-pub fn node_ip(rpc_addr: &str) -> Option<Ipv4Addr> {
-    match rpc_addr.parse::<SocketAddr>().ok()?.ip() {
+pub fn node_ip(rpc_addr: SocketAddr) -> Option<Ipv4Addr> {
+    match rpc_addr.ip() {
         std::net::IpAddr::V4(v4) => Some(v4),
         std::net::IpAddr::V6(_) => None,
     }
@@ -50,7 +50,7 @@ pub fn desired_ipcache(
         .collect();
     let mut tunnel_of = BTreeMap::new();
     for node in reg.nodes() {
-        let ip = node_ip(&node.rpc_addr);
+        let ip = node_ip(node.rpc_addr);
         if let Some(ip) = ip {
             let identity = if node.id == me {
                 IDENTITY_HOST
@@ -113,7 +113,7 @@ pub fn sync_once(
 mod tests {
     use super::*;
     use membrane_consensus::registry::{
-        ClusterConfig, GossipKey, LabelSet, NewEndpoint, NewNode, TokenRecord,
+        ClusterConfig, GossipKey, LabelSet, NewEndpoint, NewNode, Sha256, TokenRecord, X25519Public,
     };
     use membrane_consensus::{Command, Response};
 
@@ -122,9 +122,9 @@ mod tests {
     fn node(name: &str, ip: &str) -> NewNode {
         NewNode {
             name: name.into(),
-            rpc_addr: format!("{ip}:7700"),
-            tls_key_sha256: "00".repeat(32),
-            x25519_public: "11".repeat(32),
+            rpc_addr: format!("{ip}:7700").parse().unwrap(),
+            tls_key_sha256: Sha256([0x00; 32]),
+            x25519_public: X25519Public([0x11; 32]),
         }
     }
 

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use membrane_consensus::registry::NewNode;
+use membrane_consensus::registry::{NewNode, X25519Public};
 use membrane_consensus::{Command, Response as RegistryResponse};
 use membrane_crypto::ca::ClusterCa;
 use membrane_crypto::token::JoinToken;
@@ -52,21 +52,19 @@ impl JoinService {
                 "node name {name:?} is invalid; use 1-63 letters, digits, '-' or '.'"
             )));
         }
-        if req.rpc_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!(
+        // The edge: what the record holds is typed from here on.
+        let rpc_addr: std::net::SocketAddr = req.rpc_addr.parse().map_err(|_| {
+            Status::invalid_argument(format!(
                 "rpc address {:?} is not ip:port; pass --advertise-addr",
                 req.rpc_addr
-            )));
-        }
-        let x25519: [u8; 32] = req
-            .x25519_public
-            .as_slice()
-            .try_into()
+            ))
+        })?;
+        let x25519 = X25519Public::try_from(req.x25519_public.as_slice())
             .map_err(|_| Status::invalid_argument("the X25519 public key must be 32 bytes"))?;
-        let tls_key_sha256 =
-            membrane_crypto::ca::csr_public_key_sha256(&req.csr_der).map_err(|e| {
-                Status::invalid_argument(format!("bad certificate signing request: {e}"))
-            })?;
+        let tls_key_sha256 = membrane_crypto::ca::csr_public_key_sha256(&req.csr_der)
+            .map_err(|e| Status::invalid_argument(format!("bad certificate signing request: {e}")))?
+            .parse()
+            .map_err(|e| Status::internal(format!("digest of the CSR key: {e}")))?;
         let config = self.client.local(|r| r.cluster().cloned()).ok_or_else(|| {
             Status::unavailable("this node has not caught up with the cluster yet; try again")
         })?;
@@ -79,9 +77,9 @@ impl JoinService {
             presented_hash: token.secret_hash(),
             node: NewNode {
                 name,
-                rpc_addr: req.rpc_addr,
+                rpc_addr,
                 tls_key_sha256,
-                x25519_public: hex::encode(x25519),
+                x25519_public: x25519,
             },
             now,
         };
@@ -100,7 +98,7 @@ impl JoinService {
             .map_err(|e| Status::internal(format!("signing the node certificate failed: {e}")))?;
         let members = self
             .client
-            .local(|r| r.nodes().map(|n| (n.id, n.rpc_addr.clone())).collect());
+            .local(|r| r.nodes().map(|n| (n.id, n.rpc_addr.to_string())).collect());
         Ok(Response::new(JoinResponse {
             node_id: node.id,
             cluster_id: u32::from(config.cluster_id),

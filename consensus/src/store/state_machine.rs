@@ -1,0 +1,306 @@
+//! The state machine half of the store: openraft's `RaftStateMachine` applying committed
+//! entries to the in-memory [`Registry`], and snapshots in the `snapshot` tree.
+//!
+//! Apply writes nothing to disk; a snapshot is the only place the whole registry is written,
+//! and the one it was restored from at [`open`](super::open) is where a restart begins.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
+    Snapshot, SnapshotMeta, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{decode, Disk, StorageResult, StoreError};
+use crate::registry::{Registry, Response};
+use crate::{NodeId, TypeConfig};
+
+const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
+
+/// The in-memory state machine: the registry and the Raft bookkeeping that goes with it.
+#[derive(Clone, Debug, Default)]
+struct SmState {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    registry: Registry,
+}
+
+/// The snapshot's data: what [`SmState`] holds, in a form that outlives versions of this
+/// struct's private layout.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, openraft::BasicNode>,
+    registry: Registry,
+}
+
+/// The current snapshot as kept in sled: meta and data in one value, so they never disagree.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+fn read_stored_snapshot(
+    disk: &Disk,
+    tree: &sled::Tree,
+) -> Result<Option<StoredSnapshot>, StoreError> {
+    let bytes = tree
+        .get(KEY_CURRENT_SNAPSHOT)
+        .map_err(disk.io("reading the snapshot"))?;
+    match bytes {
+        None => Ok(None),
+        Some(b) => decode(&b)
+            .map(Some)
+            .map_err(|source| disk.corrupt("the stored snapshot", source)),
+    }
+}
+
+/// The registry state machine. Clones share state; the snapshot builder is such a clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    disk: Disk,
+    snapshot: sled::Tree,
+    state: Arc<RwLock<SmState>>,
+    /// Serialises snapshot writes so that a snapshot built from older state never replaces a
+    /// newer one installed from the leader meanwhile.
+    snapshot_write: Arc<tokio::sync::Mutex<()>>,
+    /// Makes snapshot ids unique within a process run.
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("path", &self.disk.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cheap, clonable read handle on the registry as applied on this node. Reads see the
+/// local state machine: for a read that must reflect every committed write, call
+/// `Raft::ensure_linearizable` first.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    state: Arc<RwLock<SmState>>,
+}
+
+impl Debug for RegistryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryHandle")
+            .field("last_applied", &self.last_applied())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks for reading. A poisoned lock means `Registry::apply` panicked mid-command; the
+/// state is still readable, and the Raft node has stopped by then, so reads go on.
+fn read_state(state: &RwLock<SmState>) -> RwLockReadGuard<'_, SmState> {
+    state.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_state(state: &RwLock<SmState>) -> RwLockWriteGuard<'_, SmState> {
+    state.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RegistryHandle {
+    /// Runs `f` on the registry under a read lock. Keep `f` short: applies wait for it.
+    pub fn read<T>(&self, f: impl FnOnce(&Registry) -> T) -> T {
+        f(&read_state(&self.state).registry)
+    }
+
+    /// A copy of the whole registry.
+    pub fn snapshot(&self) -> Registry {
+        self.read(Registry::clone)
+    }
+
+    /// The last log id applied to the registry on this node.
+    pub fn last_applied(&self) -> Option<LogId<NodeId>> {
+        read_state(&self.state).last_applied
+    }
+
+    /// The last membership applied on this node.
+    pub fn membership(&self) -> StoredMembership<NodeId, openraft::BasicNode> {
+        read_state(&self.state).membership.clone()
+    }
+}
+
+impl StateMachineStore {
+    /// Restores the state machine from the persisted snapshot, if there is one.
+    pub(super) fn open(disk: Disk, snapshot: sled::Tree) -> Result<Self, StoreError> {
+        let state = match read_stored_snapshot(&disk, &snapshot)? {
+            Some(s) => {
+                let payload: SnapshotPayload = decode(&s.data)
+                    .map_err(|source| disk.corrupt("the state machine snapshot", source))?;
+                SmState {
+                    last_applied: s.meta.last_log_id,
+                    membership: s.meta.last_membership.clone(),
+                    registry: payload.registry,
+                }
+            }
+            None => SmState::default(),
+        };
+        Ok(StateMachineStore {
+            disk,
+            snapshot,
+            state: Arc::new(RwLock::new(state)),
+            snapshot_write: Arc::new(tokio::sync::Mutex::new(())),
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// A read handle on the registry; stays valid after the store is handed to openraft.
+    pub fn registry(&self) -> RegistryHandle {
+        RegistryHandle {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Persists `stored` as the current snapshot unless a newer one is already there.
+    async fn save_snapshot(&self, stored: &StoredSnapshot) -> Result<bool, StoreError> {
+        let _guard = self.snapshot_write.lock().await;
+        if let Some(current) = read_stored_snapshot(&self.disk, &self.snapshot)? {
+            if current.meta.last_log_id > stored.meta.last_log_id {
+                return Ok(false);
+            }
+        }
+        let bytes = self.disk.encode("snapshot", stored)?;
+        self.snapshot
+            .insert(KEY_CURRENT_SNAPSHOT, bytes)
+            .map_err(self.disk.io("writing the snapshot"))?;
+        // Flushed before returning: openraft purges the log up to the snapshot afterwards.
+        self.disk.flush().await?;
+        Ok(true)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (payload, meta) = {
+            let state = read_state(&self.state);
+            let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+            let snapshot_id = match state.last_applied {
+                Some(l) => format!(
+                    "{}-{}-{}-{seq}",
+                    l.leader_id.term, l.leader_id.node_id, l.index
+                ),
+                None => format!("none-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership.clone(),
+                snapshot_id,
+            };
+            let payload = bincode::serialize(&SnapshotPayload {
+                last_applied: state.last_applied,
+                membership: state.membership.clone(),
+                registry: state.registry.clone(),
+            });
+            (payload, meta)
+        };
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = payload
+            .map_err(|source| StoreError::Encode {
+                path: self.disk.path.clone(),
+                what: "snapshot",
+                source,
+            })
+            .map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.save_snapshot(&stored)
+            .await
+            .map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
+        tracing::info!(snapshot = %meta, bytes = stored.data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(
+        Option<LogId<NodeId>>,
+        StoredMembership<NodeId, openraft::BasicNode>,
+    )> {
+        let state = read_state(&self.state);
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = write_state(&self.state);
+        let mut responses = Vec::new();
+        for entry in entries {
+            state.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::Ok,
+                EntryPayload::Normal(cmd) => state.registry.apply(cmd),
+                EntryPayload::Membership(m) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::Ok
+                }
+            };
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload = decode(&data)
+            .map_err(|source| StoreError::BadSnapshot { source })
+            .map_err(|e| e.into_storage(subject(), ErrorVerb::Read))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.save_snapshot(&stored)
+            .await
+            .map_err(|e| e.into_storage(subject(), ErrorVerb::Write))?;
+        let mut state = write_state(&self.state);
+        // The meta is authoritative for the Raft bookkeeping; the payload carries the registry.
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        state.registry = payload.registry;
+        tracing::info!(snapshot = %meta, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let stored = read_stored_snapshot(&self.disk, &self.snapshot)
+            .map_err(|e| e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
