@@ -32,12 +32,9 @@ use super::rule::{Entity, Policy, RuleParts};
 
 /// The wildcard identity of a policy entry: any remote identity.
 pub const IDENTITY_ANY: u32 = 0;
-/// Reserved identity of this node.
-pub const IDENTITY_HOST: u32 = 1;
-/// Reserved identity of every address outside the cluster that no CIDR identity covers.
-pub const IDENTITY_WORLD: u32 = 2;
-/// Reserved identity of the other nodes of the cluster.
-pub const IDENTITY_REMOTE_NODE: u32 = 6;
+/// The reserved identities the engine names (entities `host`, `world`, `remote-node`);
+/// their one home is the registry.
+pub use membrane_consensus::registry::{IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD};
 /// Bit 24 marks a node-local CIDR identity (`CIDR_IDENTITY_BIT | n`).
 pub const CIDR_IDENTITY_BIT: u32 = 0x0100_0000;
 /// The protocol number of an entry that matches every protocol.

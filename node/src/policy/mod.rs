@@ -49,9 +49,12 @@
 
 pub mod engine;
 mod error;
-// The agent's policy wing: keeping the datapath's policy map in step, and the local API.
+// The agent's policy wing: the desired map state (pure), applying it (IO), the local API.
 #[allow(missing_docs)]
 pub mod api;
+#[allow(missing_docs)]
+pub mod apply;
+pub mod desired;
 pub mod explain;
 pub mod parse;
 pub mod rule;
