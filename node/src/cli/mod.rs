@@ -1,6 +1,7 @@
 //! The command line: parses arguments, talks to the local agent over its Unix socket, prints
 //! tables or JSON. `anyhow` stops here: every error is printed with its causes.
 
+mod flow;
 mod output;
 
 use std::path::PathBuf;

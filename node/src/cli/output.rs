@@ -3,7 +3,7 @@
 use membrane_proto::v1 as pb;
 use serde_json::{json, Value};
 
-use super::Format;
+use super::{flow, Format};
 use crate::init::InitReport;
 
 pub struct Output {
@@ -190,12 +190,11 @@ impl Output {
 
     /// One flow event per line: text, or a compact JSON object (`membrane monitor`).
     pub fn flow_event(&self, m: &pb::FlowEventMessage) {
-        use crate::observe::monitor;
         if self.format == Format::Json {
-            println!("{}", monitor::to_json(m));
+            println!("{}", flow::to_json(m));
         } else {
-            let offset = monitor::local_utc_offset(m.time_unix_ns.div_euclid(1_000_000_000));
-            println!("{}", monitor::format_line(m, offset));
+            let offset = flow::local_utc_offset(m.time_unix_ns.div_euclid(1_000_000_000));
+            println!("{}", flow::format_line(m, offset));
         }
     }
 
