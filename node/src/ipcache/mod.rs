@@ -6,6 +6,8 @@
 //! agent's reconcile loop (agent/reconcile.rs) applies them whenever the registry changes,
 //! and every few seconds regardless, so an entry changed behind the agent's back is put right.
 
+pub mod api;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
