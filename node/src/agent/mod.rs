@@ -24,9 +24,13 @@ use tracing::{info, warn};
 pub use crate::rpc::JoinArgs;
 pub use api::{join_command, DEFAULT_TOKEN_TTL_SECS, DEFAULT_TOKEN_USES};
 
+use crate::cluster::api::ClusterApi;
 use crate::cluster::{autopilot, gossip};
 use crate::datapath::{self, NodeDatapath};
+use crate::endpoints::api::EndpointsApi;
 use crate::endpoints::{self, EndpointManager, EndpointsSlot};
+use crate::ipcache::api::IpcacheApi;
+use crate::observe::api::ObserveApi;
 use crate::observe::{metrics, monitor, Telemetry};
 use crate::policy::api::{PolicyApi, PolicySlot};
 use crate::policy::sync::PolicySync;
@@ -200,12 +204,23 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ));
     }
     let api = api::AgentApi {
-        client: client.clone(),
-        gossip: gossip.clone(),
-        me: me.clone(),
-        ca_hash,
-        endpoints: endpoints_slot.clone(),
-        monitor: telemetry.monitor.clone(),
+        cluster: ClusterApi {
+            client: client.clone(),
+            gossip: gossip.clone(),
+            me: me.clone(),
+            ca_hash,
+        },
+        endpoints: EndpointsApi {
+            client: client.clone(),
+            node_id: me.node_id,
+            endpoints: endpoints_slot.clone(),
+        },
+        ipcache: IpcacheApi {
+            endpoints: endpoints_slot.clone(),
+        },
+        observe: ObserveApi {
+            monitor: telemetry.monitor.clone(),
+        },
         policy: PolicyApi {
             client: client.clone(),
             gossip: gossip.clone(),

@@ -8,7 +8,9 @@
 //! deletes are serialised: they are rare next to packets, and one at a time makes the
 //! idempotency rules (same request, same answer) simple to keep.
 
+pub mod api;
 pub mod plugin_service;
+pub mod proto;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -8,37 +8,12 @@ use membrane_proto::v1::plugin_server::Plugin;
 use tonic::{Request, Response, Status};
 
 use super::{validate_add, EndpointManager, LocalEndpoint};
+// The conversions moved to endpoints::proto; the old paths keep working.
+pub use super::proto::{detail, mac_string};
 
 pub struct PluginService {
     pub endpoints: Arc<EndpointManager>,
     pub node_name: String,
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn mac_string(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// The detail of a live endpoint of this node.
-pub fn detail(ep: &LocalEndpoint, node_name: &str) -> pb::EndpointDetail {
-    pb::EndpointDetail {
-        id: ep.record.id,
-        container_id: ep.record.container_id.clone(),
-        ifname: ep.record.ifname.clone(),
-        netns: ep.record.netns.clone(),
-        host_ifname: ep.host_ifname.clone(),
-        ipv4: ep.record.ipv4.to_string(),
-        mac: mac_string(&ep.link.container_mac),
-        identity: ep.record.identity,
-        labels: ep.record.labels.to_strings(),
-        node_id: ep.record.node_id,
-        node_name: node_name.to_string(),
-        state: "ready".into(),
-        created_at_unix: ep.record.created_at,
-    }
 }
 
 fn add_response(ep: &LocalEndpoint, node_name: &str) -> pb::AddEndpointResponse {

@@ -79,8 +79,7 @@ mod tests {
     use super::*;
     use crate::diff::diff;
     use membrane_consensus::registry::{
-        ClusterConfig, GossipKey, LabelSet, NewEndpoint, NewNode, Sha256, TokenRecord,
-        X25519Public,
+        ClusterConfig, GossipKey, LabelSet, NewEndpoint, NewNode, Sha256, TokenRecord, X25519Public,
     };
     use membrane_consensus::{Command, Response};
 

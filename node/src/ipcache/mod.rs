@@ -6,6 +6,7 @@
 //! runs [`sync_once`] whenever the registry changes, and every few seconds regardless, so an
 //! entry changed behind the agent's back is put right.
 
+pub mod api;
 pub mod apply;
 pub mod desired;
 

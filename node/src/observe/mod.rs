@@ -1,6 +1,7 @@
 //! What the agent lets an operator see: the flow monitor (events from the datapath's ring
 //! buffer, decorated with endpoints, identities and rule names) and the Prometheus metrics.
 
+pub mod api;
 pub mod metrics;
 pub mod monitor;
 
