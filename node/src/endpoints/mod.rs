@@ -10,6 +10,10 @@
 
 pub mod api;
 pub mod plugin_service;
+pub mod validate;
+
+use validate::ifname_or_default;
+pub use validate::{check_netns, validate_add, AddRequest, DEFAULT_IFNAME};
 pub mod proto;
 
 use std::collections::BTreeMap;
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use membrane_consensus::registry::{ipam, EndpointRecord, LabelSet, NewEndpoint};
+use membrane_consensus::registry::{ipam, EndpointRecord, NewEndpoint};
 use membrane_consensus::{Command, RegistryError, Response};
 use membrane_ebpf::{EndpointValue, IpcacheValue};
 use tracing::{info, warn};
@@ -32,8 +36,6 @@ use crate::state::NodeIdentity;
 /// The endpoint manager once the datapath runs (the local API and metrics start earlier).
 pub type EndpointsSlot = Arc<std::sync::OnceLock<Arc<EndpointManager>>>;
 
-/// The interface name CNI uses when none is given.
-pub const DEFAULT_IFNAME: &str = "eth0";
 /// How long an add waits for this node's registry copy to apply its own write.
 const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(10);
 /// How often queued deletes are looked for.
@@ -110,15 +112,6 @@ impl From<EndpointError> for tonic::Status {
     }
 }
 
-/// An add request after validation.
-#[derive(Clone, Debug)]
-pub struct AddRequest {
-    pub container_id: String,
-    pub netns: String,
-    pub ifname: String,
-    pub labels: LabelSet,
-}
-
 /// A live endpoint of this node: its registry record and its links.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalEndpoint {
@@ -142,68 +135,6 @@ pub struct EndpointManager {
     policy: Arc<crate::policy::sync::PolicySync>,
     /// Bumped whenever the live set changes, so the sync loop notices.
     generation: std::sync::atomic::AtomicU64,
-}
-
-/// Checks that `path` is a network namespace other than the agent's own (see
-/// [`netdev::check_netns_path`]), so a bad path fails before anything is allocated.
-pub fn check_netns(path: &str) -> Result<(), EndpointError> {
-    use netdev::NetnsProblem;
-    netdev::check_netns_path(Path::new(path)).map_err(|p| match p {
-        NetnsProblem::Missing => EndpointError::NoSuchNetns(format!(
-            "network namespace {path} does not exist; pass the path of a live one, e.g. /var/run/netns/NAME or /proc/PID/ns/net"
-        )),
-        NetnsProblem::Unreadable(e) => EndpointError::NoSuchNetns(format!(
-            "network namespace {path} cannot be inspected ({e})"
-        )),
-        NetnsProblem::NotANamespace { fs_type } => EndpointError::NoSuchNetns(format!(
-            "{path} is not a network namespace (filesystem type {fs_type:#x}); pass e.g. /var/run/netns/NAME"
-        )),
-        NetnsProblem::OwnNamespace => EndpointError::Invalid(format!(
-            "{path} is the node's own network namespace; pass the endpoint's"
-        )),
-    })
-}
-
-/// Validates the parts of an add that need no registry.
-pub fn validate_add(
-    container_id: &str,
-    netns: &str,
-    ifname: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<AddRequest, EndpointError> {
-    let ifname = ifname_or_default(ifname);
-    membrane_consensus::registry::validate_container_id(container_id)
-        .map_err(EndpointError::Invalid)?;
-    membrane_consensus::registry::validate_ifname(ifname).map_err(EndpointError::Invalid)?;
-    if netns.is_empty() {
-        return Err(EndpointError::Invalid(
-            "the network namespace path is empty (CNI_NETNS)".into(),
-        ));
-    }
-    membrane_consensus::registry::validate_netns(netns).map_err(EndpointError::Invalid)?;
-    if labels.is_empty() {
-        return Err(EndpointError::Invalid(
-            "an endpoint needs at least one label for its security identity; pass labels (e.g. CNI_ARGS label_app=web, or runtimeConfig.labels)".into(),
-        ));
-    }
-    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let labels = LabelSet::parse(&pairs).map_err(|e| EndpointError::Invalid(e.to_string()))?;
-    check_netns(netns)?;
-    Ok(AddRequest {
-        container_id: container_id.to_string(),
-        netns: netns.to_string(),
-        ifname: ifname.to_string(),
-        labels,
-    })
-}
-
-/// CNI's default interface name when the request leaves it empty.
-fn ifname_or_default(ifname: &str) -> &str {
-    if ifname.is_empty() {
-        DEFAULT_IFNAME
-    } else {
-        ifname
-    }
 }
 
 fn host32(ip: Ipv4Addr) -> Ipv4Net {
