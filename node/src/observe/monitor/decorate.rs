@@ -4,15 +4,16 @@
 
 use std::collections::BTreeMap;
 
+use membrane_consensus::registry::{
+    reserved_identity_name, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD,
+};
+
 use membrane_ebpf::FlowEvent;
 use membrane_proto::v1 as pb;
 
-/// Reserved identities (docs/datapath.md): not in the registry, named here.
-const RESERVED: [(u32, &str); 3] = [
-    (membrane_ebpf::IDENTITY_HOST, "reserved:host"),
-    (membrane_ebpf::IDENTITY_WORLD, "reserved:world"),
-    (6, "reserved:remote-node"),
-];
+/// The reserved identities the monitor names (docs/datapath.md): those the datapath assigns
+/// to traffic. Numbers and names come from the registry, their one home.
+const NAMED: [u32; 3] = [IDENTITY_HOST, IDENTITY_WORLD, IDENTITY_REMOTE_NODE];
 
 /// What decoration needs of a local endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,10 +24,11 @@ pub struct Local {
 
 /// Labels shown for an identity the registry has no record of.
 pub fn reserved_labels(identity: u32) -> Vec<String> {
-    RESERVED
+    NAMED
         .iter()
-        .filter(|(id, _)| *id == identity)
-        .map(|(_, name)| name.to_string())
+        .filter(|id| **id == identity)
+        .filter_map(|id| reserved_identity_name(*id))
+        .map(str::to_string)
         .collect()
 }
 
