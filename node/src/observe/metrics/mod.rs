@@ -6,14 +6,12 @@
 //! twice in the agent: the counters live where they are kept (the kernel, openraft, the
 //! gossip transport), so a scrape costs nothing between scrapes.
 //!
-//! The HTTP side is a minimal HTTP/1.1 responder (GET /metrics, 404 otherwise, one request
-//! per connection): a scrape is one small GET, and this keeps a server stack out of the
-//! agent.
+//! This module is the pure part (what a scrape shows, and its text); [`serve`] is the HTTP
+//! side, served with hyper.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use membrane_ebpf::{Direction, MapUsage, Reason};
 use prometheus_client::collector::Collector;
@@ -21,21 +19,19 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::cluster::gossip::GossipSlot;
 use crate::endpoints::EndpointsSlot;
 use crate::observe::monitor::Monitor;
 use crate::registry::client::RegistryClient;
 
+mod serve;
+
+pub use serve::{bind, respond, serve};
+
 /// The default `--metrics-addr`.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9962";
-/// Bytes of request head read before giving up on a client.
-const MAX_REQUEST_HEAD: usize = 8192;
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -350,119 +346,6 @@ pub fn encode(s: Snapshot) -> String {
     out
 }
 
-/// Binds the metrics listener (at start, so a taken port fails the agent's start).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind { addr, source })
-}
-
-/// Serves GET /metrics on `listener` until the agent stops.
-pub async fn serve(listener: TcpListener, src: Sources) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "metrics endpoint listening");
-    }
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends pass; do not spin on them.
-                warn!(error = %e, "accepting a metrics connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let src = src.clone();
-        tokio::spawn(async move {
-            if let Err(e) = respond(stream, &src).await {
-                debug!(%peer, error = %e, "metrics request failed");
-            }
-        });
-    }
-}
-
-/// What a request asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    Metrics,
-    NotFound,
-    MethodNotAllowed,
-    BadRequest,
-}
-
-/// Routes a request by its request line (`GET /metrics HTTP/1.1`).
-pub fn route(head: &str) -> Route {
-    let line = head.lines().next().unwrap_or_default();
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Route::BadRequest;
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => Route::Metrics,
-        ("GET" | "HEAD", _) => Route::NotFound,
-        _ => Route::MethodNotAllowed,
-    }
-}
-
-fn response(status: &str, content_type: &str, body: &str, head_only: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
-    }
-    out
-}
-
-async fn respond(mut stream: TcpStream, src: &Sources) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let read_head = async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_REQUEST_HEAD {
-                break;
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, read_head)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
-    let head = String::from_utf8_lossy(&buf);
-    let head_only = head.starts_with("HEAD ");
-    let text = "text/plain; charset=utf-8";
-    let out = match route(&head) {
-        Route::Metrics => response(
-            "200 OK",
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            &encode(snapshot(src).await),
-            head_only,
-        ),
-        Route::NotFound => response(
-            "404 Not Found",
-            text,
-            "not found; metrics are at /metrics\n",
-            head_only,
-        ),
-        Route::MethodNotAllowed => response("405 Method Not Allowed", text, "use GET\n", false),
-        Route::BadRequest => response("400 Bad Request", text, "bad request\n", false),
-    };
-    stream.write_all(&out).await?;
-    stream.shutdown().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,31 +485,12 @@ mod tests {
     }
 
     #[test]
-    fn routes_and_addresses() {
-        assert_eq!(
-            route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Metrics
-        );
-        assert_eq!(route("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
-        assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(
-            route("POST /metrics HTTP/1.1\r\n\r\n"),
-            Route::MethodNotAllowed
-        );
-        assert_eq!(route("garbage"), Route::BadRequest);
-        assert_eq!(route("GET /metrics SPDY/3\r\n\r\n"), Route::BadRequest);
+    fn addresses() {
         assert_eq!(parse_addr("").unwrap(), None);
         assert_eq!(
             parse_addr(DEFAULT_ADDR).unwrap(),
             Some("127.0.0.1:9962".parse().unwrap())
         );
         assert!(parse_addr("localhost").is_err());
-        let r =
-            String::from_utf8(response("404 Not Found", "text/plain", "nope\n", false)).unwrap();
-        assert!(
-            r.starts_with("HTTP/1.1 404 Not Found\r\n")
-                && r.contains("Content-Length: 5\r\n")
-                && r.ends_with("\r\n\r\nnope\n")
-        );
     }
 }
