@@ -10,26 +10,29 @@ pub struct Output {
     format: Format,
 }
 
-/// Prints rows as columns padded to the widest cell.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+/// Lays rows out as columns padded to the widest cell, one line each.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
         let s: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        out.push_str(s.join("  ").trim_end());
+        out.push('\n');
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
     }
+    out
 }
 
 fn time(unix: i64) -> String {
@@ -45,288 +48,286 @@ fn time(unix: i64) -> String {
     )
 }
 
+/// Appends one line to a text rendering.
+macro_rules! line {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(&format!($($arg)*));
+        $out.push('\n');
+    }};
+}
+
 impl Output {
     pub fn new(format: Format) -> Self {
         Output { format }
     }
 
-    fn json(&self, v: Value) {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    /// The one place a command's output picks its format: pretty JSON for
+    /// scripts, else the text (which carries its own line ends) for people.
+    /// Each side is built only when it is printed.
+    fn print(&self, json: impl FnOnce() -> Value, text: impl FnOnce() -> String) {
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json()).unwrap_or_default()
+            ),
+            Format::Text => print!("{}", text()),
+        }
+    }
+
+    /// A streamed event: one compact JSON object or one text line per event.
+    fn print_event(&self, json: impl FnOnce() -> Value, text: impl FnOnce() -> String) {
+        match self.format {
+            Format::Json => println!("{}", json()),
+            Format::Text => println!("{}", text()),
+        }
     }
 
     pub fn message(&self, text: &str, v: Value) {
-        match self.format {
-            Format::Json => self.json(v),
-            Format::Text => println!("{text}"),
-        }
+        self.print(|| v, || format!("{text}\n"));
     }
 
     pub fn init(&self, r: &InitReport) {
-        if self.format == Format::Json {
-            return self.json(serde_json::to_value(r).unwrap_or_default());
-        }
-        println!(
-            "Cluster {:?} (id {}) created in {}; this node is node {}.",
-            r.cluster_name, r.cluster_id, r.state_dir, r.node_id
+        self.print(
+            || serde_json::to_value(r).unwrap_or_default(),
+            || {
+                let mut o = String::new();
+                line!(
+                    o,
+                    "Cluster {:?} (id {}) created in {}; this node is node {}.",
+                    r.cluster_name,
+                    r.cluster_id,
+                    r.state_dir,
+                    r.node_id
+                );
+                line!(
+                    o,
+                    "Start its agent with:\n\n  membrane agent --state-dir {}\n",
+                    r.state_dir
+                );
+                line!(
+                    o,
+                    "Then join other nodes with (the token expires at {} and works once):\n",
+                    time(r.token_expires_at_unix)
+                );
+                line!(o, "  {}\n", r.join_command);
+                line!(o, "More tokens: membrane token create");
+                o
+            },
         );
-        println!(
-            "Start its agent with:\n\n  membrane agent --state-dir {}\n",
-            r.state_dir
-        );
-        println!(
-            "Then join other nodes with (the token expires at {} and works once):\n",
-            time(r.token_expires_at_unix)
-        );
-        println!("  {}\n", r.join_command);
-        println!("More tokens: membrane token create");
     }
 
     pub fn status(&self, s: &pb::StatusResponse) {
-        let members: Vec<Value> = s
-            .members
-            .iter()
-            .map(|m| json!({"node_id": m.node_id, "rpc_addr": m.rpc_addr, "role": m.role}))
-            .collect();
-        if self.format == Format::Json {
-            return self.json(json!({
-                "cluster_id": s.cluster_id, "cluster_name": s.cluster_name,
-                "node_id": s.node_id, "node_name": s.node_name, "rpc_addr": s.rpc_addr, "pod_cidr": s.pod_cidr,
-                "raft_state": s.raft_state, "term": s.term,
-                "leader_id": if s.leader_id == 0 { Value::Null } else { json!(s.leader_id) },
-                "commit_index": s.commit_index, "applied_index": s.applied_index, "last_log_index": s.last_log_index,
-                "members": members,
-                "gossip": s.gossip.as_ref().map(|g| json!({
-                    "sent": g.sent, "received": g.received, "dropped_truncated": g.dropped_truncated,
-                    "dropped_unknown_key": g.dropped_unknown_key, "dropped_forged": g.dropped_forged,
-                    "dropped_replay": g.dropped_replay, "dropped_malformed": g.dropped_malformed,
-                    "key_ids": g.key_ids, "primary_key": g.primary_key,
-                })),
-            }));
-        }
-        println!("Cluster:      {} (id {})", s.cluster_name, s.cluster_id);
-        println!(
-            "Node:         {} (id {}) at {}",
-            s.node_name, s.node_id, s.rpc_addr
-        );
-        println!(
-            "Pod CIDR:     {}",
-            if s.pod_cidr.is_empty() {
-                "-"
-            } else {
-                &s.pod_cidr
-            }
-        );
-        println!("Raft:         {}, term {}", s.raft_state, s.term);
-        println!(
-            "Leader:       {}",
-            if s.leader_id == 0 {
-                "none".to_string()
-            } else {
-                format!("node {}", s.leader_id)
-            }
-        );
-        println!(
-            "Commit index: {} (applied {}, last log {})",
-            s.commit_index, s.applied_index, s.last_log_index
-        );
-        println!("Members:");
-        for m in &s.members {
-            println!("  node {:<4} {:<8} {}", m.node_id, m.role, m.rpc_addr);
-        }
-        if let Some(g) = &s.gossip {
-            println!(
-                "Gossip:       {} sent, {} received; dropped {} forged, {} replayed, {} truncated, {} unknown key",
-                g.sent, g.received, g.dropped_forged, g.dropped_replay, g.dropped_truncated, g.dropped_unknown_key
-            );
-        }
-    }
-
-    fn member_json(e: &pb::MemberEvent) -> Value {
-        json!({"kind": e.kind, "node_id": e.node_id, "name": e.name, "rpc_addr": e.rpc_addr, "pod_cidr": e.pod_cidr,
-               "version": e.version, "health": e.health, "at_unix_ms": e.at_unix_ms})
+        self.print(|| status_json(s), || status_text(s));
     }
 
     pub fn members(&self, members: &[pb::MemberEvent]) {
-        if self.format == Format::Json {
-            return self.json(
-                json!({"members": members.iter().map(Self::member_json).collect::<Vec<_>>()}),
-            );
-        }
-        let rows = members
-            .iter()
-            .map(|m| {
-                vec![
-                    m.node_id.to_string(),
-                    m.name.clone(),
-                    m.kind.clone(),
-                    m.rpc_addr.clone(),
-                    m.version.clone(),
-                    m.health.clone(),
-                ]
-            })
-            .collect();
-        table(
-            &["ID", "NAME", "STATE", "ADDRESS", "VERSION", "HEALTH"],
-            rows,
+        self.print(
+            || json!({"members": members.iter().map(member_json).collect::<Vec<_>>()}),
+            || {
+                let rows = members
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.node_id.to_string(),
+                            m.name.clone(),
+                            m.kind.clone(),
+                            m.rpc_addr.clone(),
+                            m.version.clone(),
+                            m.health.clone(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["ID", "NAME", "STATE", "ADDRESS", "VERSION", "HEALTH"],
+                    rows,
+                )
+            },
         );
     }
 
     pub fn member_event(&self, e: &pb::MemberEvent) {
-        if self.format == Format::Json {
-            println!("{}", Self::member_json(e));
-        } else {
-            let secs = e.at_unix_ms.div_euclid(1000);
-            let t = time(secs);
-            println!(
-                "{} node {} ({}) {} at {}",
-                &t[11..19],
-                e.node_id,
-                e.name,
-                e.kind,
-                e.rpc_addr
-            );
-        }
+        self.print_event(
+            || member_json(e),
+            || {
+                let t = time(e.at_unix_ms.div_euclid(1000));
+                format!(
+                    "{} node {} ({}) {} at {}",
+                    &t[11..19],
+                    e.node_id,
+                    e.name,
+                    e.kind,
+                    e.rpc_addr
+                )
+            },
+        );
     }
 
     /// One flow event per line: text, or a compact JSON object (`membrane monitor`).
     pub fn flow_event(&self, m: &pb::FlowEventMessage) {
-        if self.format == Format::Json {
-            println!("{}", flow::to_json(m));
-        } else {
-            let offset = flow::local_utc_offset(m.time_unix_ns.div_euclid(1_000_000_000));
-            println!("{}", flow::format_line(m, offset));
-        }
+        self.print_event(
+            || flow::to_json(m),
+            || {
+                let offset = flow::local_utc_offset(m.time_unix_ns.div_euclid(1_000_000_000));
+                flow::format_line(m, offset)
+            },
+        );
     }
 
     pub fn keyring(&self, r: &pb::GossipKeyringResponse) {
-        if self.format == Format::Json {
-            let keys: Vec<Value> = r
-                .keys
-                .iter()
-                .map(|k| json!({"id": k.id, "primary": k.primary}))
-                .collect();
-            return self.json(json!({"keys": keys}));
-        }
-        for k in &r.keys {
-            println!("key {}{}", k.id, if k.primary { " (primary)" } else { "" });
-        }
+        self.print(
+            || {
+                let keys: Vec<Value> = r
+                    .keys
+                    .iter()
+                    .map(|k| json!({"id": k.id, "primary": k.primary}))
+                    .collect();
+                json!({ "keys": keys })
+            },
+            || {
+                let mut o = String::new();
+                for k in &r.keys {
+                    line!(
+                        o,
+                        "key {}{}",
+                        k.id,
+                        if k.primary { " (primary)" } else { "" }
+                    );
+                }
+                o
+            },
+        );
     }
 
     pub fn nodes(&self, r: &pb::NodeListResponse) {
-        if self.format == Format::Json {
-            let nodes: Vec<Value> = r
-                .nodes
-                .iter()
-                .map(|n| {
-                    json!({"id": n.id, "name": n.name, "rpc_addr": n.rpc_addr, "pod_cidr": n.pod_cidr,
-                           "raft_role": n.raft_role, "gossip_state": n.gossip_state, "tls_key_sha256": n.tls_key_sha256,
-                           "x25519_public": n.x25519_public, "joined_at": time(n.joined_at_unix)})
-                })
-                .collect();
-            return self.json(json!({ "nodes": nodes }));
-        }
-        let rows = r
-            .nodes
-            .iter()
-            .map(|n| {
-                vec![
-                    n.id.to_string(),
-                    n.name.clone(),
-                    n.rpc_addr.clone(),
-                    n.pod_cidr.clone(),
-                    n.raft_role.clone(),
-                    n.gossip_state.clone(),
-                    time(n.joined_at_unix),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "ID", "NAME", "ADDRESS", "POD CIDR", "RAFT", "GOSSIP", "JOINED",
-            ],
-            rows,
+        self.print(
+            || {
+                let nodes: Vec<Value> = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({"id": n.id, "name": n.name, "rpc_addr": n.rpc_addr, "pod_cidr": n.pod_cidr,
+                               "raft_role": n.raft_role, "gossip_state": n.gossip_state, "tls_key_sha256": n.tls_key_sha256,
+                               "x25519_public": n.x25519_public, "joined_at": time(n.joined_at_unix)})
+                    })
+                    .collect();
+                json!({ "nodes": nodes })
+            },
+            || {
+                let rows = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.to_string(),
+                            n.name.clone(),
+                            n.rpc_addr.clone(),
+                            n.pod_cidr.clone(),
+                            n.raft_role.clone(),
+                            n.gossip_state.clone(),
+                            time(n.joined_at_unix),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID", "NAME", "ADDRESS", "POD CIDR", "RAFT", "GOSSIP", "JOINED",
+                    ],
+                    rows,
+                )
+            },
         );
     }
 
     pub fn token_created(&self, t: &pb::TokenCreateResponse) {
-        if self.format == Format::Json {
-            return self.json(
+        // Only the token goes to stdout, so `$(membrane token create)` captures it alone.
+        self.print(
+            || {
                 json!({"token": t.token, "id": t.id, "expires_at": time(t.expires_at_unix),
-                                    "max_uses": t.max_uses, "join_command": t.join_command}),
+                       "max_uses": t.max_uses, "join_command": t.join_command})
+            },
+            || format!("{}\n", t.token),
+        );
+        if self.format == Format::Text {
+            eprintln!(
+                "expires {}, {} use(s). Join with:\n  {}",
+                time(t.expires_at_unix),
+                t.max_uses,
+                t.join_command
             );
         }
-        println!("{}", t.token);
-        eprintln!(
-            "expires {}, {} use(s). Join with:\n  {}",
-            time(t.expires_at_unix),
-            t.max_uses,
-            t.join_command
-        );
     }
 
     pub fn tokens(&self, r: &pb::TokenListResponse) {
-        if self.format == Format::Json {
-            let tokens: Vec<Value> = r
-                .tokens
-                .iter()
-                .map(|t| json!({"id": t.id, "state": t.state, "uses": t.uses, "max_uses": t.max_uses,
-                                 "created_at": time(t.created_at_unix), "expires_at": time(t.expires_at_unix),
-                                 "revoked": t.revoked, "description": t.description}))
-                .collect();
-            return self.json(json!({ "tokens": tokens }));
-        }
-        let rows = r
-            .tokens
-            .iter()
-            .map(|t| {
-                vec![
-                    t.id.clone(),
-                    t.state.clone(),
-                    format!("{}/{}", t.uses, t.max_uses),
-                    time(t.expires_at_unix),
-                    t.description.clone(),
-                ]
-            })
-            .collect();
-        table(&["ID", "STATE", "USES", "EXPIRES", "DESCRIPTION"], rows);
-    }
-
-    fn identity_json(i: &pb::IdentityInfo) -> Value {
-        json!({"id": i.id, "labels": i.labels, "references": i.references})
+        self.print(
+            || {
+                let tokens: Vec<Value> = r
+                    .tokens
+                    .iter()
+                    .map(|t| json!({"id": t.id, "state": t.state, "uses": t.uses, "max_uses": t.max_uses,
+                                     "created_at": time(t.created_at_unix), "expires_at": time(t.expires_at_unix),
+                                     "revoked": t.revoked, "description": t.description}))
+                    .collect();
+                json!({ "tokens": tokens })
+            },
+            || {
+                let rows = r
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.state.clone(),
+                            format!("{}/{}", t.uses, t.max_uses),
+                            time(t.expires_at_unix),
+                            t.description.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "STATE", "USES", "EXPIRES", "DESCRIPTION"], rows)
+            },
+        );
     }
 
     pub fn identity(&self, r: &pb::IdentityResponse) {
         let Some(i) = &r.identity else { return };
-        if self.format == Format::Json {
-            let mut v = Self::identity_json(i);
-            v["created"] = json!(r.created);
-            return self.json(v);
-        }
-        println!(
-            "{}\t{}\t(references: {})",
-            i.id,
-            i.labels.join(","),
-            i.references
+        self.print(
+            || {
+                let mut v = identity_json(i);
+                v["created"] = json!(r.created);
+                v
+            },
+            || {
+                format!(
+                    "{}\t{}\t(references: {})\n",
+                    i.id,
+                    i.labels.join(","),
+                    i.references
+                )
+            },
         );
     }
 
     pub fn identities(&self, r: &pb::IdentityListResponse) {
-        if self.format == Format::Json {
-            let ids: Vec<Value> = r.identities.iter().map(Self::identity_json).collect();
-            return self.json(json!({ "identities": ids }));
-        }
-        let rows = r
-            .identities
-            .iter()
-            .map(|i| {
-                vec![
-                    i.id.to_string(),
-                    i.references.to_string(),
-                    i.labels.join(","),
-                ]
-            })
-            .collect();
-        table(&["ID", "REFS", "LABELS"], rows);
+        self.print(
+            || {
+                let ids: Vec<Value> = r.identities.iter().map(identity_json).collect();
+                json!({ "identities": ids })
+            },
+            || {
+                let rows = r
+                    .identities
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.id.to_string(),
+                            i.references.to_string(),
+                            i.labels.join(","),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "REFS", "LABELS"], rows)
+            },
+        );
     }
 
     pub fn released(&self, r: &pb::ReleaseResponse) {
@@ -357,234 +358,347 @@ impl Output {
     }
 
     pub fn policies(&self, r: &pb::PolicyGetResponse) {
-        if self.format == Format::Json {
-            let ps: Vec<Value> = r
-                .policies
-                .iter()
-                .map(|p| {
-                    json!({
-                        "name": p.name,
-                        "revision": p.revision,
-                        "updated_at_unix": p.updated_at_unix,
-                        "yaml": p.yaml,
+        self.print(
+            || {
+                let ps: Vec<Value> = r
+                    .policies
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "name": p.name,
+                            "revision": p.revision,
+                            "updated_at_unix": p.updated_at_unix,
+                            "yaml": p.yaml,
+                        })
                     })
-                })
-                .collect();
-            return self.json(json!({"revision": r.revision, "policies": ps}));
-        }
-        for (i, p) in r.policies.iter().enumerate() {
-            if i > 0 {
-                println!("---");
-            }
-            println!(
-                "# revision {}, updated {}",
-                p.revision,
-                time(p.updated_at_unix)
-            );
-            print!("{}", p.yaml);
-        }
-        if r.policies.is_empty() {
-            println!("# no policies (revision {})", r.revision);
-        }
+                    .collect();
+                json!({"revision": r.revision, "policies": ps})
+            },
+            || {
+                let mut o = String::new();
+                for (i, p) in r.policies.iter().enumerate() {
+                    if i > 0 {
+                        line!(o, "---");
+                    }
+                    line!(
+                        o,
+                        "# revision {}, updated {}",
+                        p.revision,
+                        time(p.updated_at_unix)
+                    );
+                    // The stored YAML carries its own final newline (or not): print it as is.
+                    o.push_str(&p.yaml);
+                }
+                if r.policies.is_empty() {
+                    line!(o, "# no policies (revision {})", r.revision);
+                }
+                o
+            },
+        );
     }
 
     pub fn policy_waited(&self, r: &pb::PolicyWaitResponse) {
-        if self.format == Format::Json {
-            let nodes: Vec<Value> = r
-                .nodes
-                .iter()
-                .map(|n| json!({"node_id": n.node_id, "name": n.name, "enforced": n.enforced, "state": n.state}))
-                .collect();
-            return self.json(json!({"revision": r.revision, "nodes": nodes}));
-        }
-        println!("revision {} is enforced by every live node", r.revision);
-        let rows = r
-            .nodes
-            .iter()
-            .map(|n| {
-                vec![
-                    n.name.clone(),
-                    n.node_id.to_string(),
-                    n.enforced.to_string(),
-                    n.state.clone(),
-                ]
-            })
-            .collect();
-        table(&["NODE", "ID", "ENFORCED", "STATE"], rows);
+        self.print(
+            || {
+                let nodes: Vec<Value> = r
+                    .nodes
+                    .iter()
+                    .map(|n| json!({"node_id": n.node_id, "name": n.name, "enforced": n.enforced, "state": n.state}))
+                    .collect();
+                json!({"revision": r.revision, "nodes": nodes})
+            },
+            || {
+                let rows = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.name.clone(),
+                            n.node_id.to_string(),
+                            n.enforced.to_string(),
+                            n.state.clone(),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "revision {} is enforced by every live node\n{}",
+                    r.revision,
+                    table(&["NODE", "ID", "ENFORCED", "STATE"], rows)
+                )
+            },
+        );
     }
 
     pub fn policy_explained(&self, r: &pb::PolicyExplainResponse) {
-        let side_json = |s: &Option<pb::PolicySide>| {
-            s.as_ref().map(|s| {
+        self.print(
+            || {
                 json!({
-                    "direction": s.direction,
-                    "verdict": s.verdict,
-                    "rule": s.rule,
-                    "selected_by": s.selected_by,
-                    "remote_identity": s.remote_identity,
-                    "reason": s.reason,
+                    "verdict": r.verdict,
+                    "sentence": r.sentence,
+                    "egress": policy_side_json(&r.egress),
+                    "ingress": policy_side_json(&r.ingress),
                 })
-            })
-        };
-        if self.format == Format::Json {
-            return self.json(json!({
-                "verdict": r.verdict,
-                "sentence": r.sentence,
-                "egress": side_json(&r.egress),
-                "ingress": side_json(&r.ingress),
-            }));
-        }
-        println!("{}: {}", r.verdict.to_uppercase(), r.sentence);
-        for s in [&r.egress, &r.ingress].into_iter().flatten() {
-            println!("  {:<8} {:<6} {}", s.direction, s.verdict, s.reason);
-        }
-    }
-
-    fn endpoint_json(e: &pb::EndpointDetail) -> Value {
-        json!({
-            "id": e.id,
-            "container_id": e.container_id,
-            "ifname": e.ifname,
-            "netns": e.netns,
-            "host_ifname": e.host_ifname,
-            "ipv4": e.ipv4,
-            "mac": e.mac,
-            "identity": e.identity,
-            "labels": e.labels,
-            "node_id": e.node_id,
-            "node_name": e.node_name,
-            "state": e.state,
-            "created_at_unix": e.created_at_unix,
-        })
+            },
+            || {
+                let mut o = String::new();
+                line!(o, "{}: {}", r.verdict.to_uppercase(), r.sentence);
+                for s in [&r.egress, &r.ingress].into_iter().flatten() {
+                    line!(o, "  {:<8} {:<6} {}", s.direction, s.verdict, s.reason);
+                }
+                o
+            },
+        );
     }
 
     pub fn endpoints(&self, r: &pb::EndpointListResponse) {
-        if self.format == Format::Json {
-            let eps: Vec<Value> = r.endpoints.iter().map(Self::endpoint_json).collect();
-            return self.json(json!({ "endpoints": eps }));
-        }
-        let rows = r
-            .endpoints
-            .iter()
-            .map(|e| {
-                vec![
-                    e.node_name.clone(),
-                    e.id.to_string(),
-                    short_id(&e.container_id),
-                    e.ipv4.clone(),
-                    e.identity.to_string(),
-                    e.labels.join(","),
-                    e.state.clone(),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "NODE",
-                "ID",
-                "CONTAINER",
-                "IPV4",
-                "IDENTITY",
-                "LABELS",
-                "STATE",
-            ],
-            rows,
+        self.print(
+            || {
+                let eps: Vec<Value> = r.endpoints.iter().map(endpoint_json).collect();
+                json!({ "endpoints": eps })
+            },
+            || {
+                let rows = r
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.node_name.clone(),
+                            e.id.to_string(),
+                            short_id(&e.container_id),
+                            e.ipv4.clone(),
+                            e.identity.to_string(),
+                            e.labels.join(","),
+                            e.state.clone(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "NODE",
+                        "ID",
+                        "CONTAINER",
+                        "IPV4",
+                        "IDENTITY",
+                        "LABELS",
+                        "STATE",
+                    ],
+                    rows,
+                )
+            },
         );
     }
 
     pub fn endpoint(&self, e: &pb::EndpointDetail) {
-        if self.format == Format::Json {
-            return self.json(Self::endpoint_json(e));
-        }
-        let rows = [
-            ("id", e.id.to_string()),
-            ("container", e.container_id.clone()),
-            ("node", format!("{} ({})", e.node_name, e.node_id)),
-            ("state", e.state.clone()),
-            ("ipv4", e.ipv4.clone()),
-            ("identity", e.identity.to_string()),
-            ("labels", e.labels.join(",")),
-            ("interface", format!("{} in {}", e.ifname, e.netns)),
-            ("mac", e.mac.clone()),
-            ("host interface", e.host_ifname.clone()),
-            ("created", time(e.created_at_unix)),
-        ];
-        for (k, v) in rows {
-            println!("{k:<15} {v}");
-        }
+        self.print(
+            || endpoint_json(e),
+            || {
+                let rows = [
+                    ("id", e.id.to_string()),
+                    ("container", e.container_id.clone()),
+                    ("node", format!("{} ({})", e.node_name, e.node_id)),
+                    ("state", e.state.clone()),
+                    ("ipv4", e.ipv4.clone()),
+                    ("identity", e.identity.to_string()),
+                    ("labels", e.labels.join(",")),
+                    ("interface", format!("{} in {}", e.ifname, e.netns)),
+                    ("mac", e.mac.clone()),
+                    ("host interface", e.host_ifname.clone()),
+                    ("created", time(e.created_at_unix)),
+                ];
+                let mut o = String::new();
+                for (k, v) in rows {
+                    line!(o, "{k:<15} {v}");
+                }
+                o
+            },
+        );
     }
 
     pub fn bpf_ipcache(&self, r: &pb::BpfIpcacheResponse) {
-        if self.format == Format::Json {
-            let entries: Vec<Value> = r
-                .entries
-                .iter()
-                .map(|e| {
-                    json!({
-                        "cidr": e.cidr,
-                        "identity": e.identity,
-                        "tunnel_endpoint": e.tunnel_endpoint,
-                        "flags": e.flags,
+        self.print(
+            || {
+                let entries: Vec<Value> = r
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "cidr": e.cidr,
+                            "identity": e.identity,
+                            "tunnel_endpoint": e.tunnel_endpoint,
+                            "flags": e.flags,
+                        })
                     })
-                })
-                .collect();
-            return self.json(json!({ "entries": entries }));
-        }
-        let rows = r
-            .entries
-            .iter()
-            .map(|e| {
-                vec![
-                    e.cidr.clone(),
-                    e.identity.to_string(),
-                    if e.tunnel_endpoint.is_empty() {
-                        "-".to_string()
-                    } else {
-                        e.tunnel_endpoint.clone()
-                    },
-                ]
-            })
-            .collect();
-        table(&["PREFIX", "IDENTITY", "TUNNEL ENDPOINT"], rows);
+                    .collect();
+                json!({ "entries": entries })
+            },
+            || {
+                let rows = r
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.cidr.clone(),
+                            e.identity.to_string(),
+                            if e.tunnel_endpoint.is_empty() {
+                                "-".to_string()
+                            } else {
+                                e.tunnel_endpoint.clone()
+                            },
+                        ]
+                    })
+                    .collect();
+                table(&["PREFIX", "IDENTITY", "TUNNEL ENDPOINT"], rows)
+            },
+        );
     }
 
     pub fn bpf_endpoints(&self, r: &pb::BpfEndpointResponse) {
-        if self.format == Format::Json {
-            let entries: Vec<Value> = r
-                .entries
-                .iter()
-                .map(|e| {
-                    json!({
-                        "ipv4": e.ipv4,
-                        "endpoint_id": e.endpoint_id,
-                        "ifindex": e.ifindex,
-                        "identity": e.identity,
-                        "mac": e.mac,
-                        "host_mac": e.host_mac,
+        self.print(
+            || {
+                let entries: Vec<Value> = r
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "ipv4": e.ipv4,
+                            "endpoint_id": e.endpoint_id,
+                            "ifindex": e.ifindex,
+                            "identity": e.identity,
+                            "mac": e.mac,
+                            "host_mac": e.host_mac,
+                        })
                     })
-                })
-                .collect();
-            return self.json(json!({ "entries": entries, "pin_dir": r.pin_dir }));
-        }
-        let rows = r
-            .entries
-            .iter()
-            .map(|e| {
-                vec![
-                    e.ipv4.clone(),
-                    e.endpoint_id.to_string(),
-                    e.ifindex.to_string(),
-                    e.identity.to_string(),
-                    e.mac.clone(),
-                    e.host_mac.clone(),
-                ]
-            })
-            .collect();
-        table(
-            &["IPV4", "ENDPOINT", "IFINDEX", "IDENTITY", "MAC", "HOST MAC"],
-            rows,
+                    .collect();
+                json!({ "entries": entries, "pin_dir": r.pin_dir })
+            },
+            || {
+                let rows = r
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.ipv4.clone(),
+                            e.endpoint_id.to_string(),
+                            e.ifindex.to_string(),
+                            e.identity.to_string(),
+                            e.mac.clone(),
+                            e.host_mac.clone(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["IPV4", "ENDPOINT", "IFINDEX", "IDENTITY", "MAC", "HOST MAC"],
+                    rows,
+                )
+            },
         );
     }
+}
+
+fn status_json(s: &pb::StatusResponse) -> Value {
+    let members: Vec<Value> = s
+        .members
+        .iter()
+        .map(|m| json!({"node_id": m.node_id, "rpc_addr": m.rpc_addr, "role": m.role}))
+        .collect();
+    json!({
+        "cluster_id": s.cluster_id, "cluster_name": s.cluster_name,
+        "node_id": s.node_id, "node_name": s.node_name, "rpc_addr": s.rpc_addr, "pod_cidr": s.pod_cidr,
+        "raft_state": s.raft_state, "term": s.term,
+        "leader_id": if s.leader_id == 0 { Value::Null } else { json!(s.leader_id) },
+        "commit_index": s.commit_index, "applied_index": s.applied_index, "last_log_index": s.last_log_index,
+        "members": members,
+        "gossip": s.gossip.as_ref().map(|g| json!({
+            "sent": g.sent, "received": g.received, "dropped_truncated": g.dropped_truncated,
+            "dropped_unknown_key": g.dropped_unknown_key, "dropped_forged": g.dropped_forged,
+            "dropped_replay": g.dropped_replay, "dropped_malformed": g.dropped_malformed,
+            "key_ids": g.key_ids, "primary_key": g.primary_key,
+        })),
+    })
+}
+
+fn status_text(s: &pb::StatusResponse) -> String {
+    let mut o = String::new();
+    line!(o, "Cluster:      {} (id {})", s.cluster_name, s.cluster_id);
+    line!(
+        o,
+        "Node:         {} (id {}) at {}",
+        s.node_name,
+        s.node_id,
+        s.rpc_addr
+    );
+    let pod_cidr = if s.pod_cidr.is_empty() {
+        "-"
+    } else {
+        &s.pod_cidr
+    };
+    line!(o, "Pod CIDR:     {pod_cidr}");
+    line!(o, "Raft:         {}, term {}", s.raft_state, s.term);
+    let leader = if s.leader_id == 0 {
+        "none".to_string()
+    } else {
+        format!("node {}", s.leader_id)
+    };
+    line!(o, "Leader:       {leader}");
+    line!(
+        o,
+        "Commit index: {} (applied {}, last log {})",
+        s.commit_index,
+        s.applied_index,
+        s.last_log_index
+    );
+    line!(o, "Members:");
+    for m in &s.members {
+        line!(o, "  node {:<4} {:<8} {}", m.node_id, m.role, m.rpc_addr);
+    }
+    if let Some(g) = &s.gossip {
+        line!(
+            o,
+            "Gossip:       {} sent, {} received; dropped {} forged, {} replayed, {} truncated, {} unknown key",
+            g.sent, g.received, g.dropped_forged, g.dropped_replay, g.dropped_truncated, g.dropped_unknown_key
+        );
+    }
+    o
+}
+
+fn member_json(e: &pb::MemberEvent) -> Value {
+    json!({"kind": e.kind, "node_id": e.node_id, "name": e.name, "rpc_addr": e.rpc_addr, "pod_cidr": e.pod_cidr,
+           "version": e.version, "health": e.health, "at_unix_ms": e.at_unix_ms})
+}
+
+fn identity_json(i: &pb::IdentityInfo) -> Value {
+    json!({"id": i.id, "labels": i.labels, "references": i.references})
+}
+
+fn policy_side_json(s: &Option<pb::PolicySide>) -> Option<Value> {
+    s.as_ref().map(|s| {
+        json!({
+            "direction": s.direction,
+            "verdict": s.verdict,
+            "rule": s.rule,
+            "selected_by": s.selected_by,
+            "remote_identity": s.remote_identity,
+            "reason": s.reason,
+        })
+    })
+}
+
+fn endpoint_json(e: &pb::EndpointDetail) -> Value {
+    json!({
+        "id": e.id,
+        "container_id": e.container_id,
+        "ifname": e.ifname,
+        "netns": e.netns,
+        "host_ifname": e.host_ifname,
+        "ipv4": e.ipv4,
+        "mac": e.mac,
+        "identity": e.identity,
+        "labels": e.labels,
+        "node_id": e.node_id,
+        "node_name": e.node_name,
+        "state": e.state,
+        "created_at_unix": e.created_at_unix,
+    })
 }
 
 /// Container ids are usually 64 hex digits; 12 are enough to tell them apart on screen.
@@ -598,5 +712,18 @@ mod tests {
     fn unix_time_formats_as_utc() {
         assert_eq!(super::time(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::time(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn table_pads_columns_and_trims_line_ends() {
+        let rows = vec![vec![
+            "1".to_string(),
+            "long-name".to_string(),
+            String::new(),
+        ]];
+        assert_eq!(
+            super::table(&["ID", "NAME", "X"], rows),
+            "ID  NAME       X\n1   long-name\n"
+        );
     }
 }

@@ -1,0 +1,52 @@
+//! `membrane agent`: turns the agent's flags into its options and runs it.
+
+use anyhow::anyhow;
+
+use super::args::AgentArgs;
+use crate::agent::{AgentOptions, JoinArgs};
+
+pub(super) fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .map_err(|e| anyhow!("bad --log filter {:?}: {e}", args.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let join = match (args.join, args.token, args.ca_hash) {
+        (Some(addr), Some(token), Some(ca_hash)) => Some(JoinArgs {
+            addr,
+            token,
+            ca_hash,
+        }),
+        _ => None,
+    };
+    let metrics_addr = crate::observe::metrics::parse_addr(&args.metrics_addr)?;
+    let opts = AgentOptions {
+        state_dir: args.state_dir,
+        socket: socket.to_path_buf(),
+        listen: args.listen_addr,
+        advertise: args.advertise_addr,
+        name: args.name,
+        join,
+        autopilot: crate::cluster::autopilot::AutopilotConfig {
+            target_voters: args.voters,
+            voter_down_after: std::time::Duration::from_secs(args.voter_down_after),
+            remove_after: std::time::Duration::from_secs(args.remove_dead_after),
+        },
+        gossip_listen: args.gossip_addr,
+        plugin_socket: args.plugin_socket,
+        cni_queue_dir: args.cni_queue_dir,
+        datapath: crate::datapath::DatapathOptions {
+            pin_dir: args.bpf_pin_dir,
+            tunnel_port: args.tunnel_port,
+            overlay_device: args.overlay_device,
+            mtu: args.mtu,
+            masquerade: args.masquerade,
+            trace: args.monitor_trace,
+            events_per_sec: args.events_per_sec,
+        },
+        keep_established: args.keep_established,
+        metrics_addr,
+    };
+    super::runtime()?.block_on(crate::agent::run(opts))
+}
