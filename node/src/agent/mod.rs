@@ -33,7 +33,7 @@ use crate::ipcache::api::IpcacheApi;
 use crate::observe::api::ObserveApi;
 use crate::observe::{metrics, monitor, Telemetry};
 use crate::policy::api::{PolicyApi, PolicySlot};
-use crate::policy::sync::PolicySync;
+use crate::policy::apply::PolicySync;
 use crate::registry::RegistryClient;
 use crate::rpc::{bootstrap, cluster_service, join, join_service};
 use crate::state::StateDir;

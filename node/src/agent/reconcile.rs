@@ -17,7 +17,7 @@ use crate::cluster::gossip::GossipSlot;
 use crate::datapath::NodeDatapath;
 use crate::endpoints::EndpointManager;
 use crate::ipcache::sync_once;
-use crate::policy::sync::PolicySync;
+use crate::policy::apply::PolicySync;
 use crate::registry::RegistryClient;
 
 /// How often the maps are checked even when the registry did not change.

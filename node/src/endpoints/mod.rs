@@ -132,7 +132,7 @@ pub struct EndpointManager {
     /// One add or delete at a time.
     ops: tokio::sync::Mutex<()>,
     /// Installs each endpoint's policy before the endpoint is handed out.
-    policy: Arc<crate::policy::sync::PolicySync>,
+    policy: Arc<crate::policy::apply::PolicySync>,
     /// Bumped whenever the live set changes, so the sync loop notices.
     generation: std::sync::atomic::AtomicU64,
 }
@@ -146,7 +146,7 @@ impl EndpointManager {
         client: Arc<RegistryClient>,
         datapath: Arc<NodeDatapath>,
         me: NodeIdentity,
-        policy: Arc<crate::policy::sync::PolicySync>,
+        policy: Arc<crate::policy::apply::PolicySync>,
     ) -> EndpointManager {
         EndpointManager {
             client,
@@ -173,7 +173,7 @@ impl EndpointManager {
         &self.datapath
     }
 
-    pub fn policy(&self) -> &Arc<crate::policy::sync::PolicySync> {
+    pub fn policy(&self) -> &Arc<crate::policy::apply::PolicySync> {
         &self.policy
     }
 

@@ -13,6 +13,6 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Telemetry {
     pub monitor: monitor::Monitor,
-    pub rule_names: crate::policy::sync::RuleNames,
+    pub rule_names: crate::policy::apply::RuleNames,
     pub enforced_revision: Arc<std::sync::atomic::AtomicU64>,
 }

@@ -17,7 +17,8 @@ use tonic::Status;
 use std::sync::{Arc, OnceLock};
 
 use crate::cluster::gossip::GossipSlot;
-use crate::policy::sync::{identities_of, PolicySync};
+use crate::policy::apply::PolicySync;
+use crate::policy::desired::identities_of;
 use crate::policy::{self, Peer, Verdict};
 use crate::registry::RegistryClient;
 
@@ -275,7 +276,7 @@ pub fn explain(
     // Before the datapath is up there is no cache: parse the registry's policies directly.
     let policies = match api.sync.get() {
         Some(p) => p.policies().1,
-        None => std::sync::Arc::new(crate::policy::sync::stored_policies(&api.client)),
+        None => std::sync::Arc::new(crate::policy::apply::stored_policies(&api.client)),
     };
     let e = policy::explain(&policies, &identities, &from, &to, proto, port);
     Ok(pb::PolicyExplainResponse {

@@ -59,8 +59,6 @@ pub mod explain;
 pub mod parse;
 pub mod rule;
 pub mod selector;
-#[allow(missing_docs)]
-pub mod sync;
 
 #[cfg(test)]
 mod tests;

@@ -24,7 +24,7 @@ use tokio::io::Interest;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-pub use crate::policy::sync::RuleNames;
+pub use crate::policy::apply::RuleNames;
 #[cfg(test)]
 pub(crate) use decorate::testing;
 pub use decorate::{decorate, lost_notice, reserved_labels, rule_display, Local};
