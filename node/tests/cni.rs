@@ -32,12 +32,12 @@ fn cni(vars: &[(&str, &str)], stdin: &str) -> Out {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run membrane-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // The plugin may refuse bad environment before it reads its config, closing stdin
+    // first: a broken pipe here is that refusal, and its answer is still on stdout.
+    let written = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    if let Err(e) = written {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write config: {e}");
+    }
     let out = child.wait_with_output().unwrap();
     Out {
         ok: out.status.success(),
