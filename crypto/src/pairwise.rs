@@ -29,7 +29,9 @@ const INFO_LABEL: &[u8] = b"membrane gossip pair v1";
 pub enum PairError {
     /// The peer's public key is a low-order point: the shared secret would be all zeros,
     /// known to anyone. A registry record with such a key is refused for gossip.
-    #[error("the peer's X25519 public key is a low-order point; re-register the node with a real key")]
+    #[error(
+        "the peer's X25519 public key is a low-order point; re-register the node with a real key"
+    )]
     NonContributory,
 }
 

@@ -464,12 +464,26 @@ mod tests {
         g.check_and_update(1u64, 5, 10).unwrap();
         assert_eq!(g.marks()[0].1.margin, MIN_RESUME_MARGIN);
         g.check_and_update(1, 5, 1010).unwrap();
-        assert_eq!(g.marks()[0].1, HighWater { epoch: 5, counter: 1010, margin: 2000 });
+        assert_eq!(
+            g.marks()[0].1,
+            HighWater {
+                epoch: 5,
+                counter: 1010,
+                margin: 2000
+            }
+        );
         g.check_and_update(1, 5, 1_000_000).unwrap();
         assert_eq!(g.marks()[0].1.margin, MAX_RESUME_MARGIN);
         // A new epoch counts from zero.
         g.check_and_update(1, 6, 3).unwrap();
-        assert_eq!(g.marks()[0].1, HighWater { epoch: 6, counter: 3, margin: MIN_RESUME_MARGIN });
+        assert_eq!(
+            g.marks()[0].1,
+            HighWater {
+                epoch: 6,
+                counter: 3,
+                margin: MIN_RESUME_MARGIN
+            }
+        );
     }
 
     #[test]

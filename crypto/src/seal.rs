@@ -585,9 +585,17 @@ mod tests {
         assert_eq!(ab2.ids(), vec![2]);
         let mut old = cluster.clone();
         old.use_key(1).unwrap();
-        let sealed_old = old.pairwise(&a, 1, &pk(&b), 2).unwrap().seal(1, 10, 3, b"y").unwrap();
+        let sealed_old = old
+            .pairwise(&a, 1, &pk(&b), 2)
+            .unwrap()
+            .seal(1, 10, 3, b"y")
+            .unwrap();
         assert_eq!(
-            rotated.pairwise(&b, 2, &pk(&a), 1).unwrap().open(&sealed_old).unwrap_err(),
+            rotated
+                .pairwise(&b, 2, &pk(&a), 1)
+                .unwrap()
+                .open(&sealed_old)
+                .unwrap_err(),
             SealError::UnknownKey(1)
         );
     }

@@ -70,7 +70,9 @@ fn crypto_cost() {
     table.insert(2, b.public(), to);
     table.insert(1, a.public(), "10.0.0.1:7701".parse().expect("address"));
     let peers = Peers::new(table);
-    let cache: Mutex<HashMap<u64, ([u8; 32], Arc<Keyring>)>> = Mutex::default();
+    // As the transport caches them: by peer, with the public key they were derived for.
+    type PairCache = HashMap<u64, ([u8; 32], Arc<Keyring>)>;
+    let cache: Mutex<PairCache> = Mutex::default();
     let pair = |local: &NodeSecret, me: u64, peer: u64| -> Arc<Keyring> {
         let public = peers.with(|t| t.public_of(peer)).expect("member");
         let mut c = cache.lock().expect("cache");
@@ -83,8 +85,13 @@ fn crypto_cost() {
         c.insert(me * 1000 + peer, (public, r.clone()));
         r
     };
-    println!("Sender binding, per datagram (seal on one node + open on the other), {} cores:
-", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "Sender binding, per datagram (seal on one node + open on the other), {} cores:
+",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!("| datagram | shared cluster key (before) | pair keyring (after) | ratio |");
     println!("|---|---|---|---|");
     for size in [512usize, 4096, 16384] {
@@ -96,17 +103,27 @@ fn crypto_cost() {
         });
         let after = per_op(iters, |i| {
             let id = peers.with(|t| t.id_at(&to)).expect("member");
-            let p = pair(&a, 1, id).seal(1, 5, u64::from(i) + 1, &msg).expect("seal");
+            let p = pair(&a, 1, id)
+                .seal(1, 5, u64::from(i) + 1, &msg)
+                .expect("seal");
             std::hint::black_box(pair(&b, 2, 1).open(&p).expect("open"));
         });
-        println!("| {size} B | {:.2} µs | {:.2} µs | {:.2} |", before / 1e3, after / 1e3, after / before);
+        println!(
+            "| {size} B | {:.2} µs | {:.2} µs | {:.2} |",
+            before / 1e3,
+            after / 1e3,
+            after / before
+        );
     }
     let derive = per_op(2_000, |_| {
         std::hint::black_box(ring.pairwise(&a.0, 1, &b.public(), 2).expect("pair"));
     });
-    println!("
+    println!(
+        "
 Deriving one pair keyring (X25519 + HKDF-SHA256, once per peer and key change): {:.1} µs
-", derive / 1e3);
+",
+        derive / 1e3
+    );
 }
 
 async fn run(n: usize) -> Run {

@@ -268,7 +268,10 @@ async fn save_marks(t: SealedTransport, path: PathBuf) {
     let mut last = None;
     loop {
         tick.tick().await;
-        let received = t.counters().received.load(std::sync::atomic::Ordering::Relaxed);
+        let received = t
+            .counters()
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed);
         if last == Some(received) {
             continue;
         }

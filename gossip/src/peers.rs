@@ -145,7 +145,10 @@ mod tests {
         assert_eq!((t.id_at(&a(1)), t.id_at(&a(9))), (Some(1), Some(2)));
         assert_eq!(t.public_of(2), Some([2; 32]));
         t.remove(2);
-        assert_eq!((t.id_at(&a(2)), t.id_at(&a(9)), t.public_of(2)), (None, None, None));
+        assert_eq!(
+            (t.id_at(&a(2)), t.id_at(&a(9)), t.public_of(2)),
+            (None, None, None)
+        );
         assert_eq!(t.ids(), vec![1]);
     }
 

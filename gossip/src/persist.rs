@@ -45,7 +45,11 @@ pub fn decode(text: &str) -> Result<Vec<(u64, HighWater)>, String> {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("line {}: {e}", i + 2))?;
         let [sender, epoch, counter, margin] = n[..] else {
-            return Err(format!("line {}: expected 4 numbers, found {}", i + 2, n.len()));
+            return Err(format!(
+                "line {}: expected 4 numbers, found {}",
+                i + 2,
+                n.len()
+            ));
         };
         out.push((
             sender,
@@ -106,8 +110,12 @@ mod tests {
     #[test]
     fn t11_bad_files_name_the_problem() {
         assert!(decode("").unwrap_err().contains("first line"));
-        assert!(decode(&format!("{HEADER}\n1 2 3\n")).unwrap_err().contains("line 2"));
-        assert!(decode(&format!("{HEADER}\n1 2 x 4\n")).unwrap_err().contains("line 2"));
+        assert!(decode(&format!("{HEADER}\n1 2 3\n"))
+            .unwrap_err()
+            .contains("line 2"));
+        assert!(decode(&format!("{HEADER}\n1 2 x 4\n"))
+            .unwrap_err()
+            .contains("line 2"));
     }
 
     #[test]

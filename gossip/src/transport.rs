@@ -159,6 +159,9 @@ impl Counters {
     }
 }
 
+/// Pair keyrings by peer id, each with the public key it was derived for.
+type PairCache = HashMap<u64, ([u8; 32], Arc<Keyring>)>;
+
 /// Why a received datagram was dropped before chitchat.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refused {
@@ -186,7 +189,7 @@ pub struct SealedTransport {
     /// Pair keyrings derived so far, by peer id, with the public key they were derived for;
     /// emptied whenever the cluster keyring changes. One X25519 and one HKDF per peer and key
     /// change, not per datagram.
-    pairs: Arc<Mutex<HashMap<u64, ([u8; 32], Arc<Keyring>)>>>,
+    pairs: Arc<Mutex<PairCache>>,
     replay: Arc<Mutex<ReplayGuard>>,
     counters: Arc<Counters>,
 }
@@ -243,7 +246,10 @@ impl SealedTransport {
 
     /// Every sender's replay high-water mark, to persist (see [`ReplayGuard::marks`]).
     pub fn replay_marks(&self) -> Vec<(u64, HighWater)> {
-        self.replay.lock().unwrap_or_else(|p| p.into_inner()).marks()
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .marks()
     }
 
     /// The keyring shared with `peer`; this node pairs with itself through its own public key.

@@ -128,7 +128,9 @@ async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counte
         .pairwise(&secret(77).0, 77, &secret(1).public(), 1)
         .expect("pair keyring");
     raw.send_to(
-        &pair_77_1.seal(77, 1, 1, b"not a chitchat message").expect("seal"),
+        &pair_77_1
+            .seal(77, 1, 1, b"not a chitchat message")
+            .expect("seal"),
         to,
     )
     .await
@@ -294,7 +296,9 @@ async fn t23_a_member_cannot_forge_another_members_sender_id() {
     let n1 = &nodes[0];
     let mut rx = n1.subscribe();
     let before = n1.counters();
-    let raw = UdpSocket::bind("127.0.0.1:0").await.expect("attacker socket");
+    let raw = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("attacker socket");
     let to = addrs[0];
     // 3 knows the cluster key, its own secret and everyone's public keys.
     let as_2_with_3s_secret = ring()
@@ -302,9 +306,14 @@ async fn t23_a_member_cannot_forge_another_members_sender_id() {
         .expect("pair");
     let mut forged = 0u64;
     for c in 1..=20 {
-        raw.send_to(&as_2_with_3s_secret.seal(2, u64::MAX - 1, c, b"x").expect("seal"), to)
-            .await
-            .expect("send");
+        raw.send_to(
+            &as_2_with_3s_secret
+                .seal(2, u64::MAX - 1, c, b"x")
+                .expect("seal"),
+            to,
+        )
+        .await
+        .expect("send");
         // The cluster key alone, as anyone holding it could before.
         raw.send_to(&ring().seal(2, u64::MAX - 1, c, b"x").expect("seal"), to)
             .await
@@ -327,7 +336,9 @@ async fn t23_a_member_cannot_forge_another_members_sender_id() {
     assert_eq!(n1.state_of(2), Some(MemberState::Alive));
     assert_eq!(n1.state_of(3), Some(MemberState::Alive));
     assert!(
-        drain(&mut rx).iter().all(|e| !matches!(e, MemberEvent::Down(_))),
+        drain(&mut rx)
+            .iter()
+            .all(|e| !matches!(e, MemberEvent::Down(_))),
         "a forged datagram took a member down"
     );
     shutdown_all(nodes).await;
@@ -365,7 +376,10 @@ async fn t24_a_removed_member_is_dropped_as_an_unknown_sender() {
     for g in &nodes[..2] {
         let c = g.counters();
         assert!(c.dropped_unknown_sender > 0, "node {}: {c:?}", g.node_id());
-        assert_eq!(g.state_of(if g.node_id() == 1 { 2 } else { 1 }), Some(MemberState::Alive));
+        assert_eq!(
+            g.state_of(if g.node_id() == 1 { 2 } else { 1 }),
+            Some(MemberState::Alive)
+        );
     }
     shutdown_all(nodes).await;
 }
@@ -397,7 +411,11 @@ async fn t25_a_restarted_receiver_refuses_old_datagrams() {
     converge(&pair).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let recorded: Vec<Vec<u8>> = captured.lock().expect("capture").clone();
-    assert!(recorded.len() > 5, "the tap saw {} datagrams", recorded.len());
+    assert!(
+        recorded.len() > 5,
+        "the tap saw {} datagrams",
+        recorded.len()
+    );
     tap_task.abort();
     // Node 2 goes first, so nothing fresh reaches node 1 after this; node 1 saves on the
     // way out.
@@ -405,7 +423,9 @@ async fn t25_a_restarted_receiver_refuses_old_datagrams() {
     let (n1, n2) = (pair.next().expect("n1"), pair.next().expect("n2"));
     n2.shutdown().await;
     n1.shutdown().await;
-    let raw = UdpSocket::bind("127.0.0.1:0").await.expect("attacker socket");
+    let raw = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("attacker socket");
     for (replay, fresh_expected) in [(Some(state.clone()), false), (None, true)] {
         let n1 = start1(replay.clone()).await.expect("gossip restarts");
         for p in &recorded {

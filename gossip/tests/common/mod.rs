@@ -40,7 +40,13 @@ pub fn register(id: u64, addr: SocketAddr) {
     members().update(|t| list(t, id, addr));
 }
 
-pub fn config(id: u64, addr: SocketAddr, seeds: &[SocketAddr], ring: Keyring, peers: Peers) -> GossipConfig {
+pub fn config(
+    id: u64,
+    addr: SocketAddr,
+    seeds: &[SocketAddr],
+    ring: Keyring,
+    peers: Peers,
+) -> GossipConfig {
     let mut config = GossipConfig::new(meta(id), addr, addr, ring, "test", secret(id), peers);
     config.seeds = seeds.to_vec();
     config
@@ -88,9 +94,15 @@ pub async fn cluster(n: u64) -> (Vec<Gossip>, Vec<SocketAddr>) {
         register(i as u64 + 1, *a);
     }
     for (i, a) in addrs.iter().enumerate() {
-        let g = Gossip::start(config(i as u64 + 1, *a, &addrs[..1], ring(), members().clone()))
-            .await
-            .expect("gossip starts");
+        let g = Gossip::start(config(
+            i as u64 + 1,
+            *a,
+            &addrs[..1],
+            ring(),
+            members().clone(),
+        ))
+        .await
+        .expect("gossip starts");
         nodes.push(g);
     }
     (nodes, addrs)

@@ -27,16 +27,16 @@ fn t64_a_removed_nodes_gossip_is_dropped_everywhere() -> anyhow::Result<()> {
             c.status(h)
                 .map(|s| {
                     let p = s["gossip"]["primary_key"].as_u64().unwrap_or(0);
-                    p != old_primary && s["gossip"]["key_ids"].as_array().map(|k| k.len()) == Some(1)
+                    p != old_primary
+                        && s["gossip"]["key_ids"].as_array().map(|k| k.len()) == Some(1)
                 })
                 .unwrap_or(false)
         }))
     })?;
     // Node 4 still holds only the old key: its datagrams are unknown-key on every node.
     wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
-        Ok((1..=3).all(|h| {
-            counter(&c, h, "dropped_unknown_key").unwrap_or(0) > before_key[h - 1] + 3
-        }))
+        Ok((1..=3)
+            .all(|h| counter(&c, h, "dropped_unknown_key").unwrap_or(0) > before_key[h - 1] + 3))
     })?;
     for h in 1..=3 {
         let g = c.status(h)?["gossip"].clone();
@@ -58,6 +58,9 @@ fn t64_a_removed_nodes_gossip_is_dropped_everywhere() -> anyhow::Result<()> {
     })?;
     let r1 = counter(&c, 2, "received")?;
     std::thread::sleep(Duration::from_secs(2));
-    assert!(counter(&c, 2, "received")? > r1 + 5, "node 2 stopped hearing gossip");
+    assert!(
+        counter(&c, 2, "received")? > r1 + 5,
+        "node 2 stopped hearing gossip"
+    );
     Ok(())
 }

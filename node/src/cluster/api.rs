@@ -471,7 +471,10 @@ mod tests {
         assert_eq!(pb.dropped_forged, 10);
         assert_eq!((pb.sent, pb.received), (1, 2));
         assert_eq!(pb.dropped_unknown_key, 5);
-        assert_eq!((pb.dropped_unknown_sender, pb.dropped_future_epoch), (10, 11));
+        assert_eq!(
+            (pb.dropped_unknown_sender, pb.dropped_future_epoch),
+            (10, 11)
+        );
         assert_eq!(pb.key_ids, vec![1, 2]);
         assert_eq!(pb.primary_key, 2);
         assert_eq!(gossip_counters(&c, vec![], None).primary_key, 0);

@@ -222,7 +222,11 @@ mod tests {
 
     #[test]
     fn peer_table_lists_every_node_at_its_gossip_address() {
-        let nodes = [node(1, "10.0.0.1:7700"), node(3, "10.0.0.3:7700"), node(4, "10.0.0.4:65535")];
+        let nodes = [
+            node(1, "10.0.0.1:7700"),
+            node(3, "10.0.0.3:7700"),
+            node(4, "10.0.0.4:65535"),
+        ];
         let t = peer_table(&nodes);
         // Port 65535 has no port + 1: that node cannot gossip and is left out.
         assert_eq!(t.ids(), vec![1, 3]);

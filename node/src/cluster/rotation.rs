@@ -141,8 +141,14 @@ pub fn spawn_after_removal(
 ) {
     tokio::spawn(async move {
         match rotate_after_removal(&client, &gossip, removed).await {
-            Ok(ring) => info!(node_id = removed, primary = ring.primary(), "gossip key rotated after removal"),
-            Err(e) => warn!(node_id = removed, error = %e.message(), "gossip key not rotated after removal; run `membrane gossip rotate-key`"),
+            Ok(ring) => info!(
+                node_id = removed,
+                primary = ring.primary(),
+                "gossip key rotated after removal"
+            ),
+            Err(e) => {
+                warn!(node_id = removed, error = %e.message(), "gossip key not rotated after removal; run `membrane gossip rotate-key`")
+            }
         }
     });
 }
