@@ -62,5 +62,30 @@ fn t64_a_removed_nodes_gossip_is_dropped_everywhere() -> anyhow::Result<()> {
         counter(&c, 2, "received")? > r1 + 5,
         "node 2 stopped hearing gossip"
     );
+
+    // The removed node restarted from its saved state directory (keys, Raft store with the
+    // old keyring, replay file): its gossip is still refused everywhere, and nobody lists it.
+    c.lab().kill(4)?;
+    let at_restart: Vec<u64> = (1..=3)
+        .map(|h| counter(&c, h, "dropped_unknown_key"))
+        .collect::<anyhow::Result<_>>()?;
+    c.lab().restart(4)?;
+    wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+        Ok((1..=3)
+            .all(|h| counter(&c, h, "dropped_unknown_key").unwrap_or(0) > at_restart[h - 1] + 3))
+    })?;
+    for h in 1..=3 {
+        let nodes = c.cli_json(h, &["node", "list"])?;
+        let ids: Vec<u64> = nodes["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter_map(|n| n["id"].as_u64()).collect())
+            .unwrap_or_default();
+        assert!(
+            !ids.contains(&4),
+            "node {h} lists the removed node: {nodes}"
+        );
+        let g = c.status(h)?["gossip"].clone();
+        assert_eq!(g["dropped_forged"].as_u64(), Some(0), "node {h}: {g}");
+    }
     Ok(())
 }
