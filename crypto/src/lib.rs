@@ -5,6 +5,8 @@
 //! - [`ca`]: the cluster CA made by `membrane init`, which signs node certificates, and the
 //!   `sha256:<hex>` CA hash that joining nodes pin.
 //! - [`token`]: join tokens `ID.SECRET` (kubeadm's shape), stored in the registry only hashed.
+//! - [`seal`], [`pairwise`], [`replay`]: sealed packets (gossip), the keys two nodes share,
+//!   and replay windows that survive restarts.
 //! - [`tls`]: the rustls client configuration a joining node uses to reach the cluster before
 //!   it has the CA, trusting only the pinned CA.
 //!
@@ -22,6 +24,7 @@
 pub mod ca;
 mod error;
 pub mod keys;
+pub mod pairwise;
 pub mod replay;
 pub mod seal;
 pub mod tls;

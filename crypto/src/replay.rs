@@ -10,15 +10,43 @@
 //!
 //! Check only *authenticated* headers: a forged header must never move a window forward.
 //!
+//! Two more rules close what a window alone leaves open:
+//!
+//! - **Epochs from the future.** An epoch is the sender's start time in ms, so it can never be
+//!   ahead of the receiver's clock by more than the clock skew between them. One further
+//!   ahead than [`MAX_FUTURE_SKEW_MS`] is refused ([`Replay::FutureEpoch`]) and moves nothing:
+//!   otherwise one such packet (from anyone able to seal it) would put the window in the far
+//!   future and make every real packet of that sender stale until the receiver restarts.
+//! - **Receiver restarts.** The windows live in memory, so a restarted receiver would accept
+//!   every old packet of the sender's current epoch once more. [`ReplayGuard::marks`] gives
+//!   each sender's high-water mark (epoch, highest counter, and a margin) for the caller to
+//!   persist; [`ReplayGuard::resume`] starts from them. A resumed window refuses older epochs,
+//!   and in the same epoch every counter up to `highest + margin`: packets sealed after the
+//!   last save but before the restart are refused too, because the margin is at least twice
+//!   what the sender's counter advanced between the last two saves (at least
+//!   [`MIN_RESUME_MARGIN`], at most [`MAX_RESUME_MARGIN`]). The price is that right after a
+//!   quick restart the sender's first fresh packets, up to the margin, are refused as well;
+//!   its next ones, and any new epoch, are accepted.
+//!
 //! [`ReplayWindow`] is one sender's state, for callers that keep per-peer state themselves
 //! (the datapath tunnel); [`ReplayGuard`] maps any sender key (a node id by default) to its
-//! window. Pure: no IO, no clock.
+//! window. Pure: no IO, no clock (the receiver's time is passed in).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
 /// Counters remembered behind the highest one (the bitmap's width).
 pub const WINDOW: u64 = 128;
+
+/// How far (ms) a sender's epoch may be ahead of the receiver's clock: 5 minutes of skew.
+pub const MAX_FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Smallest margin a resumed window adds above a saved counter.
+pub const MIN_RESUME_MARGIN: u64 = 256;
+
+/// Largest margin a resumed window adds above a saved counter (a sender that fast would
+/// otherwise be refused for too long after a restart).
+pub const MAX_RESUME_MARGIN: u64 = 1 << 16;
 
 /// Why a packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +60,26 @@ pub enum Replay {
     /// The sender has restarted since that packet was sealed.
     #[error("epoch {0} is older than the sender's current one")]
     StaleEpoch(u64),
+    /// The epoch (a start time in ms) is further ahead of the receiver's clock than any
+    /// clock skew explains: forged, or the sender's clock is wrong.
+    #[error("epoch {epoch} is more than {MAX_FUTURE_SKEW_MS} ms ahead of this node's clock ({now_ms}); check the sender's clock")]
+    FutureEpoch {
+        /// The claimed epoch.
+        epoch: u64,
+        /// The receiver's clock.
+        now_ms: u64,
+    },
+}
+
+/// What a receiver persists about one sender to resume its window after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HighWater {
+    /// The sender's epoch.
+    pub epoch: u64,
+    /// The highest counter accepted in it.
+    pub counter: u64,
+    /// Counters above `counter` refused after a resume, for packets accepted after the save.
+    pub margin: u64,
 }
 
 /// One sender's window: its current epoch, the highest counter seen in it, and a bitmap of
@@ -102,18 +150,42 @@ impl ReplayWindow {
         }
         Ok(())
     }
+
+    /// A window resumed from a saved mark: refuses older epochs, and in the mark's epoch
+    /// every counter up to `counter + margin`.
+    pub fn resumed(mark: HighWater) -> ReplayWindow {
+        ReplayWindow {
+            epoch: mark.epoch,
+            highest: mark.counter.saturating_add(mark.margin),
+            seen: u128::MAX,
+        }
+    }
+}
+
+/// Refuses an epoch further ahead of `now_ms` than [`MAX_FUTURE_SKEW_MS`].
+pub fn check_epoch_skew(epoch: u64, now_ms: u64) -> Result<(), Replay> {
+    if epoch > now_ms.saturating_add(MAX_FUTURE_SKEW_MS) {
+        return Err(Replay::FutureEpoch { epoch, now_ms });
+    }
+    Ok(())
 }
 
 /// Replay windows of every sender, keyed by `K` (a node id unless told otherwise).
 #[derive(Debug, Clone)]
 pub struct ReplayGuard<K = u64> {
     senders: HashMap<K, ReplayWindow>,
+    /// Per sender, the (epoch, highest counter) of the last [`ReplayGuard::marks`].
+    marked: HashMap<K, (u64, u64)>,
+    /// Saved marks of resumed senders, reported as they were until the sender is heard from.
+    resumed: HashMap<K, HighWater>,
 }
 
 impl<K> Default for ReplayGuard<K> {
     fn default() -> Self {
         ReplayGuard {
             senders: HashMap::new(),
+            marked: HashMap::new(),
+            resumed: HashMap::new(),
         }
     }
 }
@@ -136,6 +208,71 @@ impl<K: Eq + Hash> ReplayGuard<K> {
         }
     }
 
+    /// As [`ReplayGuard::check_and_update`], first refusing an epoch from the future
+    /// ([`check_epoch_skew`]) against the receiver's clock `now_ms`; a refusal moves nothing.
+    pub fn check_and_update_at(
+        &mut self,
+        sender: K,
+        epoch: u64,
+        counter: u64,
+        now_ms: u64,
+    ) -> Result<(), Replay> {
+        check_epoch_skew(epoch, now_ms)?;
+        self.check_and_update(sender, epoch, counter)
+    }
+
+    /// A guard that starts from saved high-water marks ([`ReplayWindow::resumed`]).
+    pub fn resume(marks: impl IntoIterator<Item = (K, HighWater)>) -> Self
+    where
+        K: Clone,
+    {
+        let mut g = Self::default();
+        for (k, m) in marks {
+            g.marked.insert(k.clone(), (m.epoch, m.counter));
+            g.resumed.insert(k.clone(), m);
+            g.senders.insert(k, ReplayWindow::resumed(m));
+        }
+        g
+    }
+
+    /// Every sender's high-water mark, to persist; the margin is twice what its counter
+    /// advanced since the previous call (within [`MIN_RESUME_MARGIN`]..=[`MAX_RESUME_MARGIN`]),
+    /// so call this at the rate the caller saves. A resumed sender not heard from since keeps
+    /// its saved mark.
+    pub fn marks(&mut self) -> Vec<(K, HighWater)>
+    where
+        K: Clone,
+    {
+        let mut out = Vec::with_capacity(self.senders.len());
+        for (k, w) in &self.senders {
+            if let Some(saved) = self.resumed.get(k) {
+                if *w == ReplayWindow::resumed(*saved) {
+                    out.push((k.clone(), *saved));
+                    continue;
+                }
+            }
+            self.resumed.remove(k);
+            let (epoch, highest) = (w.epoch(), w.highest());
+            let advanced = match self.marked.insert(k.clone(), (epoch, highest)) {
+                Some((e, c)) if e == epoch => highest.saturating_sub(c),
+                // A new epoch, or never marked: all of it is new.
+                _ => highest,
+            };
+            let margin = advanced
+                .saturating_mul(2)
+                .clamp(MIN_RESUME_MARGIN, MAX_RESUME_MARGIN);
+            out.push((
+                k.clone(),
+                HighWater {
+                    epoch,
+                    counter: highest,
+                    margin,
+                },
+            ));
+        }
+        out
+    }
+
     /// The window of one sender, if any packet of it was accepted.
     pub fn window(&self, sender: &K) -> Option<&ReplayWindow> {
         self.senders.get(sender)
@@ -145,6 +282,8 @@ impl<K: Eq + Hash> ReplayGuard<K> {
     /// whatever its epoch, starts a new window: call this only for senders that are gone.
     pub fn forget(&mut self, sender: &K) {
         self.senders.remove(sender);
+        self.marked.remove(sender);
+        self.resumed.remove(sender);
     }
 
     /// Number of senders tracked.
@@ -259,5 +398,110 @@ mod tests {
             Err(Replay::Duplicate(20))
         );
         assert_eq!(g.len(), 3);
+    }
+
+    #[test]
+    fn t40_epochs_from_the_future_are_refused_and_move_nothing() {
+        let now = 1_700_000_000_000u64;
+        let mut g = ReplayGuard::new();
+        g.check_and_update_at(1u64, now - 60_000, 10, now).unwrap();
+        let before = *g.window(&1).unwrap();
+        // Just inside the bound: accepted (a sender whose clock is 5 minutes fast).
+        assert_eq!(check_epoch_skew(now + MAX_FUTURE_SKEW_MS, now), Ok(()));
+        // Beyond it, and the attack of the issue (a huge epoch): refused, window unchanged.
+        for epoch in [now + MAX_FUTURE_SKEW_MS + 1, u64::MAX] {
+            assert_eq!(
+                g.check_and_update_at(1, epoch, 1, now),
+                Err(Replay::FutureEpoch { epoch, now_ms: now })
+            );
+        }
+        assert_eq!(*g.window(&1).unwrap(), before);
+        // An unknown sender with a future epoch gets no window at all.
+        assert!(g.check_and_update_at(2, u64::MAX, 1, now).is_err());
+        assert!(g.window(&2).is_none());
+        // The real sender goes on.
+        g.check_and_update_at(1, now - 60_000, 11, now).unwrap();
+    }
+
+    #[test]
+    fn t41_a_resumed_guard_refuses_what_was_seen_before_the_restart() {
+        let mut g = ReplayGuard::new();
+        for c in 1..=100 {
+            g.check_and_update(1u64, 5, c).unwrap();
+        }
+        let marks = g.marks();
+        assert_eq!(
+            marks,
+            vec![(
+                1,
+                HighWater {
+                    epoch: 5,
+                    counter: 100,
+                    margin: MIN_RESUME_MARGIN
+                }
+            )]
+        );
+        // Accepted after the save, before the "restart": counters 101..=150.
+        for c in 101..=150 {
+            g.check_and_update(1, 5, c).unwrap();
+        }
+        let mut r = ReplayGuard::resume(marks);
+        // Everything seen before the save, and after it up to the margin, is refused.
+        for c in [1, 50, 100, 101, 150, 100 + MIN_RESUME_MARGIN] {
+            assert!(r.check_and_update(1, 5, c).is_err(), "counter {c}");
+        }
+        assert_eq!(r.check_and_update(1, 4, 1000), Err(Replay::StaleEpoch(4)));
+        // The sender's next packets beyond the margin, and a new epoch, are accepted.
+        r.check_and_update(1, 5, 101 + MIN_RESUME_MARGIN).unwrap();
+        r.check_and_update(1, 6, 1).unwrap();
+        // Other senders start fresh.
+        r.check_and_update(2, 5, 1).unwrap();
+    }
+
+    #[test]
+    fn t42_margins_follow_the_sender_rate_within_bounds() {
+        let mut g = ReplayGuard::new();
+        g.check_and_update(1u64, 5, 10).unwrap();
+        assert_eq!(g.marks()[0].1.margin, MIN_RESUME_MARGIN);
+        g.check_and_update(1, 5, 1010).unwrap();
+        assert_eq!(
+            g.marks()[0].1,
+            HighWater {
+                epoch: 5,
+                counter: 1010,
+                margin: 2000
+            }
+        );
+        g.check_and_update(1, 5, 1_000_000).unwrap();
+        assert_eq!(g.marks()[0].1.margin, MAX_RESUME_MARGIN);
+        // A new epoch counts from zero.
+        g.check_and_update(1, 6, 3).unwrap();
+        assert_eq!(
+            g.marks()[0].1,
+            HighWater {
+                epoch: 6,
+                counter: 3,
+                margin: MIN_RESUME_MARGIN
+            }
+        );
+    }
+
+    #[test]
+    fn t43_a_resumed_sender_not_heard_from_keeps_its_saved_mark() {
+        let saved = HighWater {
+            epoch: 5,
+            counter: 100,
+            margin: 300,
+        };
+        let mut r = ReplayGuard::resume([(1u64, saved)]);
+        // Saved again and again while the sender is silent (or only replayed): unchanged,
+        // so a second restart still refuses the same packets.
+        assert!(r.check_and_update(1, 5, 399).is_err());
+        assert_eq!(r.marks(), vec![(1, saved)]);
+        assert_eq!(r.marks(), vec![(1, saved)]);
+        r.check_and_update(1, 5, 401).unwrap();
+        assert_eq!(r.marks()[0].1.counter, 401);
+        r.forget(&1);
+        assert!(r.marks().is_empty());
     }
 }

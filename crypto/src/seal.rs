@@ -41,6 +41,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
+
+use crate::pairwise::{pair_key, PairError};
 
 /// Wire format version.
 pub const SEAL_VERSION: u8 = 1;
@@ -157,6 +161,8 @@ impl Header {
 #[derive(Clone, Default)]
 pub struct Keyring {
     keys: BTreeMap<u32, XChaCha20Poly1305>,
+    /// The key bytes, kept only to derive pair keyrings ([`Keyring::pairwise`]).
+    raw: BTreeMap<u32, Zeroizing<[u8; 32]>>,
     primary: Option<u32>,
 }
 
@@ -173,12 +179,17 @@ impl Keyring {
     /// A keyring from `(id, key)` pairs and the id of the primary key; `None` if the primary
     /// is not among them.
     pub fn new(keys: impl IntoIterator<Item = (u32, [u8; 32])>, primary: u32) -> Option<Keyring> {
-        let keys: BTreeMap<u32, XChaCha20Poly1305> = keys
+        let raw: BTreeMap<u32, Zeroizing<[u8; 32]>> = keys
             .into_iter()
-            .map(|(id, k)| (id, XChaCha20Poly1305::new(&k.into())))
+            .map(|(id, k)| (id, Zeroizing::new(k)))
             .collect();
-        keys.contains_key(&primary).then_some(Keyring {
+        let keys = raw
+            .iter()
+            .map(|(id, k)| (*id, XChaCha20Poly1305::new(k.as_ref().into())))
+            .collect();
+        raw.contains_key(&primary).then_some(Keyring {
             keys,
+            raw,
             primary: Some(primary),
         })
     }
@@ -187,6 +198,7 @@ impl Keyring {
     pub fn single(id: u32, key: [u8; 32]) -> Keyring {
         Keyring {
             keys: BTreeMap::from([(id, XChaCha20Poly1305::new(&key.into()))]),
+            raw: BTreeMap::from([(id, Zeroizing::new(key))]),
             primary: Some(id),
         }
     }
@@ -210,6 +222,7 @@ impl Keyring {
     /// primary only if the keyring had none.
     pub fn install(&mut self, id: u32, key: [u8; 32]) {
         self.keys.insert(id, XChaCha20Poly1305::new(&key.into()));
+        self.raw.insert(id, Zeroizing::new(key));
         self.primary.get_or_insert(id);
     }
 
@@ -227,10 +240,36 @@ impl Keyring {
         if self.primary == Some(id) {
             return Err(SealError::RemovePrimary(id));
         }
+        self.raw.remove(&id);
         self.keys
             .remove(&id)
             .map(|_| ())
             .ok_or(SealError::NoSuchKey(id))
+    }
+
+    /// The keyring this node (`local_id`, holding `local`) shares with one peer: every key
+    /// replaced by its pair key ([`crate::pairwise`]), same ids, same primary. Sealing with it
+    /// binds a packet to the pair; opening with it proves the sender is the peer (or us).
+    pub fn pairwise(
+        &self,
+        local: &StaticSecret,
+        local_id: u64,
+        peer_public: &[u8; 32],
+        peer_id: u64,
+    ) -> Result<Keyring, PairError> {
+        let mut raw = BTreeMap::new();
+        for (id, k) in &self.raw {
+            raw.insert(*id, pair_key(k, local, local_id, peer_public, peer_id)?);
+        }
+        let keys = raw
+            .iter()
+            .map(|(id, k)| (*id, XChaCha20Poly1305::new(k.as_ref().into())))
+            .collect();
+        Ok(Keyring {
+            keys,
+            raw,
+            primary: self.primary,
+        })
     }
 
     /// Seals `plaintext` with the primary key under an explicit (sender, epoch, counter).
@@ -513,6 +552,51 @@ mod tests {
         assert!(
             !format!("{a:?}").contains("[2, 2"),
             "Debug must not print key bytes"
+        );
+    }
+
+    #[test]
+    fn t30_pair_keyrings_bind_packets_to_the_pair() {
+        use x25519_dalek::PublicKey;
+        let cluster = ring(&[1, 2], 2);
+        let sk = |b: u8| StaticSecret::from([b; 32]);
+        let pk = |s: &StaticSecret| PublicKey::from(s).to_bytes();
+        let (a, b, c) = (sk(1), sk(2), sk(3));
+        let ab = cluster.pairwise(&a, 1, &pk(&b), 2).unwrap();
+        let ba = cluster.pairwise(&b, 2, &pk(&a), 1).unwrap();
+        assert_eq!((ab.ids(), ab.primary()), (vec![1, 2], Some(2)));
+        let p = ab.seal(1, 10, 1, b"from a").unwrap();
+        assert_eq!(ba.open(&p).unwrap().plaintext, b"from a");
+        // The shared cluster keyring no longer opens it, nor does another pair's keyring.
+        assert_eq!(cluster.open(&p).unwrap_err(), SealError::Forged);
+        let cb = cluster.pairwise(&c, 3, &pk(&b), 2).unwrap();
+        assert_eq!(cb.open(&p).unwrap_err(), SealError::Forged);
+        // c, holding the cluster keys, seals as sender 1 for b: b's keyring for 1 refuses it.
+        let forged = cluster
+            .pairwise(&c, 1, &pk(&b), 2)
+            .unwrap()
+            .seal(1, 10, 2, b"x")
+            .unwrap();
+        assert_eq!(ba.open(&forged).unwrap_err(), SealError::Forged);
+        // Rotation steps carry over: remove the old key, the pair keyring loses it too.
+        let mut rotated = cluster.clone();
+        rotated.remove(1).unwrap();
+        let ab2 = rotated.pairwise(&a, 1, &pk(&b), 2).unwrap();
+        assert_eq!(ab2.ids(), vec![2]);
+        let mut old = cluster.clone();
+        old.use_key(1).unwrap();
+        let sealed_old = old
+            .pairwise(&a, 1, &pk(&b), 2)
+            .unwrap()
+            .seal(1, 10, 3, b"y")
+            .unwrap();
+        assert_eq!(
+            rotated
+                .pairwise(&b, 2, &pk(&a), 1)
+                .unwrap()
+                .open(&sealed_old)
+                .unwrap_err(),
+            SealError::UnknownKey(1)
         );
     }
 }

@@ -5,6 +5,7 @@
 //! derives them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig};
@@ -12,6 +13,7 @@ use membrane_crypto::seal::Keyring;
 
 use crate::error::GossipError;
 use crate::meta::NodeMeta;
+use crate::peers::{NodeSecret, Peers};
 
 /// Time between two gossip rounds (and between two heartbeats of a node).
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
@@ -36,8 +38,16 @@ pub struct GossipConfig {
     pub advertise_addr: SocketAddr,
     /// Nodes to contact first; any live member will do, and dead seeds are harmless.
     pub seeds: Vec<SocketAddr>,
-    /// Keys that seal and open packets; must have a primary key.
+    /// Cluster keys; each packet is sealed under the pair key derived from one of them (the
+    /// primary) for its destination. Must have a primary key.
     pub keyring: Keyring,
+    /// This node's X25519 secret, half of every pair key.
+    pub secret: NodeSecret,
+    /// The members: only they are sealed for and opened from.
+    pub peers: Peers,
+    /// Where the replay high-water marks are kept across restarts (`None`: in memory only,
+    /// a restart reopens the windows).
+    pub replay_state: Option<PathBuf>,
     /// Name of the cluster; nodes of another cluster refuse each other's gossip.
     pub cluster: String,
     /// This process's start time in ms: the sealing epoch (nonces and replay windows restart
@@ -56,13 +66,16 @@ pub struct GossipConfig {
 }
 
 impl GossipConfig {
-    /// Settings with the defaults above, no seeds, and the current time as the epoch.
+    /// Settings with the defaults above, no seeds, no replay file, and the current time as
+    /// the epoch.
     pub fn new(
         meta: NodeMeta,
         listen_addr: SocketAddr,
         advertise_addr: SocketAddr,
         keyring: Keyring,
         cluster: &str,
+        secret: NodeSecret,
+        peers: Peers,
     ) -> Self {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -74,6 +87,9 @@ impl GossipConfig {
             advertise_addr,
             seeds: Vec::new(),
             keyring,
+            secret,
+            peers,
+            replay_state: None,
             cluster: cluster.to_string(),
             epoch,
             gossip_interval: DEFAULT_GOSSIP_INTERVAL,
@@ -167,6 +183,8 @@ mod tests {
             a,
             Keyring::single(1, [1; 32]),
             "c",
+            NodeSecret::from_bytes([3; 32]),
+            Peers::default(),
         )
     }
 

@@ -3,18 +3,22 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chitchat::{spawn_chitchat, Chitchat, ChitchatHandle, ChitchatId, NodeState};
+use membrane_crypto::replay::ReplayGuard;
 use membrane_crypto::seal::Keyring;
 use tokio::sync::{broadcast, watch, Mutex};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::GossipConfig;
 use crate::error::GossipError;
 use crate::events::{self, LiveNode, MemberEvent, MemberState, Members};
 use crate::meta::{keys, NodeMeta};
+use crate::peers::Peers;
+use crate::persist;
 use crate::transport::{CountersSnapshot, SealedTransport};
 
 /// Events buffered per subscriber; one that falls further behind gets `Lagged` and should
@@ -24,6 +28,9 @@ const EVENT_BUFFER: usize = 1024;
 /// How often down nodes that chitchat has forgotten are pruned from the view when nothing
 /// else changes.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the replay high-water marks are saved while gossip arrives.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The view and the event channel, updated together under one lock so that a snapshot and a
 /// subscription taken together miss nothing and repeat nothing.
@@ -38,6 +45,8 @@ pub struct Gossip {
     transport: SealedTransport,
     shared: Arc<RwLock<Shared>>,
     watcher: tokio::task::JoinHandle<()>,
+    saver: Option<tokio::task::JoinHandle<()>>,
+    replay_state: Option<PathBuf>,
     node_id: u64,
     listen_addr: SocketAddr,
 }
@@ -48,7 +57,29 @@ impl Gossip {
     pub async fn start(config: GossipConfig) -> Result<Gossip, GossipError> {
         config.validate()?;
         let node_id = config.meta.id;
-        let transport = SealedTransport::new(node_id, config.epoch, config.keyring.clone());
+        let replay = match &config.replay_state {
+            Some(path) => match persist::load(path) {
+                Ok(marks) => {
+                    info!(node_id, senders = marks.len(), path = %path.display(), "gossip replay windows resumed");
+                    ReplayGuard::resume(marks)
+                }
+                Err(error) => {
+                    // Refusing to gossip would make this node look dead; starting fresh only
+                    // reopens the windows, as before this file existed.
+                    warn!(node_id, %error, "gossip replay state unreadable; starting with empty windows (the file is rewritten within a second)");
+                    ReplayGuard::new()
+                }
+            },
+            None => ReplayGuard::new(),
+        };
+        let transport = SealedTransport::new(
+            node_id,
+            config.epoch,
+            config.keyring.clone(),
+            config.secret.clone(),
+            config.peers.clone(),
+            replay,
+        );
         let mut meta = config.meta.clone();
         meta.keyring = keyring_summary(&config.keyring);
         let handle = spawn_chitchat(config.chitchat_config(), meta.to_key_values(), &transport)
@@ -65,6 +96,10 @@ impl Gossip {
         let chitchat = handle.chitchat();
         let live = chitchat.lock().await.live_nodes_watcher();
         let watcher = tokio::spawn(watch_members(chitchat, live, shared.clone()));
+        let saver = config
+            .replay_state
+            .clone()
+            .map(|path| tokio::spawn(save_marks(transport.clone(), path)));
         info!(
             node_id,
             listen = %config.listen_addr,
@@ -80,6 +115,8 @@ impl Gossip {
             transport,
             shared,
             watcher,
+            saver,
+            replay_state: config.replay_state.clone(),
             node_id,
             listen_addr: config.listen_addr,
         })
@@ -142,6 +179,20 @@ impl Gossip {
         self.transport.keyring()
     }
 
+    /// The members this node gossips with; replace its table when the registry's node list
+    /// changes (the next datagram uses it).
+    pub fn peers(&self) -> &Peers {
+        self.transport.peers()
+    }
+
+    /// Saves the replay high-water marks now (the agent calls this on its way out; gossip
+    /// also saves every second and at [`Gossip::shutdown`]).
+    pub fn save_replay_state(&self) {
+        if let Some(path) = &self.replay_state {
+            save_now(&self.transport, path);
+        }
+    }
+
     /// Publishes new metadata for this node. `meta.id` and `meta.keyring` are ignored: the id
     /// is fixed at start, the keyring summary follows [`Gossip::set_keyring`].
     pub async fn set_meta(&self, meta: NodeMeta) {
@@ -185,12 +236,48 @@ impl Gossip {
     /// detection time (chitchat has no leave message).
     pub async fn shutdown(self) {
         self.watcher.abort();
+        if let Some(s) = &self.saver {
+            s.abort();
+        }
+        let (transport, path) = (self.transport, self.replay_state);
         let _ = self.handle.shutdown().await;
+        // After the socket closed: nothing is accepted after this save.
+        if let Some(path) = path {
+            save_now(&transport, &path);
+        }
         info!(node_id = self.node_id, "gossip stopped");
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Shared> {
         self.shared.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn save_now(t: &SealedTransport, path: &std::path::Path) {
+    let marks = t.replay_marks();
+    if let Err(error) = persist::save(path, &marks) {
+        warn!(path = %path.display(), %error, "cannot save the gossip replay state; a restart would reopen the replay windows");
+    }
+}
+
+/// Saves the marks every [`SAVE_EVERY`] while datagrams are accepted (an idle node writes
+/// nothing).
+async fn save_marks(t: SealedTransport, path: PathBuf) {
+    let mut tick = tokio::time::interval(SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let received = t
+            .counters()
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if last == Some(received) {
+            continue;
+        }
+        last = Some(received);
+        let (t, path) = (t.clone(), path.clone());
+        let _ = tokio::task::spawn_blocking(move || save_now(&t, &path)).await;
     }
 }
 

@@ -1,8 +1,12 @@
-//! chitchat's transport, sealed: every datagram is a [`membrane_crypto::seal`] packet.
+//! chitchat's transport, sealed: every datagram is a [`membrane_crypto::seal`] packet under
+//! the key this node shares with the one peer it goes to ([`membrane_crypto::pairwise`]).
 //!
-//! Sending: chitchat's envelope is encoded, sealed with the primary key under this node's
-//! (id, epoch, counter) and sent. Receiving: the datagram is opened, its (sender, epoch,
-//! counter) checked against the replay window, and only then decoded for chitchat. Anything
+//! Sending: chitchat's envelope is encoded, sealed with the primary key of the pair keyring
+//! for the destination (address -> node id -> public key, from [`Peers`]) under this node's
+//! (id, epoch, counter) and sent. Receiving: the key id is checked, the sender looked up
+//! among the members, the datagram opened with that pair's keyring (so only the sender or
+//! this node could have sealed it), its epoch checked against the clock and its (sender,
+//! epoch, counter) against the replay window, and only then decoded for chitchat. Anything
 //! that fails is dropped before chitchat sees it and counted by reason, so a stranger on the
 //! network can neither inject state nor replay old gossip; the worst it can do is cost us one
 //! failed decryption per datagram. The replay window is updated only after authentication,
@@ -35,8 +39,13 @@ use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 use chitchat::ChitchatEnvelope;
-use membrane_crypto::replay::ReplayGuard;
-use membrane_crypto::seal::{Keyring, Opened, SealError, Sealer, OVERHEAD};
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use membrane_crypto::replay::{HighWater, Replay, ReplayGuard};
+use membrane_crypto::seal::{Header, Keyring, Opened, SealError, Sealer, OVERHEAD};
+
+use crate::peers::{NodeSecret, Peers};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -79,6 +88,11 @@ pub struct Counters {
     pub dropped_replay: AtomicU64,
     /// Dropped: authentic and fresh, but not a chitchat message.
     pub dropped_malformed: AtomicU64,
+    /// Dropped: the sealed sender is not a current member (a removed node, or a stranger
+    /// holding the cluster key), or its registered public key is unusable.
+    pub dropped_unknown_sender: AtomicU64,
+    /// Dropped: authentic, but its epoch is further in the future than clock skew explains.
+    pub dropped_future_epoch: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment; fields mean the same.
@@ -94,6 +108,8 @@ pub struct CountersSnapshot {
     pub dropped_forged: u64,
     pub dropped_replay: u64,
     pub dropped_malformed: u64,
+    pub dropped_unknown_sender: u64,
+    pub dropped_future_epoch: u64,
 }
 
 impl CountersSnapshot {
@@ -105,6 +121,8 @@ impl CountersSnapshot {
             + self.dropped_forged
             + self.dropped_replay
             + self.dropped_malformed
+            + self.dropped_unknown_sender
+            + self.dropped_future_epoch
     }
 }
 
@@ -122,6 +140,8 @@ impl Counters {
             dropped_forged: g(&self.dropped_forged),
             dropped_replay: g(&self.dropped_replay),
             dropped_malformed: g(&self.dropped_malformed),
+            dropped_unknown_sender: g(&self.dropped_unknown_sender),
+            dropped_future_epoch: g(&self.dropped_future_epoch),
         }
     }
 
@@ -139,32 +159,71 @@ impl Counters {
     }
 }
 
+/// Pair keyrings by peer id, each with the public key it was derived for.
+type PairCache = HashMap<u64, ([u8; 32], Arc<Keyring>)>;
+
+/// Why a received datagram was dropped before chitchat.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("sender {0} is not a current member")]
+    UnknownSender(u64),
+    #[error("no member gossips at {0}")]
+    UnknownDestination(SocketAddr),
+    #[error("member {0}'s registered public key is unusable: {1}")]
+    BadPeerKey(u64, membrane_crypto::pairwise::PairError),
+}
+
 /// The sealing transport handed to chitchat. Cheap to clone; clones share the keyring, the
-/// sealing counter and the packet counters, so the [`crate::Gossip`] handle can swap keys
-/// and read counters while chitchat owns the socket.
+/// members, the sealing counter, the replay windows and the packet counters, so the
+/// [`crate::Gossip`] handle can swap keys, save the windows and read counters while chitchat
+/// owns the socket.
 #[derive(Clone)]
 pub struct SealedTransport {
     node_id: u64,
     sealer: Arc<Sealer>,
     keyring: Arc<RwLock<Keyring>>,
+    secret: Arc<NodeSecret>,
+    peers: Peers,
+    /// Pair keyrings derived so far, by peer id, with the public key they were derived for;
+    /// emptied whenever the cluster keyring changes. One X25519 and one HKDF per peer and key
+    /// change, not per datagram.
+    pairs: Arc<Mutex<PairCache>>,
+    replay: Arc<Mutex<ReplayGuard>>,
     counters: Arc<Counters>,
 }
 
 impl SealedTransport {
-    /// A transport for node `node_id`; `epoch` is this process's start time in ms, which keeps
-    /// nonces unique across restarts.
-    pub fn new(node_id: u64, epoch: u64, keyring: Keyring) -> Self {
+    /// A transport for node `node_id` holding `secret`, gossiping with `peers`; `epoch` is
+    /// this process's start time in ms, which keeps nonces unique across restarts; `replay`
+    /// starts the windows (resumed from saved marks, or empty).
+    pub fn new(
+        node_id: u64,
+        epoch: u64,
+        keyring: Keyring,
+        secret: NodeSecret,
+        peers: Peers,
+        replay: ReplayGuard,
+    ) -> Self {
         SealedTransport {
             node_id,
             sealer: Arc::new(Sealer::new(node_id, epoch)),
             keyring: Arc::new(RwLock::new(keyring)),
+            secret: Arc::new(secret),
+            peers,
+            pairs: Arc::default(),
+            replay: Arc::new(Mutex::new(replay)),
             counters: Arc::default(),
         }
     }
 
     /// Replaces the keyring (a rotation step); takes effect for the next datagram either way.
     pub fn set_keyring(&self, keyring: Keyring) {
-        *self.keyring.write().unwrap_or_else(|p| p.into_inner()) = keyring;
+        let mut k = self.keyring.write().unwrap_or_else(|p| p.into_inner());
+        *k = keyring;
+        // Under the keyring lock, so no datagram pairs the new ring with old pair keys.
+        self.pairs.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The keyring in use.
@@ -175,23 +234,83 @@ impl SealedTransport {
             .clone()
     }
 
+    /// The members this transport seals for and opens from.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     /// The live packet counters.
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
     }
 
-    fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        self.sealer.seal(
-            &self.keyring.read().unwrap_or_else(|p| p.into_inner()),
-            plaintext,
-        )
+    /// Every sender's replay high-water mark, to persist (see [`ReplayGuard::marks`]).
+    pub fn replay_marks(&self) -> Vec<(u64, HighWater)> {
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .marks()
     }
 
-    fn open(&self, packet: &[u8]) -> Result<Opened, SealError> {
-        self.keyring
+    /// The keyring shared with `peer`; this node pairs with itself through its own public key.
+    fn pair_ring(&self, peer: u64) -> Result<Arc<Keyring>, Refused> {
+        let public = if peer == self.node_id {
+            self.secret.public()
+        } else {
+            self.peers
+                .with(|t| t.public_of(peer))
+                .ok_or(Refused::UnknownSender(peer))?
+        };
+        let ring = self.keyring.read().unwrap_or_else(|p| p.into_inner());
+        let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, r)) = pairs.get(&peer) {
+            if *k == public {
+                return Ok(r.clone());
+            }
+        }
+        let derived = Arc::new(
+            ring.pairwise(&self.secret.0, self.node_id, &public, peer)
+                .map_err(|e| Refused::BadPeerKey(peer, e))?,
+        );
+        pairs.insert(peer, (public, derived.clone()));
+        Ok(derived)
+    }
+
+    /// Seals `plaintext` for the member gossiping at `to`.
+    fn seal(&self, to: SocketAddr, plaintext: &[u8]) -> Result<Vec<u8>, Refused> {
+        let peer = self
+            .peers
+            .with(|t| t.id_at(&to))
+            .ok_or(Refused::UnknownDestination(to))?;
+        let ring = self.pair_ring(peer)?;
+        Ok(self.sealer.seal(&ring, plaintext)?)
+    }
+
+    /// Opens a datagram from a member. The key id is checked before the sender, so after a
+    /// rotation a removed node's datagrams count as sealed with an unknown key.
+    fn open(&self, packet: &[u8]) -> Result<Opened, Refused> {
+        let h = Header::parse(packet)?;
+        if !self
+            .keyring
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .open(packet)
+            .contains(h.key_id)
+        {
+            return Err(SealError::UnknownKey(h.key_id).into());
+        }
+        Ok(self.pair_ring(h.sender)?.open(packet)?)
+    }
+
+    /// Checks an opened datagram against the clock and the sender's replay window.
+    fn fresh(&self, o: &Opened) -> Result<(), Replay> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_and_update_at(o.sender, o.epoch, o.counter, now_ms)
     }
 }
 
@@ -221,7 +340,6 @@ impl Transport for SealedTransport {
             relay,
             relay_addr,
             in_flight: None,
-            replay: Mutex::new(ReplayGuard::new()),
             buf: vec![0u8; MAX_DATAGRAM + 1].into_boxed_slice(),
         }))
     }
@@ -243,8 +361,6 @@ struct SealedSocket {
     relay: tokio::net::UdpSocket,
     relay_addr: SocketAddr,
     in_flight: Option<InFlight>,
-    /// A `Mutex` only because `Socket` must be `Sync`; one task uses it.
-    replay: Mutex<ReplayGuard>,
     buf: Box<[u8]>,
 }
 
@@ -255,9 +371,14 @@ impl SealedSocket {
         let c = &t.counters;
         let opened = match t.open(&self.buf[..n]) {
             Ok(o) => o,
-            Err(e) => {
+            Err(Refused::Seal(e)) => {
                 Counters::bump(c.for_open_error(&e));
                 debug!(%from, len = n, error = %e, "gossip datagram dropped");
+                return false;
+            }
+            Err(e) => {
+                Counters::bump(&c.dropped_unknown_sender);
+                debug!(%from, len = n, error = %e, "gossip datagram from a non-member dropped");
                 return false;
             }
         };
@@ -265,13 +386,12 @@ impl SealedSocket {
             // Our own datagram came back (we are in our own seed list): nothing to learn.
             return false;
         }
-        let fresh = self
-            .replay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .check_and_update(opened.sender, opened.epoch, opened.counter);
-        if let Err(e) = fresh {
-            Counters::bump(&c.dropped_replay);
+        if let Err(e) = t.fresh(&opened) {
+            let counter = match e {
+                Replay::FutureEpoch { .. } => &c.dropped_future_epoch,
+                _ => &c.dropped_replay,
+            };
+            Counters::bump(counter);
             debug!(%from, sender = opened.sender, epoch = opened.epoch, counter = opened.counter, error = %e, "gossip replay dropped");
             return false;
         }
@@ -321,11 +441,16 @@ impl Socket for SealedSocket {
             .context("gossip codec did not answer")?
             .context("gossip relay")?;
         let t = &self.transport;
-        let packet = match t.seal(&self.buf[..n]) {
+        let packet = match t.seal(to, &self.buf[..n]) {
             Ok(p) => p,
             Err(e) => {
                 Counters::bump(&t.counters.send_failed);
-                warn!(%to, error = %e, "cannot seal gossip");
+                // A seed that is not (or no longer) a member is expected; anything else is not.
+                if matches!(e, Refused::UnknownDestination(_)) {
+                    debug!(%to, error = %e, "gossip not sent");
+                } else {
+                    warn!(%to, error = %e, "cannot seal gossip");
+                }
                 return Ok(SendOutcome { num_bytes_sent: 0 });
             }
         };

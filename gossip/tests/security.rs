@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use membrane_crypto::seal::{Keyring, HEADER_LEN};
-use membrane_gossip::{CountersSnapshot, Gossip, MemberEvent, MemberState};
+use membrane_gossip::{CountersSnapshot, Gossip, MemberEvent, MemberState, Peers};
 use tokio::net::UdpSocket;
 
 /// A tap on loopback: forwards `client`'s datagrams to `server` and the server's answers back,
@@ -55,16 +55,27 @@ fn delta(before: CountersSnapshot, after: CountersSnapshot) -> CountersSnapshot 
         dropped_forged: after.dropped_forged - before.dropped_forged,
         dropped_replay: after.dropped_replay - before.dropped_replay,
         dropped_malformed: after.dropped_malformed - before.dropped_malformed,
+        dropped_unknown_sender: after.dropped_unknown_sender - before.dropped_unknown_sender,
+        dropped_future_epoch: after.dropped_future_epoch - before.dropped_future_epoch,
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counted() {
     let (mut nodes, addrs) = cluster(3).await;
-    // Node 4 knows only the tap, which relays it to node 1 and records what it sends.
+    // Node 4 knows only the tap, which relays it to node 1 and records what it sends: node 4
+    // seals for node 1 at the tap's address, node 1 answers node 4 there.
     let a4 = free_addr();
     let (tap_addr, captured, tap_task) = tap(a4, addrs[0]).await;
-    nodes.push(node_at(4, a4, &[tap_addr], ring()).await);
+    register(4, a4);
+    members().update(|t| t.alias(tap_addr, 4));
+    let mut view4 = members().with(|t| t.clone());
+    view4.alias(tap_addr, 1);
+    nodes.push(
+        Gossip::start(config(4, a4, &[tap_addr], ring(), Peers::new(view4)))
+            .await
+            .expect("gossip starts"),
+    );
     converge(&nodes).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let recorded: Vec<Vec<u8>> = captured.lock().expect("capture").clone();
@@ -84,12 +95,13 @@ async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counte
         raw.send_to(p, to).await.expect("send");
     }
     // One forged bit in each part of a genuine packet: sender, epoch, counter, body, tag.
+    // A flipped sender names a node that is not a member: unknown sender, not even opened.
     let mut forged = 0u64;
     for i in [5, 13, 21, HEADER_LEN, genuine.len() - 1] {
         let mut p = genuine.clone();
         p[i] ^= 0x40;
         raw.send_to(&p, to).await.expect("send");
-        forged += 1;
+        forged += u64::from(i != 5);
     }
     // Sealed with the right key id but other key bytes: an outsider guessing.
     raw.send_to(
@@ -110,15 +122,23 @@ async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counte
     let mut k9 = genuine.clone();
     k9[1..5].copy_from_slice(&9u32.to_be_bytes());
     raw.send_to(&k9, to).await.expect("send");
-    // Authentic (the attacker has the key, say a decommissioned node) but not chitchat.
+    // Authentic (a member, 77, with a bug) but not chitchat.
+    register(77, free_addr());
+    let pair_77_1 = ring()
+        .pairwise(&secret(77).0, 77, &secret(1).public(), 1)
+        .expect("pair keyring");
     raw.send_to(
-        &ring()
+        &pair_77_1
             .seal(77, 1, 1, b"not a chitchat message")
             .expect("seal"),
         to,
     )
     .await
     .expect("send");
+    // Sealed with the cluster key by a non-member (a removed node, say): unknown sender.
+    raw.send_to(&ring().seal(78, 1, 1, b"x").expect("seal"), to)
+        .await
+        .expect("send");
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = delta(before, n1.counters());
@@ -128,6 +148,7 @@ async fn t20_forged_replayed_and_truncated_packets_change_nothing_and_are_counte
     assert_eq!(d.dropped_unknown_version, 1, "{d:?}");
     assert_eq!(d.dropped_unknown_key, 1, "{d:?}");
     assert_eq!(d.dropped_malformed, 1, "{d:?}");
+    assert_eq!(d.dropped_unknown_sender, 2, "{d:?}");
     // Nothing changed: same members, same states, same metadata, no events; 77 unknown.
     assert_eq!(n1.members(), members_before);
     assert_eq!(drain(&mut rx), vec![]);
@@ -262,4 +283,163 @@ async fn t22_key_rotation_keeps_the_cluster_converged() {
     assert!(stale.members().is_empty());
     nodes.push(stale);
     shutdown_all(nodes).await;
+}
+
+/// A member holding the cluster key (node 3) forges datagrams that claim node 2 as their
+/// sender, with a huge epoch (the attack that used to silence node 2): node 1 refuses them
+/// as forged, node 2 stays alive. Node 3's own datagram with a huge epoch is refused as
+/// from the future and does not silence node 3 either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t23_a_member_cannot_forge_another_members_sender_id() {
+    let (nodes, addrs) = cluster(3).await;
+    converge(&nodes).await;
+    let n1 = &nodes[0];
+    let mut rx = n1.subscribe();
+    let before = n1.counters();
+    let raw = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("attacker socket");
+    let to = addrs[0];
+    // 3 knows the cluster key, its own secret and everyone's public keys.
+    let as_2_with_3s_secret = ring()
+        .pairwise(&secret(3).0, 2, &secret(1).public(), 1)
+        .expect("pair");
+    let mut forged = 0u64;
+    for c in 1..=20 {
+        raw.send_to(
+            &as_2_with_3s_secret
+                .seal(2, u64::MAX - 1, c, b"x")
+                .expect("seal"),
+            to,
+        )
+        .await
+        .expect("send");
+        // The cluster key alone, as anyone holding it could before.
+        raw.send_to(&ring().seal(2, u64::MAX - 1, c, b"x").expect("seal"), to)
+            .await
+            .expect("send");
+        forged += 2;
+    }
+    // 3's own pair key, its own id, an epoch far in the future.
+    let own = ring()
+        .pairwise(&secret(3).0, 3, &secret(1).public(), 1)
+        .expect("pair");
+    raw.send_to(&own.seal(3, u64::MAX - 1, 1, b"x").expect("seal"), to)
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = delta(before, n1.counters());
+    assert_eq!(d.dropped_forged, forged, "{d:?}");
+    assert_eq!(d.dropped_future_epoch, 1, "{d:?}");
+    assert_eq!(d.dropped_replay, 0, "{d:?}");
+    assert!(d.received > 10, "node 1 stopped hearing its peers: {d:?}");
+    assert_eq!(n1.state_of(2), Some(MemberState::Alive));
+    assert_eq!(n1.state_of(3), Some(MemberState::Alive));
+    assert!(
+        drain(&mut rx)
+            .iter()
+            .all(|e| !matches!(e, MemberEvent::Down(_))),
+        "a forged datagram took a member down"
+    );
+    shutdown_all(nodes).await;
+}
+
+/// A node removed from node 1's members table is an unknown sender at once: its datagrams
+/// are dropped and counted, and node 1 reports it down although it still has the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t24_a_removed_member_is_dropped_as_an_unknown_sender() {
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let mut table = membrane_gossip::PeerTable::new();
+    for (i, a) in addrs.iter().enumerate() {
+        list(&mut table, i as u64 + 1, *a);
+    }
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        // Each node its own table, as each agent has its own registry copy.
+        let peers = Peers::new(table.clone());
+        let g = Gossip::start(config(i as u64 + 1, *a, &addrs[..1], ring(), peers))
+            .await
+            .expect("gossip starts");
+        nodes.push(g);
+    }
+    converge(&nodes).await;
+    for g in &nodes[..2] {
+        g.peers().update(|t| t.remove(3));
+    }
+    let down = wait_for(Duration::from_secs(10), || {
+        nodes[..2]
+            .iter()
+            .all(|g| g.state_of(3) == Some(MemberState::Down))
+    })
+    .await;
+    assert!(down.is_some(), "the removed node still counts as alive");
+    for g in &nodes[..2] {
+        let c = g.counters();
+        assert!(c.dropped_unknown_sender > 0, "node {}: {c:?}", g.node_id());
+        assert_eq!(
+            g.state_of(if g.node_id() == 1 { 2 } else { 1 }),
+            Some(MemberState::Alive)
+        );
+    }
+    shutdown_all(nodes).await;
+}
+
+/// A receiver restarted with its replay file refuses what it accepted before the restart;
+/// one restarted without it (the old behaviour) would accept it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t25_a_restarted_receiver_refuses_old_datagrams() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("gossip-replay");
+    let (a1, a2) = (free_addr(), free_addr());
+    let (tap_addr, captured, tap_task) = tap(a2, a1).await;
+    let mut view1 = membrane_gossip::PeerTable::default();
+    list(&mut view1, 1, a1);
+    list(&mut view1, 2, tap_addr);
+    let mut view2 = membrane_gossip::PeerTable::default();
+    list(&mut view2, 2, a2);
+    list(&mut view2, 1, tap_addr);
+    let start1 = |replay: Option<std::path::PathBuf>| {
+        let mut c = config(1, a1, &[], ring(), Peers::new(view1.clone()));
+        c.replay_state = replay;
+        Gossip::start(c)
+    };
+    let n1 = start1(Some(state.clone())).await.expect("gossip starts");
+    let n2 = Gossip::start(config(2, a2, &[tap_addr], ring(), Peers::new(view2)))
+        .await
+        .expect("gossip starts");
+    let pair = vec![n1, n2];
+    converge(&pair).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recorded: Vec<Vec<u8>> = captured.lock().expect("capture").clone();
+    assert!(
+        recorded.len() > 5,
+        "the tap saw {} datagrams",
+        recorded.len()
+    );
+    tap_task.abort();
+    // Node 2 goes first, so nothing fresh reaches node 1 after this; node 1 saves on the
+    // way out.
+    let mut pair = pair.into_iter();
+    let (n1, n2) = (pair.next().expect("n1"), pair.next().expect("n2"));
+    n2.shutdown().await;
+    n1.shutdown().await;
+    let raw = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("attacker socket");
+    for (replay, fresh_expected) in [(Some(state.clone()), false), (None, true)] {
+        let n1 = start1(replay.clone()).await.expect("gossip restarts");
+        for p in &recorded {
+            raw.send_to(p, a1).await.expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c = n1.counters();
+        if fresh_expected {
+            // Without the file: the old datagrams are taken as new (what this fixes).
+            assert!(c.received > 0, "{c:?}");
+        } else {
+            assert_eq!(c.dropped_replay, recorded.len() as u64, "{c:?}");
+            assert_eq!(c.received, 0, "{c:?}");
+        }
+        n1.shutdown().await;
+    }
 }

@@ -2,11 +2,55 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use membrane_crypto::seal::Keyring;
-use membrane_gossip::{Gossip, GossipConfig, MemberEvent, MemberState, NodeMeta};
+use membrane_gossip::{
+    Gossip, GossipConfig, MemberEvent, MemberState, NodeMeta, NodeSecret, PeerTable, Peers,
+};
 use tokio::sync::broadcast;
+
+/// Node `id`'s X25519 secret in these tests.
+pub fn secret(id: u64) -> NodeSecret {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&id.to_be_bytes());
+    b[31] = 0x5a;
+    NodeSecret::from_bytes(b)
+}
+
+/// The members table every test node shares unless a test gives it its own: ids map to
+/// keys derived from the id, so tests running at once (same ids, other ports) agree.
+pub fn members() -> &'static Peers {
+    static MEMBERS: OnceLock<Peers> = OnceLock::new();
+    MEMBERS.get_or_init(Peers::default)
+}
+
+/// Lists node `id` at `addr` in `table`, keeping its other addresses.
+pub fn list(table: &mut PeerTable, id: u64, addr: SocketAddr) {
+    if table.public_of(id).is_none() {
+        table.insert(id, secret(id).public(), addr);
+    } else {
+        table.alias(addr, id);
+    }
+}
+
+/// Registers node `id` at `addr` in the shared table.
+pub fn register(id: u64, addr: SocketAddr) {
+    members().update(|t| list(t, id, addr));
+}
+
+pub fn config(
+    id: u64,
+    addr: SocketAddr,
+    seeds: &[SocketAddr],
+    ring: Keyring,
+    peers: Peers,
+) -> GossipConfig {
+    let mut config = GossipConfig::new(meta(id), addr, addr, ring, "test", secret(id), peers);
+    config.seeds = seeds.to_vec();
+    config
+}
 
 /// A loopback address whose port was free a moment ago (chitchat must know the address it
 /// advertises before it binds, so port 0 will not do).
@@ -34,20 +78,31 @@ pub fn meta(id: u64) -> NodeMeta {
     }
 }
 
+/// Node `id`, registered in the shared members table.
 pub async fn node_at(id: u64, addr: SocketAddr, seeds: &[SocketAddr], ring: Keyring) -> Gossip {
-    let mut config = GossipConfig::new(meta(id), addr, addr, ring, "test");
-    config.seeds = seeds.to_vec();
-    Gossip::start(config).await.expect("gossip starts")
+    register(id, addr);
+    Gossip::start(config(id, addr, seeds, ring, members().clone()))
+        .await
+        .expect("gossip starts")
 }
 
 /// `n` nodes with ids 1..=n seeded with node 1, not waited for.
 pub async fn cluster(n: u64) -> (Vec<Gossip>, Vec<SocketAddr>) {
     let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
     let mut nodes = Vec::new();
-    for i in 0..n as usize {
-        let mut config = GossipConfig::new(meta(i as u64 + 1), addrs[i], addrs[i], ring(), "test");
-        config.seeds = vec![addrs[0]];
-        let g = Gossip::start(config).await.expect("gossip starts");
+    for (i, a) in addrs.iter().enumerate() {
+        register(i as u64 + 1, *a);
+    }
+    for (i, a) in addrs.iter().enumerate() {
+        let g = Gossip::start(config(
+            i as u64 + 1,
+            *a,
+            &addrs[..1],
+            ring(),
+            members().clone(),
+        ))
+        .await
+        .expect("gossip starts");
         nodes.push(g);
     }
     (nodes, addrs)

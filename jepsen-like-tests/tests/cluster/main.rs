@@ -17,6 +17,7 @@ mod t60_autopilot;
 mod t61_gossip_injector;
 mod t62_partition;
 mod t63_gossip_rotation;
+mod t64_gossip_removed_node;
 mod t70_endpoint_connectivity;
 mod t71_agent_restart_stream;
 mod t72_endpoint_delete;

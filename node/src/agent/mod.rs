@@ -175,8 +175,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let liveness = autopilot::Liveness::default();
     let gossip = gossip::spawn(
         client.clone(),
-        me.clone(),
-        opts.gossip_listen,
+        gossip::GossipSetup {
+            me: me.clone(),
+            listen: opts.gossip_listen,
+            secret: membrane_gossip::NodeSecret(keys.x25519_secret().clone()),
+            replay_state: state.root().join("gossip-replay"),
+        },
         liveness.clone(),
     );
 
@@ -242,6 +246,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         client.clone(),
         liveness.clone(),
         opts.autopilot.clone(),
+        gossip.clone(),
     ));
     let datapath_task = tokio::spawn(run_datapath(DatapathTask {
         client: client.clone(),
@@ -268,6 +273,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     reconciler.abort();
     info!("shutting down");
+    if let Some(g) = gossip.get() {
+        g.save_replay_state();
+    }
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft shutdown");
     }

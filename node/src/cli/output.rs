@@ -612,6 +612,7 @@ fn status_json(s: &pb::StatusResponse) -> Value {
             "sent": g.sent, "received": g.received, "dropped_truncated": g.dropped_truncated,
             "dropped_unknown_key": g.dropped_unknown_key, "dropped_forged": g.dropped_forged,
             "dropped_replay": g.dropped_replay, "dropped_malformed": g.dropped_malformed,
+            "dropped_unknown_sender": g.dropped_unknown_sender, "dropped_future_epoch": g.dropped_future_epoch,
             "key_ids": g.key_ids, "primary_key": g.primary_key,
         })),
     })
@@ -654,8 +655,9 @@ fn status_text(s: &pb::StatusResponse) -> String {
     if let Some(g) = &s.gossip {
         line!(
             o,
-            "Gossip:       {} sent, {} received; dropped {} forged, {} replayed, {} truncated, {} unknown key",
-            g.sent, g.received, g.dropped_forged, g.dropped_replay, g.dropped_truncated, g.dropped_unknown_key
+            "Gossip:       {} sent, {} received; dropped {} forged, {} replayed, {} truncated, {} unknown key, {} unknown sender, {} future epoch",
+            g.sent, g.received, g.dropped_forged, g.dropped_replay, g.dropped_truncated, g.dropped_unknown_key,
+            g.dropped_unknown_sender, g.dropped_future_epoch
         );
     }
     o

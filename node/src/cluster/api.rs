@@ -143,6 +143,24 @@ impl ClusterApi {
         // The registry is the source of truth: once the node is gone from it, the leader's
         // autopilot takes it out of the Raft membership (replacing it if it was a voter).
         self.client.write(Command::RemoveNode { id }).await?;
+        // Then cut it off the gossip key too (it is already refused as a gossip sender).
+        match self.gossip.get() {
+            Some(g) => {
+                crate::cluster::rotation::rotate_after_removal(&self.client, g, id)
+                    .await
+                    .map_err(|e| {
+                        Status::new(
+                            e.code(),
+                            format!("node {id} was removed, but {}", e.message()),
+                        )
+                    })?;
+            }
+            None => {
+                return Err(Status::unavailable(format!(
+                    "node {id} was removed, but gossip is not running here, so the gossip key was not rotated; run `membrane gossip rotate-key`"
+                )))
+            }
+        }
         Ok(pb::Empty {})
     }
 
@@ -319,6 +337,8 @@ fn gossip_counters(
         dropped_forged: c.dropped_forged + c.dropped_unknown_version,
         dropped_replay: c.dropped_replay,
         dropped_malformed: c.dropped_malformed,
+        dropped_unknown_sender: c.dropped_unknown_sender,
+        dropped_future_epoch: c.dropped_future_epoch,
         key_ids,
         primary_key: primary.unwrap_or(0),
     }
@@ -444,11 +464,17 @@ mod tests {
             dropped_replay: 7,
             dropped_malformed: 8,
             send_failed: 9,
+            dropped_unknown_sender: 10,
+            dropped_future_epoch: 11,
         };
         let pb = gossip_counters(&c, vec![1, 2], Some(2));
         assert_eq!(pb.dropped_forged, 10);
         assert_eq!((pb.sent, pb.received), (1, 2));
         assert_eq!(pb.dropped_unknown_key, 5);
+        assert_eq!(
+            (pb.dropped_unknown_sender, pb.dropped_future_epoch),
+            (10, 11)
+        );
         assert_eq!(pb.key_ids, vec![1, 2]);
         assert_eq!(pb.primary_key, 2);
         assert_eq!(gossip_counters(&c, vec![], None).primary_key, 0);

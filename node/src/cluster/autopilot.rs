@@ -22,6 +22,7 @@ use membrane_consensus::Command;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tracing::{debug, info, warn};
 
+use crate::cluster::gossip::GossipSlot;
 use crate::registry::client::RegistryClient;
 
 /// How far behind the leader's last log index a learner may be and still be promoted.
@@ -214,7 +215,13 @@ pub fn plan(v: &View) -> Vec<Action> {
 }
 
 /// Runs the autopilot until the process ends. Does nothing on nodes that do not lead.
-pub async fn run(client: Arc<RegistryClient>, liveness: Liveness, config: AutopilotConfig) {
+/// A node it deregisters is then cut off the gossip key too (rotation.rs), in the background.
+pub async fn run(
+    client: Arc<RegistryClient>,
+    liveness: Liveness,
+    config: AutopilotConfig,
+    gossip: GossipSlot,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
@@ -279,7 +286,19 @@ pub async fn run(client: Arc<RegistryClient>, liveness: Liveness, config: Autopi
                 Err(_) => Err("timed out after 10 s".to_string()),
             };
             match result {
-                Ok(()) => info!(?action, "autopilot changed the cluster"),
+                Ok(()) => {
+                    info!(?action, "autopilot changed the cluster");
+                    if let Action::Deregister(id) = action {
+                        match gossip.get() {
+                            Some(g) => crate::cluster::rotation::spawn_after_removal(
+                                client.clone(),
+                                g.clone(),
+                                id,
+                            ),
+                            None => warn!(node_id = id, "gossip is not running; the gossip key was not rotated after the removal"),
+                        }
+                    }
+                }
                 Err(error) => {
                     warn!(?action, %error, "autopilot action failed; will retry");
                     break;

@@ -1,17 +1,25 @@
 //! Runs this node's gossip, fed by the registry: the keyring comes from Raft, seeds are the
 //! registered nodes, and what gossip learns about liveness feeds the autopilot.
 //!
+//! Every datagram is sealed for one member under a key only it and this node can derive
+//! (the cluster key mixed with their X25519 keys), so the members table fed to gossip is
+//! the registry's node list: id, `x25519_public`, gossip address. A removed node leaves the
+//! table within a tick (250 ms) of this node applying the removal, and its datagrams are
+//! dropped as from an unknown sender from then on. The replay high-water marks live in the
+//! state directory (`gossip-replay`), so a restart does not reopen the replay windows.
+//!
 //! Gossip starts once the local registry copy holds the keyring (at once on a restart; a few
 //! hundred ms after a first join, when Raft has caught up), so the agent's start never waits
 //! for it. Convention: a node gossips on its RPC address with the port + 1.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use membrane_consensus::registry::GossipKeyring;
+use membrane_consensus::registry::{GossipKeyring, NodeRecord};
 use membrane_crypto::seal::Keyring;
-use membrane_gossip::{Gossip, GossipConfig, MemberEvent, NodeMeta};
+use membrane_gossip::{Gossip, GossipConfig, MemberEvent, NodeMeta, NodeSecret, PeerTable, Peers};
 use tracing::{info, warn};
 
 use crate::cluster::autopilot::Liveness;
@@ -37,13 +45,35 @@ pub fn keyring_of(ring: &GossipKeyring) -> Option<Keyring> {
     Keyring::new(keys, ring.primary())
 }
 
+/// The members table for gossip: every registered node with a gossip address.
+pub fn peer_table<'a>(nodes: impl IntoIterator<Item = &'a NodeRecord>) -> PeerTable {
+    let mut t = PeerTable::new();
+    for n in nodes {
+        if let Some(addr) = gossip_addr_of(n.rpc_addr) {
+            t.insert(n.id, n.x25519_public.0, addr);
+        }
+    }
+    t
+}
+
+/// What this node's gossip needs besides the registry.
+pub struct GossipSetup {
+    pub me: NodeIdentity,
+    pub listen: Option<SocketAddr>,
+    /// This node's X25519 secret (`keys/x25519.key`).
+    pub secret: NodeSecret,
+    /// Where the replay high-water marks are kept.
+    pub replay_state: PathBuf,
+}
+
 /// Starts gossip in the background and keeps it in step with the registry.
-pub fn spawn(
-    client: Arc<RegistryClient>,
-    me: NodeIdentity,
-    listen: Option<SocketAddr>,
-    liveness: Liveness,
-) -> GossipSlot {
+pub fn spawn(client: Arc<RegistryClient>, setup: GossipSetup, liveness: Liveness) -> GossipSlot {
+    let GossipSetup {
+        me,
+        listen,
+        secret,
+        replay_state,
+    } = setup;
     let slot: GossipSlot = Arc::default();
     let out = slot.clone();
     tokio::spawn(async move {
@@ -83,8 +113,18 @@ pub fn spawn(
             keyring: String::new(),
             policy_revision: String::new(),
         };
-        let mut config = GossipConfig::new(meta, listen, advertise, ring, &me.cluster_name);
+        let peers = Peers::new(client.local(|r| peer_table(r.nodes())));
+        let mut config = GossipConfig::new(
+            meta,
+            listen,
+            advertise,
+            ring,
+            &me.cluster_name,
+            secret,
+            peers,
+        );
         config.seeds = seeds;
+        config.replay_state = Some(replay_state);
         let gossip = match Gossip::start(config).await {
             Ok(g) => Arc::new(g),
             Err(e) => {
@@ -127,7 +167,8 @@ async fn track_liveness(gossip: Arc<Gossip>, liveness: Liveness) {
     }
 }
 
-/// Applies keyring changes committed in the registry (rotation) to the transport.
+/// Applies keyring changes committed in the registry (rotation) and node list changes
+/// (joins, removals) to the transport.
 async fn keep_keyring_in_step(
     client: Arc<RegistryClient>,
     gossip: Arc<Gossip>,
@@ -136,6 +177,11 @@ async fn keep_keyring_in_step(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
+        let table = client.local(|r| peer_table(r.nodes()));
+        let ids = table.ids();
+        if gossip.peers().replace(table) {
+            info!(members = ?ids, "gossip members updated");
+        }
         let Some(latest) = client.local(|r| r.gossip_keyring().cloned()) else {
             continue;
         };
@@ -154,5 +200,38 @@ async fn keep_keyring_in_step(
             }
             None => warn!("the registry's gossip keyring is unusable; keeping the current one"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membrane_consensus::registry::{Sha256, X25519Public};
+
+    fn node(id: u64, rpc: &str) -> NodeRecord {
+        NodeRecord {
+            id,
+            name: format!("n{id}"),
+            rpc_addr: rpc.parse().unwrap(),
+            tls_key_sha256: Sha256([0; 32]),
+            x25519_public: X25519Public([id as u8; 32]),
+            pod_cidr: "10.128.0.0/24".parse().unwrap(),
+            joined_at: 0,
+        }
+    }
+
+    #[test]
+    fn peer_table_lists_every_node_at_its_gossip_address() {
+        let nodes = [
+            node(1, "10.0.0.1:7700"),
+            node(3, "10.0.0.3:7700"),
+            node(4, "10.0.0.4:65535"),
+        ];
+        let t = peer_table(&nodes);
+        // Port 65535 has no port + 1: that node cannot gossip and is left out.
+        assert_eq!(t.ids(), vec![1, 3]);
+        assert_eq!(t.id_at(&"10.0.0.3:7701".parse().unwrap()), Some(3));
+        assert_eq!(t.id_at(&"10.0.0.3:7700".parse().unwrap()), None);
+        assert_eq!(t.public_of(3), Some([3; 32]));
     }
 }

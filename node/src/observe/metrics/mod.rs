@@ -121,6 +121,8 @@ pub async fn snapshot(src: &Sources) -> Snapshot {
             ("dropped_forged", c.dropped_forged),
             ("dropped_replay", c.dropped_replay),
             ("dropped_malformed", c.dropped_malformed),
+            ("dropped_unknown_sender", c.dropped_unknown_sender),
+            ("dropped_future_epoch", c.dropped_future_epoch),
         ]
     });
     let manager = src.endpoints.get().cloned();
