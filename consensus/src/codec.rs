@@ -65,13 +65,17 @@ mod tests {
 
     #[test]
     fn t11_a_forged_length_fails_without_allocating() {
-        // A Vec<u8> claiming u64::MAX / 2 elements, then nothing.
+        // A string claiming u64::MAX / 2 bytes, then nothing: refused by the limit before
+        // any buffer is sized from the claim.
         let bytes = (u64::MAX / 2).to_le_bytes();
-        let err = decode::<Vec<u8>>(&bytes, MAX_RPC_PAYLOAD_BYTES).unwrap_err();
-        assert!(
-            matches!(*err, bincode::ErrorKind::SizeLimit),
-            "{err:?}"
-        );
+        let err = decode::<String>(&bytes, MAX_RPC_PAYLOAD_BYTES).unwrap_err();
+        assert!(matches!(*err, bincode::ErrorKind::SizeLimit), "{err:?}");
+        // A sequence claiming as many elements ends at the data's end (serde preallocates
+        // cautiously), and a long real one stops at the limit.
+        assert!(decode::<Vec<u64>>(&bytes, MAX_RPC_PAYLOAD_BYTES).is_err());
+        let long = bincode::serialize(&vec![7u64; 1000]).unwrap();
+        let err = decode::<Vec<u64>>(&long, 800).unwrap_err();
+        assert!(matches!(*err, bincode::ErrorKind::SizeLimit), "{err:?}");
         assert!(encode(&vec![0u8; 200], 100).is_err(), "the limit binds encode too");
     }
 }

@@ -17,6 +17,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{decode, Disk, StorageResult, StoreError};
+use crate::codec;
+use crate::registry::legacy::RegistryV0;
 use crate::registry::{Registry, Response};
 use crate::{NodeId, TypeConfig};
 
@@ -39,6 +41,57 @@ struct SnapshotPayload {
     registry: Registry,
 }
 
+/// [`SnapshotPayload`] as written before issue 11 (no format number; the frozen registry).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotPayloadV0 {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub registry: RegistryV0,
+}
+
+/// First byte of a versioned payload. An unversioned (pre-issue-11) payload begins with the
+/// `Option` tag of `last_applied`, 0 or 1, so the two cannot be confused.
+const SNAPSHOT_MAGIC: u8 = 0xFF;
+/// The payload format this code writes: magic, this number (u32 LE), the payload.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Encodes a snapshot payload in the current format.
+fn encode_payload(payload: &SnapshotPayload) -> Result<Vec<u8>, bincode::Error> {
+    let body = codec::encode(payload, codec::MAX_SNAPSHOT_BYTES)?;
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a snapshot payload of any format this code knows: the current one, or the
+/// unversioned one written before issue 11 (converted).
+fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, bincode::Error> {
+    let limit = codec::MAX_SNAPSHOT_BYTES;
+    match data.split_first() {
+        Some((&SNAPSHOT_MAGIC, rest)) => {
+            let (version, body) = rest.split_at_checked(4).ok_or_else(|| {
+                Box::new(bincode::ErrorKind::Custom(
+                    "the snapshot ends inside its format number".into(),
+                ))
+            })?;
+            let version = u32::from_le_bytes(version.try_into().unwrap_or_default());
+            match version {
+                SNAPSHOT_FORMAT => codec::decode(body, limit),
+                other => Err(Box::new(bincode::ErrorKind::Custom(format!(
+                    "snapshot format {other} is newer than this membrane reads ({SNAPSHOT_FORMAT}); upgrade this node"
+                )))),
+            }
+        }
+        _ => codec::decode::<SnapshotPayloadV0>(data, limit).map(|v0| SnapshotPayload {
+            last_applied: v0.last_applied,
+            membership: v0.membership,
+            registry: v0.registry.into(),
+        }),
+    }
+}
+
 /// The current snapshot as kept in sled: meta and data in one value, so they never disagree.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -55,7 +108,7 @@ fn read_stored_snapshot(
         .map_err(disk.io("reading the snapshot"))?;
     match bytes {
         None => Ok(None),
-        Some(b) => decode(&b)
+        Some(b) => decode(&b, codec::MAX_SNAPSHOT_BYTES)
             .map(Some)
             .map_err(|source| disk.corrupt("the stored snapshot", source)),
     }
@@ -135,7 +188,7 @@ impl StateMachineStore {
     pub(super) fn open(disk: Disk, snapshot: sled::Tree) -> Result<Self, StoreError> {
         let state = match read_stored_snapshot(&disk, &snapshot)? {
             Some(s) => {
-                let payload: SnapshotPayload = decode(&s.data)
+                let payload = decode_payload(&s.data)
                     .map_err(|source| disk.corrupt("the state machine snapshot", source))?;
                 SmState {
                     last_applied: s.meta.last_log_id,
@@ -169,7 +222,9 @@ impl StateMachineStore {
                 return Ok(false);
             }
         }
-        let bytes = self.disk.encode("snapshot", stored)?;
+        let bytes = self
+            .disk
+            .encode("snapshot", stored, codec::MAX_SNAPSHOT_BYTES)?;
         self.snapshot
             .insert(KEY_CURRENT_SNAPSHOT, bytes)
             .map_err(self.disk.io("writing the snapshot"))?;
@@ -196,7 +251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 last_membership: state.membership.clone(),
                 snapshot_id,
             };
-            let payload = bincode::serialize(&SnapshotPayload {
+            let payload = encode_payload(&SnapshotPayload {
                 last_applied: state.last_applied,
                 membership: state.membership.clone(),
                 registry: state.registry.clone(),
@@ -276,7 +331,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> StorageResult<()> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_inner();
-        let payload: SnapshotPayload = decode(&data)
+        let payload = decode_payload(&data)
             .map_err(|source| StoreError::BadSnapshot { source })
             .map_err(|e| e.into_storage(subject(), ErrorVerb::Read))?;
         let stored = StoredSnapshot {
