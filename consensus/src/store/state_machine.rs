@@ -43,7 +43,7 @@ struct SnapshotPayload {
 
 /// [`SnapshotPayload`] as written before issue 11 (no format number; the frozen registry).
 #[derive(Serialize, Deserialize)]
-pub(crate) struct SnapshotPayloadV0 {
+struct SnapshotPayloadV0 {
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, openraft::BasicNode>,
     pub registry: RegistryV0,
@@ -357,5 +357,116 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+
+    use super::*;
+    use crate::registry::{Command, LabelSet};
+    use crate::store;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// A registry with something in every old field that a small cluster fills.
+    fn old_registry() -> Registry {
+        let mut r = crate::registry::test_support::bootstrapped();
+        r.apply(Command::AllocateIdentity {
+            labels: LabelSet::parse(&["app=web"]).expect("labels"),
+        });
+        r
+    }
+
+    /// Writes, into a fresh store directory, exactly what the code before issue 11 wrote: a
+    /// snapshot whose data is the unversioned payload of the frozen registry, and a log entry
+    /// after it, all with `bincode::serialize`.
+    fn write_pre_issue_11_store(dir: &std::path::Path, registry: &Registry) {
+        drop(store::open(dir).expect("create the store"));
+        let db = sled::open(dir).expect("sled");
+        let membership = StoredMembership::new(
+            Some(log_id(1)),
+            Membership::new(vec![std::collections::BTreeSet::from([1])], None),
+        );
+        let payload = SnapshotPayloadV0 {
+            last_applied: Some(log_id(3)),
+            membership: membership.clone(),
+            registry: registry.to_v0(),
+        };
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(3)),
+                last_membership: membership,
+                snapshot_id: "1-1-3-0".into(),
+            },
+            data: bincode::serialize(&payload).expect("encode payload"),
+        };
+        db.open_tree(super::super::SNAPSHOT_TREE)
+            .expect("tree")
+            .insert(KEY_CURRENT_SNAPSHOT, bincode::serialize(&stored).expect("encode"))
+            .expect("insert");
+        let entry = Entry::<TypeConfig> {
+            log_id: log_id(4),
+            payload: EntryPayload::Normal(Command::RemoveNode { id: 9 }),
+        };
+        db.open_tree(super::super::LOGS_TREE)
+            .expect("tree")
+            .insert(4u64.to_be_bytes(), bincode::serialize(&entry).expect("encode"))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+
+    #[tokio::test]
+    async fn t30_a_store_written_before_issue_11_opens_and_is_rewritten_versioned() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let old = old_registry();
+        write_pre_issue_11_store(dir.path(), &old);
+
+        let (mut log, mut sm) = store::open(dir.path()).expect("the old store opens");
+        assert_eq!(sm.registry().snapshot(), old);
+        assert_eq!(sm.registry().last_applied(), Some(log_id(3)));
+        use openraft::RaftLogReader;
+        let entries = log.try_get_log_entries(4..5).await.expect("log reads");
+        assert!(matches!(
+            entries[0].payload,
+            EntryPayload::Normal(Command::RemoveNode { id: 9 })
+        ));
+
+        // The next snapshot is written in the versioned format and reads back the same.
+        let snap = sm.build_snapshot().await.expect("snapshot");
+        let data = snap.snapshot.into_inner();
+        assert_eq!(data[0], SNAPSHOT_MAGIC);
+        assert_eq!(data[1..5], SNAPSHOT_FORMAT.to_le_bytes());
+        drop((log, sm));
+        let (_log, sm) = store::open(dir.path()).expect("reopens");
+        assert_eq!(sm.registry().snapshot(), old);
+    }
+
+    #[test]
+    fn t31_payload_formats() {
+        let payload = SnapshotPayload {
+            last_applied: Some(log_id(2)),
+            membership: StoredMembership::default(),
+            registry: old_registry(),
+        };
+        let bytes = encode_payload(&payload).expect("encode");
+        assert_eq!(decode_payload(&bytes).expect("decode").registry, payload.registry);
+        let mut future = bytes.clone();
+        future[1..5].copy_from_slice(&2u32.to_le_bytes());
+        let err = decode_payload(&future).err().expect("refused").to_string();
+        assert!(err.contains("upgrade this node"), "{err}");
+        assert!(decode_payload(&[SNAPSHOT_MAGIC, 1]).is_err());
+        // An old payload with no previous log id starts with 0, one with a log id with 1.
+        let v0 = SnapshotPayloadV0 {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            registry: payload.registry.to_v0(),
+        };
+        let old = bincode::serialize(&v0).expect("encode");
+        assert_eq!(old[0], 0);
+        assert_eq!(decode_payload(&old).expect("decode").registry, payload.registry);
     }
 }
