@@ -295,6 +295,11 @@ impl Inner {
 
     /// Proposes on this node, which must be the leader (used by the `Cluster.Write` RPC).
     pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, ClientError> {
+        // A log entry that cannot be applied is refused before it is proposed, never after
+        // it is committed (every local and forwarded write passes here).
+        if let Err(e) = cmd.check_limits() {
+            return Ok(Response::Err(e));
+        }
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
