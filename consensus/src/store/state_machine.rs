@@ -386,7 +386,18 @@ mod tests {
     /// after it, all with `bincode::serialize`.
     fn write_pre_issue_11_store(dir: &std::path::Path, registry: &Registry) {
         drop(store::open(dir).expect("create the store"));
-        let db = sled::open(dir).expect("sled");
+        // The store just dropped may still hold sled's lock for a moment (see `open`).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "waiting for the sled lock");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("sled: {e}"),
+            }
+        };
         let membership = StoredMembership::new(
             Some(log_id(1)),
             Membership::new(vec![std::collections::BTreeSet::from([1])], None),
