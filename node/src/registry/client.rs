@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use membrane_consensus::registry::Registry;
+use membrane_consensus::registry::{BatchItem, Registry};
 use membrane_consensus::store::RegistryHandle;
 use membrane_consensus::{Command, Raft, RegistryError, Response};
 use membrane_proto::v1::cluster_client::ClusterClient;
@@ -63,21 +63,28 @@ impl From<ClientError> for tonic::Status {
                 | RegistryError::TokenExpired { .. }
                 | RegistryError::TokenRevoked { .. }
                 | RegistryError::TokenUsedUp { .. }
-                | RegistryError::TokenSecretMismatch { .. },
+                | RegistryError::TokenSecretMismatch { .. }
+                | RegistryError::JoinRefused
+                | RegistryError::NodeRevoked { .. }
+                | RegistryError::NodeKeyMismatch { .. },
             ) => tonic::Status::permission_denied(e.to_string()),
             ClientError::Refused(
                 RegistryError::InvalidLabels(_)
                 | RegistryError::InvalidToken(_)
                 | RegistryError::InvalidEndpoint(_)
                 | RegistryError::InvalidPolicy(_)
-                | RegistryError::InvalidClusterConfig(_),
+                | RegistryError::InvalidClusterConfig(_)
+                | RegistryError::InvalidRpcAddr { .. }
+                | RegistryError::InvalidCertificate(_)
+                | RegistryError::CommandTooLarge(_),
             ) => tonic::Status::invalid_argument(e.to_string()),
             ClientError::Refused(RegistryError::EndpointConflict(_)) => {
                 tonic::Status::already_exists(e.to_string())
             }
             ClientError::Refused(
                 RegistryError::EndpointAddressesExhausted { .. }
-                | RegistryError::IdentitySpaceExhausted { .. },
+                | RegistryError::IdentitySpaceExhausted { .. }
+                | RegistryError::IdentityQuotaExceeded { .. },
             ) => tonic::Status::resource_exhausted(e.to_string()),
             ClientError::Refused(
                 RegistryError::IdentityNotFound { .. }
@@ -197,10 +204,16 @@ async fn dispatch(inner: &Inner, batch: Vec<Pending>) {
         let cmd = cmds.into_iter().next().expect("one command");
         inner.propose(cmd).await.map(|r| vec![r])
     } else {
-        match inner.propose(Command::Batch(cmds)).await {
-            Ok(Response::Batch(v)) if v.len() == n => Ok(v),
-            Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
-            Err(e) => Err(e),
+        // Batches are flat by type: a queued write that is itself a batch cannot ride in one.
+        match cmds.into_iter().map(BatchItem::try_from).collect() {
+            Err(_) => Err(ClientError::Refused(RegistryError::CommandTooLarge(
+                "a batch cannot hold a batch; write its commands one by one".into(),
+            ))),
+            Ok(items) => match inner.propose(Command::Batch(items)).await {
+                Ok(Response::Batch(v)) if v.len() == n => Ok(v),
+                Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
+                Err(e) => Err(e),
+            },
         }
     };
     match result {
@@ -282,6 +295,11 @@ impl Inner {
 
     /// Proposes on this node, which must be the leader (used by the `Cluster.Write` RPC).
     pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, ClientError> {
+        // A log entry that cannot be applied is refused before it is proposed, never after
+        // it is committed (every local and forwarded write passes here).
+        if let Err(e) = cmd.check_limits() {
+            return Ok(Response::Err(e));
+        }
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {

@@ -68,7 +68,7 @@ impl JoinService {
         let config = self.client.local(|r| r.cluster().cloned()).ok_or_else(|| {
             Status::unavailable("this node has not caught up with the cluster yet; try again")
         })?;
-        let ca = ClusterCa::from_pem(&config.ca_cert_pem, &config.ca_key_pem)
+        let ca = ClusterCa::from_pem(&config.ca_cert_pem, &config.legacy_ca_key_pem)
             .map_err(|e| Status::internal(format!("cluster CA unusable: {e}")))?;
 
         let now = crate::clock::unix_now();
