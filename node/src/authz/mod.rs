@@ -291,10 +291,6 @@ pub(crate) fn test_registry(n: u8) -> Registry {
 mod tests {
     use super::*;
 
-    mod test_support {
-        pub use super::super::test_registry as registry_with_nodes;
-    }
-
     fn peer(id: NodeId, key: [u8; 32]) -> CertPeer {
         CertPeer {
             node_id: id,
@@ -304,7 +300,7 @@ mod tests {
 
     #[test]
     fn t10_registry_nodes_are_identified_with_their_role() {
-        let r = test_support::registry_with_nodes(3);
+        let r = test_registry(3);
         let key = |id| r.node(id).unwrap().tls_key_sha256.0;
         let voters = BTreeSet::from([1, 2]);
         let learners = BTreeSet::from([3]);
@@ -326,7 +322,7 @@ mod tests {
 
     #[test]
     fn t11_unknown_removed_and_rekeyed_nodes_are_refused() {
-        let mut r = test_support::registry_with_nodes(3);
+        let mut r = test_registry(3);
         let key2 = r.node(2).unwrap().tls_key_sha256.0;
         let none = BTreeSet::new();
         // Node 2 presenting node 3's key: a certificate whose key is not the recorded one.
