@@ -324,7 +324,12 @@ impl RaftService {
         self.authorizer
             .authorize(rpc, claimed, extensions)
             .inspect_err(|status| {
-                tracing::warn!(?rpc, claimed, reason = status.message(), "Raft request refused");
+                tracing::warn!(
+                    ?rpc,
+                    claimed,
+                    reason = status.message(),
+                    "Raft request refused"
+                );
             })
     }
 
@@ -370,7 +375,11 @@ impl RaftRpc for RaftService {
     ) -> Result<tonic::Response<RaftPayload>, Status> {
         let extensions = request.extensions().clone();
         let req: AppendEntriesRequest<TypeConfig> = decode_request(Rpc::AppendEntries, request)?;
-        self.authorize(Rpc::AppendEntries, req.vote.leader_id().node_id, &extensions)?;
+        self.authorize(
+            Rpc::AppendEntries,
+            req.vote.leader_id().node_id,
+            &extensions,
+        )?;
         let result = self.raft.append_entries(req).await;
         encode_response(Rpc::AppendEntries, &result)
     }
@@ -393,7 +402,11 @@ impl RaftRpc for RaftService {
         let extensions = request.extensions().clone();
         let req: InstallSnapshotRequest<TypeConfig> =
             decode_request(Rpc::InstallSnapshot, request)?;
-        self.authorize(Rpc::InstallSnapshot, req.vote.leader_id().node_id, &extensions)?;
+        self.authorize(
+            Rpc::InstallSnapshot,
+            req.vote.leader_id().node_id,
+            &extensions,
+        )?;
         let result = self.raft.install_snapshot(req).await;
         encode_response(Rpc::InstallSnapshot, &result)
     }

@@ -424,7 +424,11 @@ async fn t40_a_refused_vote_never_reaches_openraft() {
             matches!(&err, RPCError::Network(e) if e.to_string().contains("node 9 may not")),
             "{err:?}"
         );
-        assert_eq!(n.raft.metrics().borrow().vote, before, "a refused vote moved the vote");
+        assert_eq!(
+            n.raft.metrics().borrow().vote,
+            before,
+            "a refused vote moved the vote"
+        );
 
         // ...and the same request from candidate 7 is granted, so the gate was the reason.
         let resp = client

@@ -16,7 +16,9 @@ use membrane_proto::v1::raft_client::RaftClient;
 use membrane_proto::v1::{ForwardRequest, RaftPayload};
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::{BasicNode, CommittedLeaderId, LogId, RaftNetwork, RaftNetworkFactory, SnapshotMeta, Vote};
+use openraft::{
+    BasicNode, CommittedLeaderId, LogId, RaftNetwork, RaftNetworkFactory, SnapshotMeta, Vote,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A node's TLS material as saved in its state directory (`tls/`, `keys/`).
@@ -200,7 +202,10 @@ fn t31_a_removed_nodes_saved_certificate_is_refused_everywhere() -> anyhow::Resu
                 let mut last = Vec::new();
                 for _ in 0..50 {
                     last = every_rpc(saved.channel(addr, *id)?, victim).await;
-                    if last.iter().all(|(_, code, _)| *code == tonic::Code::PermissionDenied) {
+                    if last
+                        .iter()
+                        .all(|(_, code, _)| *code == tonic::Code::PermissionDenied)
+                    {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -212,7 +217,11 @@ fn t31_a_removed_nodes_saved_certificate_is_refused_everywhere() -> anyhow::Resu
     })??;
     for (id, rpcs) in results {
         for (name, code, msg) in rpcs {
-            assert_eq!(code, tonic::Code::PermissionDenied, "node {id} {name}: {msg}");
+            assert_eq!(
+                code,
+                tonic::Code::PermissionDenied,
+                "node {id} {name}: {msg}"
+            );
             assert!(
                 msg.contains(&format!("node {victim} is not a current member")),
                 "node {id} {name}: {msg}"
@@ -298,7 +307,10 @@ fn t32_impersonation_is_refused_by_client_and_server() -> anyhow::Result<()> {
     );
     control.expect("node 3 speaking for itself is let through to Raft");
     let term_after = c.status(1)?["term"].as_u64().unwrap();
-    assert!(term_after < huge, "the forged vote moved node 1's term to {term_after}");
+    assert!(
+        term_after < huge,
+        "the forged vote moved node 1's term to {term_after}"
+    );
     assert_eq!(c.voters(1)?.len(), 3);
     Ok(())
 }

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 pub use crate::rpc::JoinArgs;
 pub use api::{join_command, DEFAULT_TOKEN_TTL_SECS, DEFAULT_TOKEN_USES};
 
+use crate::authz::{Authenticator, JoinTrust, RaftGate};
 use crate::cluster::api::ClusterApi;
 use crate::cluster::{autopilot, gossip};
 use crate::datapath::{self, NodeDatapath};
@@ -37,7 +38,6 @@ use crate::policy::apply::PolicySync;
 use crate::registry::RegistryClient;
 use crate::rpc::{bootstrap, cluster_service, join, join_service};
 use crate::state::StateDir;
-use crate::authz::{Authenticator, JoinTrust, RaftGate};
 use crate::transport::NodeTls;
 
 /// How an agent is started.

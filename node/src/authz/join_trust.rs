@@ -65,8 +65,11 @@ impl JoinTrust {
     pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let map: BTreeMap<NodeId, String> =
-            self.keys.iter().map(|(id, k)| (*id, k.to_string())).collect();
+        let map: BTreeMap<NodeId, String> = self
+            .keys
+            .iter()
+            .map(|(id, k)| (*id, k.to_string()))
+            .collect();
         let path = state_dir.join(FILE);
         let tmp = state_dir.join(format!("{FILE}.tmp"));
         let mut f = std::fs::OpenOptions::new()
@@ -90,8 +93,8 @@ mod tests {
     fn t10_round_trips_through_the_state_dir_and_missing_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(JoinTrust::load(dir.path()).unwrap(), JoinTrust::default());
-        let t = JoinTrust::from_hex_map([(1, "ab".repeat(32)), (4, "cd".repeat(32))].into())
-            .unwrap();
+        let t =
+            JoinTrust::from_hex_map([(1, "ab".repeat(32)), (4, "cd".repeat(32))].into()).unwrap();
         t.save(dir.path()).unwrap();
         let back = JoinTrust::load(dir.path()).unwrap();
         assert_eq!(back, t);

@@ -77,7 +77,9 @@ pub enum Denial {
         claimed: NodeId,
         caller: NodeId,
     },
-    #[error("{rpc:?} is accepted only from a voter of the current membership; node {id} is a {role}")]
+    #[error(
+        "{rpc:?} is accepted only from a voter of the current membership; node {id} is a {role}"
+    )]
     RaftNeedsVoter { rpc: Rpc, id: NodeId, role: Role },
     #[error("Bootstrap is never accepted over the network; a cluster is created by `membrane init` on its first node")]
     BootstrapOverRpc,
@@ -236,7 +238,9 @@ impl RaftAuthorizer for RaftGate {
 /// A bootstrapped registry with nodes 1..=n; node i's TLS key hash is `[i; 32]`.
 #[cfg(test)]
 pub(crate) fn test_registry(n: u8) -> Registry {
-    use membrane_consensus::registry::{ClusterConfig, GossipKey, NewNode, TokenRecord, X25519Public};
+    use membrane_consensus::registry::{
+        ClusterConfig, GossipKey, NewNode, TokenRecord, X25519Public,
+    };
     use membrane_consensus::Command;
     const HASH: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let node = |i: u8| NewNode {
@@ -310,14 +314,20 @@ mod tests {
             learners: &learners,
         };
         assert_eq!(identify(&peer(1, key(1)), &view).unwrap().role, Role::Voter);
-        assert_eq!(identify(&peer(3, key(3)), &view).unwrap().role, Role::Learner);
+        assert_eq!(
+            identify(&peer(3, key(3)), &view).unwrap().role,
+            Role::Learner
+        );
         let none = BTreeSet::new();
         let view = TrustView::Registry {
             registry: &r,
             voters: &none,
             learners: &none,
         };
-        assert_eq!(identify(&peer(2, key(2)), &view).unwrap().role, Role::Member);
+        assert_eq!(
+            identify(&peer(2, key(2)), &view).unwrap().role,
+            Role::Member
+        );
     }
 
     #[test]

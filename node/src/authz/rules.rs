@@ -156,7 +156,11 @@ mod tests {
                 assert!(
                     matches!(
                         raft(rpc, &caller(3, role), 2),
-                        Err(Denial::Impersonation { claimed: 2, caller: 3, .. })
+                        Err(Denial::Impersonation {
+                            claimed: 2,
+                            caller: 3,
+                            ..
+                        })
                     ),
                     "{rpc:?} {role:?}"
                 );
@@ -213,11 +217,19 @@ mod tests {
             assert_eq!(write(&remove_endpoint(4), &caller(4, role)), Ok(()));
             assert!(matches!(
                 write(&add_endpoint(1), &caller(4, role)),
-                Err(Denial::ForeignNode { named: 1, caller: 4, .. })
+                Err(Denial::ForeignNode {
+                    named: 1,
+                    caller: 4,
+                    ..
+                })
             ));
             assert!(matches!(
                 write(&remove_endpoint(1), &caller(4, role)),
-                Err(Denial::ForeignNode { named: 1, caller: 4, .. })
+                Err(Denial::ForeignNode {
+                    named: 1,
+                    caller: 4,
+                    ..
+                })
             ));
         }
     }
@@ -236,7 +248,9 @@ mod tests {
         };
         let admin = [
             Command::CreateToken { token },
-            Command::RevokeToken { id: "abcdef".into() },
+            Command::RevokeToken {
+                id: "abcdef".into(),
+            },
             Command::RemoveNode { id: 1 },
             Command::UseGossipKey { id: 2 },
             Command::RemoveGossipKey { id: 2 },
@@ -283,12 +297,16 @@ mod tests {
             Err(Denial::ForeignNode { named: 1, .. })
         ));
         std::mem::forget(hidden); // dropping 10,000 nested Vecs recurses; not what is tested
-        let mut bootstrap = Command::Batch(vec![Command::RemoveNode { id: 2 }]);
-        if let Command::Batch(v) = &mut bootstrap {
-            v.push(Command::Batch(vec![add_endpoint(3)]));
-        }
-        assert_eq!(write(&bootstrap, &caller(3, Role::Voter)), Ok(()));
-        assert!(write(&bootstrap, &caller(3, Role::Learner)).is_err());
+        // A voter-only command anywhere in a batch makes the batch voter-only.
+        let mixed = Command::Batch(vec![
+            Command::Batch(vec![add_endpoint(3)]),
+            Command::RemoveNode { id: 2 },
+        ]);
+        assert_eq!(write(&mixed, &caller(3, Role::Voter)), Ok(()));
+        assert!(matches!(
+            write(&mixed, &caller(3, Role::Learner)),
+            Err(Denial::NeedsVoter { command: "RemoveNode", .. })
+        ));
     }
 
     #[test]

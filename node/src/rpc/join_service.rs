@@ -99,7 +99,10 @@ impl JoinService {
         let (members, member_tls_key_sha256) = self.client.local(|r| {
             let members = r.nodes().map(|n| (n.id, n.rpc_addr.to_string())).collect();
             // The new node's join-time trust (crate::authz::join_trust).
-            let keys = r.nodes().map(|n| (n.id, n.tls_key_sha256.to_string())).collect();
+            let keys = r
+                .nodes()
+                .map(|n| (n.id, n.tls_key_sha256.to_string()))
+                .collect();
             (members, keys)
         });
         Ok(Response::new(JoinResponse {
