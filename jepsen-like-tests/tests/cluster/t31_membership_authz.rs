@@ -190,9 +190,6 @@ fn t31_a_removed_nodes_saved_certificate_is_refused_everywhere() -> anyhow::Resu
         }
         Ok(true)
     })?;
-    let terms_before: Vec<u64> = (1..=3)
-        .map(|i| Ok(c.status(i)?["term"].as_u64().unwrap_or(0)))
-        .collect::<anyhow::Result<_>>()?;
 
     let results = in_netns(&netns, move || -> anyhow::Result<Vec<_>> {
         runtime()?.block_on(async move {
@@ -228,11 +225,7 @@ fn t31_a_removed_nodes_saved_certificate_is_refused_everywhere() -> anyhow::Resu
             );
         }
     }
-    // Nothing the refused requests carried moved a term, and the cluster still works.
-    for i in 1..=3usize {
-        let term = c.status(i)?["term"].as_u64().unwrap_or(0);
-        assert!(term >= terms_before[i - 1]);
-    }
+    // The cluster still works without the removed node.
     c.cli(2, &["identity", "allocate", "app=after-t31"])?;
     Ok(())
 }
