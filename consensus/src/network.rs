@@ -13,7 +13,15 @@
 //! - anything else (bad payload, unexpected status) -> [`RPCError::Network`].
 //!
 //! TLS: the caller builds the [`ClientTlsConfig`] (mutual TLS with the cluster CA and this
-//! node's certificate) and the server's TLS; this module only uses them.
+//! node's certificate) and the server's TLS; this module only uses them, and makes each
+//! target's channel verify that target's own name, `node-<id>.membrane`
+//! ([`membrane_crypto::ca::node_server_name`]), so a certificate of another node is refused.
+//!
+//! Authorization: [`RaftService`] asks a [`RaftAuthorizer`] about every decoded request
+//! before openraft sees it, passing the node the request claims to come from (the leader of
+//! its vote, or the candidate); a refused request never reaches openraft, so it changes no
+//! vote and no log. The authorizer is the caller's (the agent's), so this crate stays free of
+//! registry lookups on the request path.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -108,7 +116,9 @@ impl Network {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
+            // Verify the node we mean to reach, not merely some node of the cluster.
+            let name = membrane_crypto::ca::node_server_name(target);
+            endpoint = endpoint.tls_config(tls.clone().domain_name(name))?;
         }
         let channel = endpoint.connect_lazy();
         channels.insert(target, (addr.to_string(), channel.clone()));
@@ -154,9 +164,9 @@ pub struct PeerClient {
     client: Result<RaftClient<Channel>, Arc<tonic::transport::Error>>,
 }
 
-/// Which RPC, for logs.
-#[derive(Clone, Copy, Debug)]
-enum Rpc {
+/// Which Raft RPC: for logs, and for [`RaftAuthorizer`] decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
     AppendEntries,
     Vote,
     InstallSnapshot,
@@ -263,16 +273,64 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
-/// Receives Raft RPCs from peers and hands them to the local Raft node.
+/// Decides whether a decoded Raft request may reach openraft.
+///
+/// `claimed` is the node the request speaks for: the leader id of the vote carried by an
+/// AppendEntries or InstallSnapshot, the candidate of a Vote. `extensions` are the gRPC
+/// request's, where the server's authentication layer left the caller's identity. Return a
+/// `Status` (normally PermissionDenied, saying why) to refuse.
+pub trait RaftAuthorizer: Send + Sync + 'static {
+    /// Accepts or refuses one request.
+    #[allow(clippy::result_large_err)]
+    fn authorize(
+        &self,
+        rpc: Rpc,
+        claimed: NodeId,
+        extensions: &tonic::Extensions,
+    ) -> Result<(), Status>;
+}
+
+/// Accepts every request. Only for tests on loopback, where nothing else can connect; the
+/// name says so at every use.
+#[derive(Clone, Copy, Debug)]
+pub struct AllowAllForTests;
+
+impl RaftAuthorizer for AllowAllForTests {
+    fn authorize(&self, _: Rpc, _: NodeId, _: &tonic::Extensions) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// Receives Raft RPCs from peers, has each one authorized, and hands it to the local Raft node.
 #[derive(Clone)]
 pub struct RaftService {
     raft: crate::Raft,
+    authorizer: Arc<dyn RaftAuthorizer>,
 }
 
 impl RaftService {
-    /// A service for `raft`.
-    pub fn new(raft: crate::Raft) -> Self {
-        Self { raft }
+    /// A service for `raft` that lets through only what `authorizer` accepts.
+    pub fn new(raft: crate::Raft, authorizer: Arc<dyn RaftAuthorizer>) -> Self {
+        Self { raft, authorizer }
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn authorize(
+        &self,
+        rpc: Rpc,
+        claimed: NodeId,
+        extensions: &tonic::Extensions,
+    ) -> Result<(), Status> {
+        self.authorizer
+            .authorize(rpc, claimed, extensions)
+            .inspect_err(|status| {
+                tracing::warn!(
+                    ?rpc,
+                    claimed,
+                    reason = status.message(),
+                    "Raft request refused"
+                );
+            })
     }
 
     /// The tonic server for this service, with message limits that fit Raft batches and
@@ -315,7 +373,13 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
+        let extensions = request.extensions().clone();
         let req: AppendEntriesRequest<TypeConfig> = decode_request(Rpc::AppendEntries, request)?;
+        self.authorize(
+            Rpc::AppendEntries,
+            req.vote.leader_id().node_id,
+            &extensions,
+        )?;
         let result = self.raft.append_entries(req).await;
         encode_response(Rpc::AppendEntries, &result)
     }
@@ -324,7 +388,9 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
+        let extensions = request.extensions().clone();
         let req: VoteRequest<NodeId> = decode_request(Rpc::Vote, request)?;
+        self.authorize(Rpc::Vote, req.vote.leader_id().node_id, &extensions)?;
         let result = self.raft.vote(req).await;
         encode_response(Rpc::Vote, &result)
     }
@@ -333,8 +399,14 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, Status> {
+        let extensions = request.extensions().clone();
         let req: InstallSnapshotRequest<TypeConfig> =
             decode_request(Rpc::InstallSnapshot, request)?;
+        self.authorize(
+            Rpc::InstallSnapshot,
+            req.vote.leader_id().node_id,
+            &extensions,
+        )?;
         let result = self.raft.install_snapshot(req).await;
         encode_response(Rpc::InstallSnapshot, &result)
     }

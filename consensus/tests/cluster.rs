@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use membrane_consensus::network::{Network, RaftService};
+use membrane_consensus::network::{AllowAllForTests, Network, RaftAuthorizer, RaftService, Rpc};
 use membrane_consensus::registry::{Command, Response};
 use membrane_consensus::store::{self, RegistryHandle};
 use membrane_consensus::{NodeId, Raft};
@@ -60,6 +60,16 @@ struct TestNode {
 impl TestNode {
     /// Opens the store in `dir` and serves Raft on `listener`.
     async fn start(id: NodeId, listener: TcpListener, dir: &Path) -> TestNode {
+        Self::start_with(id, listener, dir, Arc::new(AllowAllForTests)).await
+    }
+
+    /// Like [`TestNode::start`], with Raft requests gated by `authorizer`.
+    async fn start_with(
+        id: NodeId,
+        listener: TcpListener,
+        dir: &Path,
+        authorizer: Arc<dyn RaftAuthorizer>,
+    ) -> TestNode {
         let addr = listener.local_addr().expect("local addr");
         let (log, sm) = store::open(dir).expect("open store");
         let registry = sm.registry();
@@ -67,7 +77,7 @@ impl TestNode {
             .await
             .expect("start raft");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let service = RaftService::new(raft.clone()).into_server();
+        let service = RaftService::new(raft.clone(), authorizer).into_server();
         let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(service)
@@ -364,6 +374,76 @@ async fn t30_bad_payload_is_invalid_argument_and_remote_errors_come_back() {
             }
             other => panic!("expected a remote error, got {other:?}"),
         }
+        n.stop_server().await;
+    })
+    .await;
+}
+
+/// Accepts only requests claiming to come from `allowed`: a gate whose answer the test knows.
+struct OnlyFrom {
+    allowed: NodeId,
+}
+
+impl RaftAuthorizer for OnlyFrom {
+    fn authorize(
+        &self,
+        _rpc: Rpc,
+        claimed: NodeId,
+        _: &tonic::Extensions,
+    ) -> Result<(), tonic::Status> {
+        if claimed == self.allowed {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "node {claimed} may not"
+            )))
+        }
+    }
+}
+
+#[tokio::test]
+async fn t40_a_refused_vote_never_reaches_openraft() {
+    bounded(async {
+        let dir = TempDir::new().expect("temp dir");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut n =
+            TestNode::start_with(1, listener, dir.path(), Arc::new(OnlyFrom { allowed: 7 })).await;
+        let before = n.raft.metrics().borrow().vote;
+
+        let mut network = Network::plaintext();
+        let mut client = network
+            .new_client(1, &BasicNode::new(n.addr.to_string()))
+            .await;
+        let option = || RPCOption::new(Duration::from_secs(5));
+        // Candidate 9 (vote_request) is refused as a network error carrying the denial...
+        let err = client
+            .vote(vote_request(), option())
+            .await
+            .expect_err("candidate 9 is refused");
+        assert!(
+            matches!(&err, RPCError::Network(e) if e.to_string().contains("node 9 may not")),
+            "{err:?}"
+        );
+        assert_eq!(
+            n.raft.metrics().borrow().vote,
+            before,
+            "a refused vote moved the vote"
+        );
+
+        // ...and the same request from candidate 7 is granted, so the gate was the reason.
+        let resp = client
+            .vote(
+                VoteRequest {
+                    vote: Vote::new(1, 7),
+                    last_log_id: None,
+                },
+                option(),
+            )
+            .await
+            .expect("vote served");
+        assert!(resp.vote_granted, "{resp:?}");
+        assert_eq!(n.raft.metrics().borrow().vote, Vote::new(1, 7));
+        n.raft.shutdown().await.expect("shutdown");
         n.stop_server().await;
     })
     .await;

@@ -6,10 +6,12 @@
 //! SubjectPublicKeyInfo (the kubeadm `--discovery-token-ca-cert-hash` convention), printed by
 //! `membrane init` as `sha256:<64 hex>`; see [`crate::tls::pinned_ca_client_config`].
 //!
-//! Node certificates all carry the DNS name [`NODE_SERVER_NAME`], so a client verifies "this
-//! is some node of my cluster" without knowing the address-to-node mapping, plus
-//! `node-<id>.membrane`; the subject common name `node-<id>` tells a server which node is
-//! calling ([`node_id_from_cert_der`]).
+//! Node certificates carry the DNS name `node-<id>.membrane` ([`node_server_name`]): a member
+//! dialling node N verifies that name, so one node's certificate cannot impersonate another.
+//! They also carry [`NODE_SERVER_NAME`], verified only by a joining node, which knows an
+//! address but not yet which node answers it (and pins the CA instead). The subject common
+//! name `node-<id>` and the SPKI hash tell a server which node is calling
+//! ([`cert_peer_of_der`]); the server then compares them with the registry.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -24,8 +26,9 @@ use zeroize::Zeroizing;
 
 use crate::CryptoError;
 
-/// The DNS name every node certificate carries and every client verifies servers against,
-/// like Consul's `server.<dc>.consul`.
+/// The DNS name every node certificate carries, verified only by a joining node's pinned-CA
+/// client ([`crate::tls::pinned_ca_client_config`]), which cannot know the node id yet.
+/// Members verify [`node_server_name`] instead.
 pub const NODE_SERVER_NAME: &str = "node.membrane";
 
 /// Prefix of the textual CA hash.
@@ -192,7 +195,7 @@ impl ClusterCa {
         params.distinguished_name = dn;
         params.subject_alt_names = vec![
             dns_san(NODE_SERVER_NAME)?,
-            dns_san(&format!("node-{node_id}.membrane"))?,
+            dns_san(&node_server_name(node_id))?,
         ];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -311,6 +314,54 @@ pub fn node_id_from_cert_der(der: &[u8]) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// The DNS name a client verifies when it dials node `node_id`: `node-<id>.membrane`, carried
+/// as a subject alternative name by every node certificate since the first release.
+pub fn node_server_name(node_id: u64) -> String {
+    format!("node-{node_id}.membrane")
+}
+
+/// Who a verified node certificate says its holder is: the node id and the SHA-256 of its
+/// SubjectPublicKeyInfo (the form `NodeRecord.tls_key_sha256` records at admission).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CertPeer {
+    /// From the common name `node-<id>`, confirmed by the DNS name `node-<id>.membrane`.
+    pub node_id: u64,
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo DER.
+    pub spki_sha256: [u8; 32],
+}
+
+/// Reads the [`CertPeer`] of a node certificate that already chained to the cluster CA.
+///
+/// The common name must be `node-<id>` and the DNS names must include
+/// [`node_server_name`]`(id)`: a certificate whose two names disagree is refused rather than
+/// read either way.
+pub fn cert_peer_of_der(der: &[u8]) -> Result<CertPeer, CryptoError> {
+    let bad = |reason: String| CryptoError::InvalidCertificate { reason };
+    let node_id = node_id_from_cert_der(der).ok_or_else(|| {
+        bad("its subject common name is not `node-<id>`; it is not a node certificate".into())
+    })?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| bad(format!("cannot parse DER X.509: {e}")))?;
+    let want = node_server_name(node_id);
+    let names_match = cert
+        .subject_alternative_name()
+        .map_err(|e| bad(format!("bad subject alternative name extension: {e}")))?
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(
+                |n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == want),
+            )
+        });
+    if !names_match {
+        return Err(bad(format!(
+            "its common name says node {node_id} but its DNS names do not include {want}"
+        )));
+    }
+    Ok(CertPeer {
+        node_id,
+        spki_sha256: Sha256::digest(cert.public_key().raw).into(),
+    })
 }
 
 fn node_common_name(node_id: u64) -> String {
@@ -601,6 +652,46 @@ mod tests {
 
         assert_eq!(node_id_from_cert_der(&der), Some(42));
         assert_eq!(node_id_from_cert_der(ca.cert_der()), None);
+    }
+
+    #[test]
+    fn cert_peer_names_the_node_and_fingerprints_its_key() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let (_d, keys) = node_keys();
+        let der = pem_to_der(&ca.sign_node_csr(&keys.csr_der("n").unwrap(), 7).unwrap());
+        let peer = cert_peer_of_der(&der).unwrap();
+        assert_eq!(peer.node_id, 7);
+        // The same fingerprint the registry records at admission.
+        assert_eq!(hex::encode(peer.spki_sha256), keys.tls_public_key_sha256());
+        assert_eq!(node_server_name(7), "node-7.membrane");
+    }
+
+    #[test]
+    fn cert_peer_refuses_certificates_whose_names_disagree() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = |cn: &str, sans: &[&str]| {
+            let mut params = CertificateParams::default();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            params.distinguished_name = dn;
+            params.subject_alt_names = sans.iter().map(|s| dns_san(s).unwrap()).collect();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let ok = cert("node-3", &["node.membrane", "node-3.membrane"]);
+        assert_eq!(cert_peer_of_der(&ok).unwrap().node_id, 3);
+        for (cn, sans) in [
+            ("node-3", &["node.membrane", "node-2.membrane"][..]),
+            ("node-3", &["node.membrane"][..]),
+            ("node-3", &[][..]),
+            ("worker", &["node-3.membrane"][..]),
+        ] {
+            let err = cert_peer_of_der(&cert(cn, sans)).unwrap_err();
+            assert!(
+                matches!(err, CryptoError::InvalidCertificate { .. }),
+                "{cn} {sans:?}: {err}"
+            );
+        }
+        assert!(cert_peer_of_der(b"\x30\x03\x02\x01\x00").is_err());
     }
 
     #[test]

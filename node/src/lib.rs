@@ -8,6 +8,9 @@ pub mod cli;
 pub mod cni;
 mod init;
 
+// Who may call what on the node RPC server (docs/security.md).
+pub mod authz;
+
 // The wings, one capability each (docs/architecture.md).
 pub mod cluster;
 pub mod endpoints;

@@ -6,6 +6,7 @@
 //!   tls/ca.crt, tls/node.crt        cluster CA and this node's certificate
 //!   node.json                       who this node is in which cluster
 //!   bootstrap.json                  only between `membrane init` and the first agent start
+//!   join-trust.json                 member key hashes from the join (crate::authz::join_trust)
 //!   raft/                           Raft log, vote and snapshots (sled)
 //! ```
 //! Every read of a file that exists but cannot be understood is an error naming the file and

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use membrane_crypto::ca::NODE_SERVER_NAME;
+use membrane_crypto::ca::{node_server_name, NODE_SERVER_NAME};
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
-use tonic::{Request, Status};
 
 /// TLS material of a node that has joined.
 #[derive(Clone)]
@@ -24,7 +23,7 @@ impl NodeTls {
     /// Server side: presents [node cert, CA] (a joining node pins the CA from this chain) and
     /// asks for a client certificate from the cluster CA. The certificate is optional at the
     /// TLS layer only so that `Join` can be reached without one; every other service is
-    /// wrapped in [`require_node_certificate`].
+    /// wrapped in [`crate::authz::Authenticator`].
     pub fn server_config(&self) -> ServerTlsConfig {
         let chain = format!("{}\n{}", self.cert_pem.trim_end(), self.ca_pem);
         ServerTlsConfig::new()
@@ -33,34 +32,23 @@ impl NodeTls {
             .client_auth_optional(true)
     }
 
-    /// Client side: trusts only the cluster CA, presents this node's certificate.
+    /// Client side: trusts only the cluster CA, presents this node's certificate. The server
+    /// name is set per target (`node-<id>.membrane`) by whoever dials: [`NodeTls::channel`],
+    /// and the Raft network for each target.
     pub fn client_config(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(NODE_SERVER_NAME)
     }
 
-    /// A lazily connecting channel to a peer node.
-    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// A lazily connecting channel to node `node_id` at `addr`; the server must present
+    /// node `node_id`'s certificate, so another node's cannot stand in for it.
+    pub fn channel(&self, addr: &str, node_id: u64) -> Result<Channel, tonic::transport::Error> {
         Ok(Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(self.client_config())?
+            .tls_config(self.client_config().domain_name(node_server_name(node_id)))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(15))
             .connect_lazy())
-    }
-}
-
-/// Interceptor for every node RPC except `Join`: the TLS layer has already verified any
-/// certificate presented against the cluster CA, so what is left is to refuse callers that
-/// presented none.
-#[allow(clippy::result_large_err)]
-pub fn require_node_certificate(req: Request<()>) -> Result<Request<()>, Status> {
-    match req.peer_certs() {
-        Some(certs) if !certs.is_empty() => Ok(req),
-        _ => Err(Status::unauthenticated(
-            "this RPC needs a node certificate issued by the cluster CA; join the cluster first",
-        )),
     }
 }
 

@@ -9,6 +9,7 @@ mod t13_node_remove;
 mod t14_join_via_follower;
 mod t20_join_refused;
 mod t30_untrusted_peer;
+mod t31_membership_authz;
 mod t40_leader_kill;
 mod t41_whole_cluster_kill;
 mod t42_leader_pause;

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 pub use crate::rpc::JoinArgs;
 pub use api::{join_command, DEFAULT_TOKEN_TTL_SECS, DEFAULT_TOKEN_USES};
 
+use crate::authz::{Authenticator, JoinTrust, RaftGate};
 use crate::cluster::api::ClusterApi;
 use crate::cluster::{autopilot, gossip};
 use crate::datapath::{self, NodeDatapath};
@@ -37,7 +38,7 @@ use crate::policy::apply::PolicySync;
 use crate::registry::RegistryClient;
 use crate::rpc::{bootstrap, cluster_service, join, join_service};
 use crate::state::StateDir;
-use crate::transport::{require_node_certificate, NodeTls};
+use crate::transport::NodeTls;
 
 /// How an agent is started.
 pub struct AgentOptions {
@@ -130,6 +131,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow!("cannot start raft: {e}"))?;
     let client = Arc::new(RegistryClient::new(raft.clone(), registry, tls.clone()));
+    let authenticator = Authenticator {
+        client: client.clone(),
+        join_trust: Arc::new(JoinTrust::load(state.root())?),
+    };
 
     // Node RPC server.
     let listen = match opts.listen {
@@ -154,16 +159,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }))
         .add_service(InterceptedService::new(
             // Snapshots can exceed tonic's default 4 MiB message limit.
-            RaftServer::new(RaftService::new(raft.clone()))
+            RaftServer::new(RaftService::new(raft.clone(), Arc::new(RaftGate)))
                 .max_decoding_message_size(membrane_consensus::network::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(membrane_consensus::network::MAX_MESSAGE_BYTES),
-            require_node_certificate,
+            authenticator.clone(),
         ))
         .add_service(ClusterServer::with_interceptor(
             cluster_service::ClusterService {
                 client: client.clone(),
             },
-            require_node_certificate,
+            authenticator,
         ))
         // Nagle off: Raft and forwarded writes are small request/response messages, and
         // Nagle against delayed ACKs stalls them by 40 ms.

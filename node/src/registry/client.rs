@@ -119,7 +119,8 @@ pub struct RegistryClient {
 /// Where the leader is, for one attempt.
 enum Target {
     Here,
-    Peer(String),
+    /// The leader's node id and address.
+    Peer(u64, String),
 }
 
 /// A write waiting to join a batch.
@@ -133,7 +134,8 @@ pub struct Inner {
     raft: Raft,
     registry: RegistryHandle,
     tls: NodeTls,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// By (node id, address): each channel verifies that node's certificate.
+    channels: Mutex<HashMap<(u64, String), Channel>>,
 }
 
 impl RegistryClient {
@@ -252,7 +254,7 @@ impl Inner {
         self.at_leader(|target| async {
             match target {
                 Target::Here => self.write_as_leader(cmd.clone()).await,
-                Target::Peer(addr) => self.forward_write(&addr, &cmd).await,
+                Target::Peer(id, addr) => self.forward_write(id, &addr, &cmd).await,
             }
         })
         .await
@@ -263,7 +265,7 @@ impl Inner {
         self.at_leader(|target| async {
             match target {
                 Target::Here => self.query_as_leader(&query).await,
-                Target::Peer(addr) => self.forward_query(&addr, &query).await,
+                Target::Peer(id, addr) => self.forward_query(id, &addr, &query).await,
             }
         })
         .await
@@ -280,7 +282,7 @@ impl Inner {
         loop {
             let result = match self.leader().await {
                 Some((id, _)) if id == self.own_id() => attempt(Target::Here).await,
-                Some((_, addr)) => attempt(Target::Peer(addr)).await,
+                Some((id, addr)) => attempt(Target::Peer(id, addr)).await,
                 None => Err(ClientError::NotLeader),
             };
             match result {
@@ -355,29 +357,40 @@ impl Inner {
         Some((id, addr))
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+    fn channel(&self, id: u64, addr: &str) -> Result<Channel, ClientError> {
         let mut channels = self.channels.lock().expect("channel cache lock");
-        if let Some(c) = channels.get(addr) {
+        let key = (id, addr.to_string());
+        if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
         let c = self
             .tls
-            .channel(addr)
+            .channel(addr, id)
             .map_err(|e| ClientError::Forward(e.to_string()))?;
-        channels.insert(addr.to_string(), c.clone());
+        channels.insert(key, c.clone());
         Ok(c)
     }
 
-    async fn forward_write(&self, addr: &str, cmd: &Command) -> Result<Response, ClientError> {
-        let mut client = ClusterClient::new(self.channel(addr)?);
+    async fn forward_write(
+        &self,
+        id: u64,
+        addr: &str,
+        cmd: &Command,
+    ) -> Result<Response, ClientError> {
+        let mut client = ClusterClient::new(self.channel(id, addr)?);
         match client.write(ForwardRequest { data: encode(cmd) }).await {
             Ok(resp) => decode(&resp.into_inner().data),
             Err(status) => Err(status_to_error(status)),
         }
     }
 
-    async fn forward_query(&self, addr: &str, query: &Query) -> Result<QueryResult, ClientError> {
-        let mut client = ClusterClient::new(self.channel(addr)?);
+    async fn forward_query(
+        &self,
+        id: u64,
+        addr: &str,
+        query: &Query,
+    ) -> Result<QueryResult, ClientError> {
+        let mut client = ClusterClient::new(self.channel(id, addr)?);
         match client
             .read(ForwardRequest {
                 data: encode(query),

@@ -61,6 +61,11 @@ pub async fn join(
     }
     let cluster_id = u8::try_from(resp.cluster_id)
         .map_err(|_| anyhow!("cluster id {} out of range", resp.cluster_id))?;
+    // Before the identity: a node with an identity but no trust could never catch up.
+    let trust =
+        crate::authz::JoinTrust::from_hex_map(resp.member_tls_key_sha256.into_iter().collect())
+            .context("the member key hashes in the join response")?;
+    trust.save(state.root())?;
     state.write_certificates(&resp.ca_cert_pem, &resp.node_cert_pem)?;
     let identity = NodeIdentity {
         cluster_id,

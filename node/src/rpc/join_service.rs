@@ -96,9 +96,15 @@ impl JoinService {
         let cert_pem = ca
             .sign_node_csr(&req.csr_der, node.id)
             .map_err(|e| Status::internal(format!("signing the node certificate failed: {e}")))?;
-        let members = self
-            .client
-            .local(|r| r.nodes().map(|n| (n.id, n.rpc_addr.to_string())).collect());
+        let (members, member_tls_key_sha256) = self.client.local(|r| {
+            let members = r.nodes().map(|n| (n.id, n.rpc_addr.to_string())).collect();
+            // The new node's join-time trust (crate::authz::join_trust).
+            let keys = r
+                .nodes()
+                .map(|n| (n.id, n.tls_key_sha256.to_string()))
+                .collect();
+            (members, keys)
+        });
         Ok(Response::new(JoinResponse {
             node_id: node.id,
             cluster_id: u32::from(config.cluster_id),
@@ -107,6 +113,7 @@ impl JoinService {
             node_cert_pem: cert_pem,
             pod_cidr: node.pod_cidr.to_string(),
             members,
+            member_tls_key_sha256,
         }))
     }
 }
