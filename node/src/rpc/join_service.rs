@@ -110,3 +110,12 @@ impl JoinService {
         }))
     }
 }
+
+/// How this node admits others.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JoinPolicy {
+    /// Admit a node whose advertised IP is not the address its join came from (NAT).
+    pub allow_any_addr: bool,
+    /// Failed joins per source address.
+    pub limits: crate::rpc::rate_limit::Limits,
+}

@@ -6,5 +6,6 @@ pub mod bootstrap;
 pub mod cluster_service;
 pub mod join;
 pub mod join_service;
+pub mod rate_limit;
 
 pub use join::JoinArgs;
