@@ -154,11 +154,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; is another agent running?"))?;
+    let join_counters = Arc::new(join_service::JoinCounters::default());
     let node_server = tonic::transport::Server::builder()
         .tls_config(tls.server_config())?
-        .add_service(JoinServer::new(join_service::JoinService {
-            client: client.clone(),
-        }))
+        .add_service(JoinServer::new(join_service::JoinService::new(
+            client.clone(),
+            Arc::new(crate::rpc::ca_source::LegacyRegistryCa {
+                client: client.clone(),
+            }),
+            tls.clone(),
+            opts.join_policy,
+            join_counters.clone(),
+        )))
         .add_service(InterceptedService::new(
             // Snapshots can exceed tonic's default 4 MiB message limit.
             RaftServer::new(RaftService::new(raft.clone()))
@@ -207,6 +214,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 endpoints: endpoints_slot.clone(),
                 monitor: telemetry.monitor.clone(),
                 enforced_revision: telemetry.enforced_revision.clone(),
+                join: join_counters.clone(),
             },
         ));
     }
