@@ -70,7 +70,7 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
         pod_pool: opts.pod_cidr,
         node_prefix_len: opts.node_cidr_size,
         ca_cert_pem: ca.cert_pem().to_string(),
-        ca_key_pem: ca.key_pem().to_string(),
+        legacy_ca_key_pem: ca.key_pem().to_string(),
         created_at: now,
     };
     config.validate().map_err(|e| anyhow!("{e}"))?;

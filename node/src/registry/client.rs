@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use membrane_consensus::registry::Registry;
+use membrane_consensus::registry::{BatchItem, Registry};
 use membrane_consensus::store::RegistryHandle;
 use membrane_consensus::{Command, Raft, RegistryError, Response};
 use membrane_proto::v1::cluster_client::ClusterClient;
@@ -145,6 +145,15 @@ impl RegistryClient {
 
     /// Proposes a command, wherever the leader is. A refusal by the registry is `Refused`.
     pub async fn write(&self, cmd: Command) -> Result<Response, ClientError> {
+        // Refused here, before it joins a batch; the leader checks again.
+        cmd.check_limits().map_err(ClientError::Refused)?;
+        if matches!(cmd, Command::Batch(_)) {
+            // Already a batch: it goes alone, since a batch cannot hold one.
+            return match self.inner.propose(cmd).await {
+                Ok(Response::Err(e)) => Err(ClientError::Refused(e)),
+                other => other,
+            };
+        }
         let (done, rx) = oneshot::channel();
         self.batches
             .send(Pending { cmd, done })
@@ -197,10 +206,15 @@ async fn dispatch(inner: &Inner, batch: Vec<Pending>) {
         let cmd = cmds.into_iter().next().expect("one command");
         inner.propose(cmd).await.map(|r| vec![r])
     } else {
-        match inner.propose(Command::Batch(cmds)).await {
-            Ok(Response::Batch(v)) if v.len() == n => Ok(v),
-            Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
-            Err(e) => Err(e),
+        // `write` never queues a batch, so every command is a batch item.
+        let items: Result<Vec<BatchItem>, _> = cmds.into_iter().map(BatchItem::try_from).collect();
+        match items {
+            Ok(items) => match inner.propose(Command::Batch(items)).await {
+                Ok(Response::Batch(v)) if v.len() == n => Ok(v),
+                Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
+                Err(e) => Err(e),
+            },
+            Err(_) => Err(ClientError::Decode("a batch cannot hold a batch".into())),
         }
     };
     match result {
@@ -281,7 +295,15 @@ impl Inner {
     }
 
     /// Proposes on this node, which must be the leader (used by the `Cluster.Write` RPC).
-    pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, ClientError> {
+    /// Times in the command are replaced by the leader's clock here, so that a follower's
+    /// (or a joining node's) clock cannot stretch a token's life; a command over the size
+    /// limits is refused (in the response, as the registry's refusals are) before it can
+    /// become a log entry.
+    pub async fn write_as_leader(&self, mut cmd: Command) -> Result<Response, ClientError> {
+        cmd.stamp_time(crate::clock::unix_now());
+        if let Err(e) = cmd.check_limits() {
+            return Ok(Response::Err(e));
+        }
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
