@@ -52,6 +52,29 @@ pub const IDENTITY_FIRST_LOCAL: u32 = 256;
 /// Last locally allocated number (low 16 bits).
 pub const IDENTITY_MAX_LOCAL: u32 = 0xFFFF;
 
+/// Most distinct identities one node's API may hold references on (`AllocateIdentityFor`),
+/// so that no single caller can exhaust the cluster's 65,280 numbers.
+pub const MAX_API_IDENTITIES_PER_NODE: usize = 1024;
+
+/// `(node, identity) -> count` as a list in serde: JSON has no tuple keys.
+pub(super) mod refs_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<(u64, u32), u32>, s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<(u64, u32, u32)> = m.iter().map(|((n, i), c)| (*n, *i, *c)).collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(u64, u32), u32>, D::Error> {
+        let v = Vec::<(u64, u32, u32)>::deserialize(d)?;
+        Ok(v.into_iter().map(|(n, i, c)| ((n, i), c)).collect())
+    }
+}
+
 /// One allocated identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRecord {
@@ -209,21 +232,136 @@ impl Registry {
         labels: LabelSet,
     ) -> Result<Response, RegistryError> {
         self.config()?;
+        labels.check_size()?;
         let (identity, created) = self.identities.allocate(labels)?;
         Ok(Response::Identity { identity, created })
     }
 
+    /// Drops one anonymous reference (one taken by `AllocateIdentity`). References that
+    /// endpoints or a node's API hold are not anonymous: releasing one of those would take
+    /// the identity away from endpoints that still carry its number.
     pub(super) fn release_identity(
         &mut self,
         labels: &LabelSet,
     ) -> Result<Response, RegistryError> {
         self.config()?;
+        let rec = self
+            .identities
+            .by_labels(labels)
+            .ok_or_else(|| RegistryError::IdentityNotFound {
+                labels: labels.to_string(),
+            })?;
+        let held = self.held_references(rec.id);
+        if rec.references <= held {
+            return Err(RegistryError::IdentityInUse {
+                id: rec.id,
+                labels: labels.to_string(),
+                held,
+            });
+        }
         let (id, references) = self.identities.release(labels)?;
         Ok(Response::Released {
             id,
             references,
             removed: references == 0,
         })
+    }
+
+    /// References on `id` that endpoints and nodes' API hold.
+    fn held_references(&self, id: u32) -> u64 {
+        let endpoints = self.endpoints.iter().filter(|e| e.identity == id).count() as u64;
+        let api: u64 = self
+            .api_identity_refs
+            .iter()
+            .filter(|((_, i), _)| *i == id)
+            .map(|(_, c)| u64::from(*c))
+            .sum();
+        endpoints + api
+    }
+
+    /// Takes a reference for node `node_id`'s API, within its quota of distinct identities.
+    pub(super) fn allocate_identity_for(
+        &mut self,
+        labels: LabelSet,
+        node_id: u64,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        labels.check_size()?;
+        if !self.nodes.contains_key(&node_id) {
+            return Err(RegistryError::NodeNotFound { id: node_id });
+        }
+        let already = self
+            .identities
+            .by_labels(&labels)
+            .is_some_and(|rec| self.api_identity_refs.contains_key(&(node_id, rec.id)));
+        if !already {
+            let held = self
+                .api_identity_refs
+                .range((node_id, 0)..=(node_id, u32::MAX))
+                .count();
+            if held >= MAX_API_IDENTITIES_PER_NODE {
+                return Err(RegistryError::IdentityQuotaExceeded {
+                    node_id,
+                    limit: MAX_API_IDENTITIES_PER_NODE,
+                });
+            }
+        }
+        let (identity, created) = self.identities.allocate(labels)?;
+        *self
+            .api_identity_refs
+            .entry((node_id, identity.id))
+            .or_insert(0) += 1;
+        Ok(Response::Identity { identity, created })
+    }
+
+    /// Drops one reference that node `node_id`'s API took, and only such a reference.
+    pub(super) fn release_identity_for(
+        &mut self,
+        labels: &LabelSet,
+        node_id: u64,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        let id = self
+            .identities
+            .by_labels(labels)
+            .ok_or_else(|| RegistryError::IdentityNotFound {
+                labels: labels.to_string(),
+            })?
+            .id;
+        let Some(count) = self.api_identity_refs.get_mut(&(node_id, id)) else {
+            return Err(RegistryError::IdentityNotHeld {
+                node_id,
+                labels: labels.to_string(),
+            });
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.api_identity_refs.remove(&(node_id, id));
+        }
+        let (id, references) = self.identities.release(labels)?;
+        Ok(Response::Released {
+            id,
+            references,
+            removed: references == 0,
+        })
+    }
+
+    /// Releases every reference node `node_id`'s API holds (the node is being removed).
+    pub(super) fn drop_api_identity_refs(&mut self, node_id: u64) {
+        let held: Vec<((u64, u32), u32)> = self
+            .api_identity_refs
+            .range((node_id, 0)..=(node_id, u32::MAX))
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        for (key, count) in held {
+            self.api_identity_refs.remove(&key);
+            let Some(labels) = self.identities.get(key.1).map(|r| r.labels.clone()) else {
+                continue;
+            };
+            for _ in 0..count {
+                let _ = self.identities.release(&labels);
+            }
+        }
     }
 }
 
@@ -367,5 +505,128 @@ mod tests {
         refused(&mut r, Command::ReleaseIdentity { labels }, |e| {
             matches!(e, RegistryError::IdentityNotFound { .. })
         });
+    }
+
+    #[test]
+    fn t42_release_never_drops_references_that_endpoints_hold() {
+        use crate::registry::test_support::{added, new_endpoint};
+        let mut r = bootstrapped();
+        let web = labels("app=web");
+        let (ep, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        refused(
+            &mut r,
+            Command::ReleaseIdentity {
+                labels: web.clone(),
+            },
+            |e| matches!(e, RegistryError::IdentityInUse { held: 1, .. }),
+        );
+        // An anonymous reference on top may be released, down to the endpoint's.
+        r.apply(Command::AllocateIdentity {
+            labels: web.clone(),
+        });
+        assert!(matches!(
+            r.apply(Command::ReleaseIdentity {
+                labels: web.clone()
+            }),
+            Response::Released { references: 1, .. }
+        ));
+        refused(&mut r, Command::ReleaseIdentity { labels: web }, |e| {
+            matches!(e, RegistryError::IdentityInUse { .. })
+        });
+        assert_eq!(r.identity(ep.identity).unwrap().references, 1);
+        let msg = RegistryError::IdentityInUse {
+            id: 1,
+            labels: "a=b".into(),
+            held: 1,
+        }
+        .to_string();
+        assert!(msg.contains("remove those endpoints"), "{msg}");
+    }
+
+    #[test]
+    fn t43_api_references_are_counted_per_node_and_released_only_by_it() {
+        use crate::registry::test_support::signed_node;
+        let mut r = bootstrapped();
+        let n2 = signed_node(&mut r, "n2");
+        let web = labels("app=web");
+        let alloc = |node_id| Command::AllocateIdentityFor {
+            labels: web.clone(),
+            node_id,
+        };
+        let release = |node_id| Command::ReleaseIdentityFor {
+            labels: web.clone(),
+            node_id,
+        };
+        assert!(matches!(r.apply(alloc(1)), Response::Identity { created: true, .. }));
+        assert!(matches!(r.apply(alloc(1)), Response::Identity { .. }));
+        assert!(matches!(r.apply(alloc(n2.id)), Response::Identity { .. }));
+        assert_eq!(r.identity_by_labels(&web).unwrap().references, 3);
+        // Neither the anonymous release nor a node that took nothing can drop them.
+        refused(
+            &mut r,
+            Command::ReleaseIdentity {
+                labels: web.clone(),
+            },
+            |e| matches!(e, RegistryError::IdentityInUse { held: 3, .. }),
+        );
+        refused(&mut r, release(9), |e| {
+            matches!(e, RegistryError::IdentityNotHeld { node_id: 9, .. })
+        });
+        refused(&mut r, alloc(9), |e| {
+            matches!(e, RegistryError::NodeNotFound { id: 9 })
+        });
+        assert!(matches!(
+            r.apply(release(1)),
+            Response::Released { references: 2, .. }
+        ));
+        // Removing node 2 drops its reference; node 1 keeps its own.
+        r.apply(Command::RemoveNode { id: n2.id })
+            .into_result()
+            .unwrap();
+        assert_eq!(r.identity_by_labels(&web).unwrap().references, 1);
+        assert!(matches!(
+            r.apply(release(1)),
+            Response::Released { removed: true, .. }
+        ));
+        refused(&mut r, release(1), |e| {
+            matches!(e, RegistryError::IdentityNotFound { .. })
+        });
+    }
+
+    #[test]
+    fn t44_the_per_node_quota_counts_distinct_identities() {
+        let mut r = bootstrapped();
+        for i in 0..MAX_API_IDENTITIES_PER_NODE {
+            r.apply(Command::AllocateIdentityFor {
+                labels: labels(&format!("n={i}")),
+                node_id: 1,
+            })
+            .into_result()
+            .unwrap();
+        }
+        refused(
+            &mut r,
+            Command::AllocateIdentityFor {
+                labels: labels("n=one-more"),
+                node_id: 1,
+            },
+            |e| {
+                matches!(
+                    e,
+                    RegistryError::IdentityQuotaExceeded {
+                        node_id: 1,
+                        limit: MAX_API_IDENTITIES_PER_NODE
+                    }
+                )
+            },
+        );
+        // Another reference on one it holds is not a new identity.
+        assert!(matches!(
+            r.apply(Command::AllocateIdentityFor {
+                labels: labels("n=0"),
+                node_id: 1,
+            }),
+            Response::Identity { created: false, .. }
+        ));
     }
 }

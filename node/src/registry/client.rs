@@ -63,21 +63,28 @@ impl From<ClientError> for tonic::Status {
                 | RegistryError::TokenExpired { .. }
                 | RegistryError::TokenRevoked { .. }
                 | RegistryError::TokenUsedUp { .. }
-                | RegistryError::TokenSecretMismatch { .. },
+                | RegistryError::TokenSecretMismatch { .. }
+                | RegistryError::JoinRefused
+                | RegistryError::NodeRevoked { .. }
+                | RegistryError::NodeKeyMismatch { .. },
             ) => tonic::Status::permission_denied(e.to_string()),
             ClientError::Refused(
                 RegistryError::InvalidLabels(_)
                 | RegistryError::InvalidToken(_)
                 | RegistryError::InvalidEndpoint(_)
                 | RegistryError::InvalidPolicy(_)
-                | RegistryError::InvalidClusterConfig(_),
+                | RegistryError::InvalidClusterConfig(_)
+                | RegistryError::InvalidRpcAddr { .. }
+                | RegistryError::InvalidCertificate(_)
+                | RegistryError::CommandTooLarge(_),
             ) => tonic::Status::invalid_argument(e.to_string()),
             ClientError::Refused(RegistryError::EndpointConflict(_)) => {
                 tonic::Status::already_exists(e.to_string())
             }
             ClientError::Refused(
                 RegistryError::EndpointAddressesExhausted { .. }
-                | RegistryError::IdentitySpaceExhausted { .. },
+                | RegistryError::IdentitySpaceExhausted { .. }
+                | RegistryError::IdentityQuotaExceeded { .. },
             ) => tonic::Status::resource_exhausted(e.to_string()),
             ClientError::Refused(
                 RegistryError::IdentityNotFound { .. }
@@ -206,15 +213,16 @@ async fn dispatch(inner: &Inner, batch: Vec<Pending>) {
         let cmd = cmds.into_iter().next().expect("one command");
         inner.propose(cmd).await.map(|r| vec![r])
     } else {
-        // `write` never queues a batch, so every command is a batch item.
-        let items: Result<Vec<BatchItem>, _> = cmds.into_iter().map(BatchItem::try_from).collect();
-        match items {
+        // Batches are flat by type: a queued write that is itself a batch cannot ride in one.
+        match cmds.into_iter().map(BatchItem::try_from).collect() {
+            Err(_) => Err(ClientError::Refused(RegistryError::CommandTooLarge(
+                "a batch cannot hold a batch; write its commands one by one".into(),
+            ))),
             Ok(items) => match inner.propose(Command::Batch(items)).await {
                 Ok(Response::Batch(v)) if v.len() == n => Ok(v),
                 Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
                 Err(e) => Err(e),
             },
-            Err(_) => Err(ClientError::Decode("a batch cannot hold a batch".into())),
         }
     };
     match result {
