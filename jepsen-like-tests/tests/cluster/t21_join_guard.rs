@@ -262,5 +262,17 @@ fn t22_without_a_limit_every_random_join_is_refused_by_the_precheck() -> anyhow:
         Ok(c.status(2).is_ok())
     })?;
     assert!(last_log_index(&c)? > before);
+
+    // The local API sockets are root's alone (no --socket-group), from the start.
+    c.wait_plugin_socket(2)?;
+    for sock in [c.lab().host(2).socket(), c.lab().host(2).plugin_socket()] {
+        let meta = std::fs::symlink_metadata(&sock)?;
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            sock.display()
+        );
+    }
     Ok(())
 }
