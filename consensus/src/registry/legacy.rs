@@ -207,7 +207,10 @@ mod tests {
             .stack_size(256 * 1024)
             .spawn(move || codec::decode::<Command>(&bytes, codec::MAX_LOG_ENTRY_BYTES))
             .unwrap();
-        let err = handle.join().expect("decoding did not recurse").unwrap_err();
+        let err = handle
+            .join()
+            .expect("decoding did not recurse")
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("variant"), "names the refused variant: {msg}");
         let two = bincode::serialize(&OldCommand::Batch(vec![OldCommand::Batch(vec![])])).unwrap();
@@ -223,5 +226,53 @@ mod tests {
         let bytes = bincode::serialize(&r.to_v0()).unwrap();
         let v0: RegistryV0 = bincode::deserialize(&bytes).unwrap();
         assert_eq!(Registry::from(v0), r);
+    }
+
+    #[test]
+    fn t93_new_variants_are_appended_in_the_agreed_order() {
+        use crate::registry::test_support::{cert_for, new_node, sha};
+        let tag = |c: &Command| {
+            u32::from_le_bytes(bincode::serialize(c).unwrap()[..4].try_into().unwrap())
+        };
+        let node = new_node("n2");
+        let cmds: [(Command, u32); 6] = [
+            (Command::Batch(vec![]), 14),
+            (
+                Command::AdmitSignedNode {
+                    token_id: "t".into(),
+                    presented_hash: sha(HASH_A),
+                    node: node.clone(),
+                    node_id: 2,
+                    cert: cert_for(&node),
+                    now: 0,
+                },
+                15,
+            ),
+            (
+                Command::RecordCertificate {
+                    node_id: 2,
+                    cert: cert_for(&node),
+                },
+                16,
+            ),
+            (
+                Command::AllocateIdentityFor {
+                    labels: LabelSet::parse(&["a=b"]).unwrap(),
+                    node_id: 1,
+                },
+                17,
+            ),
+            (
+                Command::ReleaseIdentityFor {
+                    labels: LabelSet::parse(&["a=b"]).unwrap(),
+                    node_id: 1,
+                },
+                18,
+            ),
+            (Command::ForgetLegacyCaKey, 19),
+        ];
+        for (cmd, want) in cmds {
+            assert_eq!(tag(&cmd), want, "{cmd:?}");
+        }
     }
 }

@@ -9,18 +9,32 @@
 //! What it holds, one module per concern, each with its records, its command handlers (an
 //! `impl Registry` block) and their tests:
 //!
-//! - `cluster`: the settings and CA fixed by `membrane init`, and the bootstrap.
-//! - `token`: join tokens (hashed), their creation, revocation and use at admission.
-//! - `node`: nodes, admitted with a token, each with a pod CIDR (cut by `pod_cidr`).
+//! - `cluster`: the settings and CA certificate fixed by `membrane init`, the bootstrap, and
+//!   the pre-issue-11 CA key still found in old registries (`ForgetLegacyCaKey` clears it).
+//! - `token`: join tokens (hashed), their creation, revocation and use at admission
+//!   (constant-time; an unknown id and a wrong secret are one error).
+//! - `admission`: the rules a joining node passes ([`Registry::precheck_admission`] on the
+//!   local copy before proposing, the same again at apply) and the one step that records
+//!   node, certificate and token use ([`Command::AdmitSignedNode`]).
+//! - `node`: nodes, each with a pod CIDR (cut by `pod_cidr`), and their removal.
+//! - `cert`: node certificate records and revocation; [`Registry::authorize_peer`] tells
+//!   the transport whether a TLS peer is a current node.
 //! - `identity`: security identities (label set <-> number, reference counted; labels in
-//!   `labels`) and the reserved numbers.
+//!   `labels`, at most [`MAX_LABELS_PER_SET`]), the reserved numbers, and references
+//!   taken through a node's API (counted per node, under a quota). References that
+//!   endpoints hold are never released through the API.
 //! - `endpoint`: endpoints, with an address from their node's pod CIDR ([`ipam`]) and the
 //!   identity of their labels.
 //! - `policy`: network policies under one cluster-wide revision.
 //! - `gossip_keys`: the gossip keyring and its rotation.
 //!
+//! Around the commands: `command` (batch items, re-stamping `now` with the leader's clock),
+//! `limits` ([`Command::check_limits`]: a log entry that cannot be applied is refused before
+//! it is proposed), `legacy` (frozen pre-issue-11 shapes, to read old snapshots).
+//!
 //! This file holds the [`Registry`] state, the [`Command`]s and [`Response`]s, and the
-//! dispatch from one to the other.
+//! dispatch from one to the other. Commands are flat: a batch holds [`BatchItem`]s, which
+//! cannot be batches, so applying a log entry never recurses.
 
 mod admission;
 mod cert;
@@ -45,6 +59,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cert::CertRecord;
 pub use cluster::ClusterConfig;
+pub use command::StampItems;
 pub use endpoint::{
     validate_container_id, validate_ifname, validate_netns, EndpointRecord, NewEndpoint,
 };
@@ -56,7 +71,6 @@ pub use identity::{
     IDENTITY_WORLD, MAX_API_IDENTITIES_PER_NODE, RESERVED_IDENTITIES,
 };
 pub use labels::{LabelSet, MAX_LABELS_PER_SET};
-pub use command::StampItems;
 pub use limits::{MAX_BATCH_ITEMS, MAX_COMMAND_BYTES};
 pub use node::{KeyError, NewNode, NodeRecord, Sha256, X25519Public};
 pub use policy::{NewPolicy, PolicyRecord, MAX_POLICIES, MAX_POLICY_BYTES};

@@ -386,7 +386,18 @@ mod tests {
     /// after it, all with `bincode::serialize`.
     fn write_pre_issue_11_store(dir: &std::path::Path, registry: &Registry) {
         drop(store::open(dir).expect("create the store"));
-        let db = sled::open(dir).expect("sled");
+        // The store just dropped may still hold sled's lock for a moment (see `open`).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "waiting for the sled lock");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("sled: {e}"),
+            }
+        };
         let membership = StoredMembership::new(
             Some(log_id(1)),
             Membership::new(vec![std::collections::BTreeSet::from([1])], None),
@@ -406,7 +417,10 @@ mod tests {
         };
         db.open_tree(super::super::SNAPSHOT_TREE)
             .expect("tree")
-            .insert(KEY_CURRENT_SNAPSHOT, bincode::serialize(&stored).expect("encode"))
+            .insert(
+                KEY_CURRENT_SNAPSHOT,
+                bincode::serialize(&stored).expect("encode"),
+            )
             .expect("insert");
         let entry = Entry::<TypeConfig> {
             log_id: log_id(4),
@@ -414,7 +428,10 @@ mod tests {
         };
         db.open_tree(super::super::LOGS_TREE)
             .expect("tree")
-            .insert(4u64.to_be_bytes(), bincode::serialize(&entry).expect("encode"))
+            .insert(
+                4u64.to_be_bytes(),
+                bincode::serialize(&entry).expect("encode"),
+            )
             .expect("insert");
         db.flush().expect("flush");
     }
@@ -453,7 +470,10 @@ mod tests {
             registry: old_registry(),
         };
         let bytes = encode_payload(&payload).expect("encode");
-        assert_eq!(decode_payload(&bytes).expect("decode").registry, payload.registry);
+        assert_eq!(
+            decode_payload(&bytes).expect("decode").registry,
+            payload.registry
+        );
         let mut future = bytes.clone();
         future[1..5].copy_from_slice(&2u32.to_le_bytes());
         let err = decode_payload(&future).err().expect("refused").to_string();
@@ -467,6 +487,9 @@ mod tests {
         };
         let old = bincode::serialize(&v0).expect("encode");
         assert_eq!(old[0], 0);
-        assert_eq!(decode_payload(&old).expect("decode").registry, payload.registry);
+        assert_eq!(
+            decode_payload(&old).expect("decode").registry,
+            payload.registry
+        );
     }
 }

@@ -304,9 +304,10 @@ impl Inner {
 
     /// Proposes on this node, which must be the leader (used by the `Cluster.Write` RPC).
     /// Times in the command are replaced by the leader's clock here, so that a follower's
-    /// (or a joining node's) clock cannot stretch a token's life; a command over the size
-    /// limits is refused (in the response, as the registry's refusals are) before it can
-    /// become a log entry.
+    /// (or a joining node's) clock cannot stretch a token's life. A log entry that cannot be
+    /// applied is refused before it is proposed, never after it is committed (every local
+    /// and forwarded write passes here); the refusal travels in the response, as the
+    /// registry's own do.
     pub async fn write_as_leader(&self, mut cmd: Command) -> Result<Response, ClientError> {
         cmd.stamp_time(crate::clock::unix_now());
         if let Err(e) = cmd.check_limits() {
