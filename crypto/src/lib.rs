@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod ca;
+pub mod cert_info;
 mod error;
 pub mod keys;
 pub mod pairwise;

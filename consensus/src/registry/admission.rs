@@ -57,8 +57,9 @@ impl Registry {
         Ok(self.next_admission_id())
     }
 
-    /// The id the next admitted node gets (ids start at 2; 1 is the bootstrap node).
-    pub(super) fn next_admission_id(&self) -> u64 {
+    /// The id the next admitted node gets (ids start at 2; 1 is the bootstrap node). Every
+    /// node with an id below it has been admitted at this registry's point in the log.
+    pub fn next_admission_id(&self) -> u64 {
         self.next_node_id.max(2)
     }
 

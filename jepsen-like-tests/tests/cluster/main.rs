@@ -3,13 +3,16 @@
 //! faults, t50 bad state, t60 gossip and autopilot, t70 endpoints and the datapath. Each
 //! test makes its own lab and removes it, even on panic.
 
+mod support;
 mod t10_form;
 mod t12_concurrent_writes;
 mod t13_node_remove;
 mod t14_join_via_follower;
 mod t20_join_refused;
+mod t21_join_guard;
 mod t30_untrusted_peer;
 mod t31_membership_authz;
+mod t35_poison_command;
 mod t40_leader_kill;
 mod t41_whole_cluster_kill;
 mod t42_leader_pause;

@@ -3,14 +3,13 @@
 //! refuses a server presenting another node's certificate; a Vote speaking for another node
 //! is refused before it can move anyone's term.
 
-use std::path::Path;
 use std::time::Duration;
 
 use membrane_consensus::network::Network;
 use membrane_consensus::registry::LabelSet;
 use membrane_consensus::{Command, TypeConfig};
-use membrane_crypto::ca::node_server_name;
 use membrane_jepsen::{in_netns, require_root, wait_until, Cluster};
+
 use membrane_proto::v1::cluster_client::ClusterClient;
 use membrane_proto::v1::raft_client::RaftClient;
 use membrane_proto::v1::{ForwardRequest, RaftPayload};
@@ -19,48 +18,9 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{
     BasicNode, CommittedLeaderId, LogId, RaftNetwork, RaftNetworkFactory, SnapshotMeta, Vote,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
-/// A node's TLS material as saved in its state directory (`tls/`, `keys/`).
-#[derive(Clone)]
-struct SavedTls {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-impl SavedTls {
-    fn read(state_dir: &Path) -> anyhow::Result<SavedTls> {
-        Ok(SavedTls {
-            ca: std::fs::read_to_string(state_dir.join("tls/ca.crt"))?,
-            cert: std::fs::read_to_string(state_dir.join("tls/node.crt"))?,
-            key: std::fs::read_to_string(state_dir.join("keys/tls.key"))?,
-        })
-    }
-
-    /// What a node's own client uses: the cluster CA, this certificate.
-    fn client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca))
-            .identity(Identity::from_pem(&self.cert, &self.key))
-    }
-
-    /// A channel to node `id` at `addr`, verifying its own name.
-    fn channel(&self, addr: &str, id: u64) -> anyhow::Result<Channel> {
-        Ok(Endpoint::from_shared(format!("https://{addr}"))?
-            .tls_config(self.client_config().domain_name(node_server_name(id)))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy())
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
+use crate::support::{runtime, SavedTls};
 
 /// `Query::Nodes` of the agent's registry client: bincode's tag of the first variant.
 const QUERY_NODES: [u8; 4] = [0, 0, 0, 0];
@@ -79,7 +39,7 @@ macro_rules! bin {
 async fn every_rpc(ch: Channel, me: u64) -> Vec<(&'static str, tonic::Code, String)> {
     let vote = Vote::new(0, me);
     let labels = LabelSet::parse(&["app=t31".to_string()]).expect("labels");
-    let write = Command::AllocateIdentity { labels };
+    let write: Command = Command::AllocateIdentity { labels };
     let append: AppendEntriesRequest<TypeConfig> = AppendEntriesRequest {
         vote,
         prev_log_id: None,

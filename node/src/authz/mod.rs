@@ -38,6 +38,10 @@ pub enum Role {
     Member,
     /// Known only from this node's join-time trust: this node's registry copy is empty.
     JoinTrusted,
+    /// An id this node's registry copy has not handed out yet: a node admitted in entries
+    /// this node has not applied. Only replication may come from it (so a lagging node can
+    /// catch up with a leader it has not heard of); its key cannot be checked until then.
+    AdmittedSinceOurCopy,
 }
 
 impl std::fmt::Display for Role {
@@ -47,6 +51,7 @@ impl std::fmt::Display for Role {
             Role::Learner => "learner",
             Role::Member => "member not yet in the Raft membership",
             Role::JoinTrusted => "member known from join-time trust",
+            Role::AdmittedSinceOurCopy => "node admitted after this node's registry copy",
         })
     }
 }
@@ -77,10 +82,6 @@ pub enum Denial {
         claimed: NodeId,
         caller: NodeId,
     },
-    #[error(
-        "{rpc:?} is accepted only from a voter of the current membership; node {id} is a {role}"
-    )]
-    RaftNeedsVoter { rpc: Rpc, id: NodeId, role: Role },
     #[error("Bootstrap is never accepted over the network; a cluster is created by `membrane init` on its first node")]
     BootstrapOverRpc,
     #[error("{command} names node {named}, but the caller is node {caller}; a node may change only its own endpoints")]
@@ -129,6 +130,12 @@ pub fn identify(peer: &CertPeer, view: &TrustView<'_>) -> Result<Caller, Denial>
             voters,
             learners,
         } => {
+            if id >= registry.next_admission_id() && !registry.revoked().contains_key(&id) {
+                return Ok(Caller {
+                    node_id: id,
+                    role: Role::AdmittedSinceOurCopy,
+                });
+            }
             authorize_peer(registry, id, &key)?;
             let role = if voters.contains(&id) {
                 Role::Voter
@@ -150,14 +157,14 @@ pub fn identify(peer: &CertPeer, view: &TrustView<'_>) -> Result<Caller, Denial>
     }
 }
 
-/// Whether node `id` is a current registry node whose recorded key is `key`. The one place
-/// that asks the registry; it becomes `Registry::authorize_peer` once that exists (revocation).
+/// Whether node `id` is a current registry node whose recorded key is `key`; a removed node
+/// is revoked (its id and key stay in the registry's revocation list).
 fn authorize_peer(registry: &Registry, id: NodeId, key: &Sha256) -> Result<(), Denial> {
-    let record = registry.node(id).ok_or(Denial::NotAMember { id })?;
-    if keys_equal(&record.tls_key_sha256, key) {
-        Ok(())
-    } else {
-        Err(Denial::KeyMismatch { id })
+    use membrane_consensus::RegistryError;
+    match registry.authorize_peer(id, key) {
+        Ok(_) => Ok(()),
+        Err(RegistryError::NodeKeyMismatch { .. }) => Err(Denial::KeyMismatch { id }),
+        Err(_) => Err(Denial::NotAMember { id }),
     }
 }
 
@@ -257,7 +264,7 @@ pub(crate) fn test_registry(n: u8) -> Registry {
             pod_pool: "10.128.0.0/16".parse().unwrap(),
             node_prefix_len: 24,
             ca_cert_pem: String::new(),
-            ca_key_pem: String::new(),
+            legacy_ca_key_pem: String::new(),
             created_at: 0,
         },
         first_node: node(1),

@@ -154,6 +154,15 @@ impl RegistryClient {
 
     /// Proposes a command, wherever the leader is. A refusal by the registry is `Refused`.
     pub async fn write(&self, cmd: Command) -> Result<Response, ClientError> {
+        // Refused here, before it joins a batch; the leader checks again.
+        cmd.check_limits().map_err(ClientError::Refused)?;
+        if matches!(cmd, Command::Batch(_)) {
+            // Already a batch: it goes alone, since a batch cannot hold one.
+            return match self.inner.propose(cmd).await {
+                Ok(Response::Err(e)) => Err(ClientError::Refused(e)),
+                other => other,
+            };
+        }
         let (done, rx) = oneshot::channel();
         self.batches
             .send(Pending { cmd, done })
@@ -296,9 +305,13 @@ impl Inner {
     }
 
     /// Proposes on this node, which must be the leader (used by the `Cluster.Write` RPC).
-    pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, ClientError> {
-        // A log entry that cannot be applied is refused before it is proposed, never after
-        // it is committed (every local and forwarded write passes here).
+    /// Times in the command are replaced by the leader's clock here, so that a follower's
+    /// (or a joining node's) clock cannot stretch a token's life. A log entry that cannot be
+    /// applied is refused before it is proposed, never after it is committed (every local
+    /// and forwarded write passes here); the refusal travels in the response, as the
+    /// registry's own do.
+    pub async fn write_as_leader(&self, mut cmd: Command) -> Result<Response, ClientError> {
+        cmd.stamp_time(crate::clock::unix_now());
         if let Err(e) = cmd.check_limits() {
             return Ok(Response::Err(e));
         }

@@ -3,8 +3,10 @@
 //! bootstrap of a cluster's first node.
 
 pub mod bootstrap;
+pub mod ca_source;
 pub mod cluster_service;
 pub mod join;
 pub mod join_service;
+pub mod rate_limit;
 
 pub use join::JoinArgs;
