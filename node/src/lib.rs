@@ -9,6 +9,7 @@ pub mod cni;
 mod init;
 
 // The wings, one capability each (docs/architecture.md).
+pub mod ca;
 pub mod cluster;
 pub mod endpoints;
 pub mod ipcache;
