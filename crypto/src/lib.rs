@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod ca;
+pub mod cert_info;
 mod error;
 pub mod keys;
 pub mod replay;

@@ -8,6 +8,7 @@ mod t12_concurrent_writes;
 mod t13_node_remove;
 mod t14_join_via_follower;
 mod t20_join_refused;
+mod t21_join_guard;
 mod t30_untrusted_peer;
 mod t40_leader_kill;
 mod t41_whole_cluster_kill;

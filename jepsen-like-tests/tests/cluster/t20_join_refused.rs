@@ -56,12 +56,13 @@ fn t20_bad_tokens_and_wrong_ca_are_refused_and_change_nothing() -> anyhow::Resul
         (
             "zzzzzz.0123456789abcdef".into(),
             init.ca_hash.clone(),
-            "does not exist",
+            "not valid for this cluster",
         ),
         (
             format!("{}.0000000000000000", &init.token[..6]),
             init.ca_hash.clone(),
-            "secret of join token",
+            // The same words as an unknown id: the caller cannot tell which it was.
+            "not valid for this cluster",
         ),
         (
             init.token.clone(),

@@ -4,6 +4,7 @@
 
 mod api;
 mod reconcile;
+pub mod socket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ pub struct AgentOptions {
     pub keep_established: bool,
     /// Where the Prometheus endpoint listens; None: off.
     pub metrics_addr: Option<SocketAddr>,
+    /// Group given access to the local sockets (mode 0660); None: root only (0600).
+    pub socket_group: Option<String>,
+    /// How this node admits others (rate limit of failed joins, advertised address rule).
+    pub join_policy: join_service::JoinPolicy,
 }
 
 /// Where a node pins its BPF maps by default.
@@ -84,6 +89,8 @@ fn raft_config(cluster_name: &str) -> anyhow::Result<Arc<openraft::Config>> {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    // Checked before anything else so that a typo fails the start, not the first bind.
+    let socket_access = socket::Access::from_group_name(opts.socket_group.as_deref())?;
     let state = StateDir::open(&opts.state_dir)?;
     let keys = NodeKeys::load_or_create(&state.keys_dir())?;
     let me = match (state.identity()?, &opts.join) {
@@ -147,11 +154,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; is another agent running?"))?;
+    let join_counters = Arc::new(join_service::JoinCounters::default());
     let node_server = tonic::transport::Server::builder()
         .tls_config(tls.server_config())?
-        .add_service(JoinServer::new(join_service::JoinService {
-            client: client.clone(),
-        }))
+        .add_service(JoinServer::new(join_service::JoinService::new(
+            client.clone(),
+            Arc::new(crate::rpc::ca_source::LegacyRegistryCa {
+                client: client.clone(),
+            }),
+            tls.clone(),
+            opts.join_policy,
+            join_counters.clone(),
+        )))
         .add_service(InterceptedService::new(
             // Snapshots can exceed tonic's default 4 MiB message limit.
             RaftServer::new(RaftService::new(raft.clone()))
@@ -181,7 +195,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     );
 
     // Local API on the Unix socket.
-    let unix = bind_unix(&opts.socket)?;
+    let unix = socket::bind(&opts.socket, socket_access)?;
     let endpoints_slot: EndpointsSlot = Arc::default();
     let policy_slot: PolicySlot = Arc::default();
     // monitor-metrics: event stream, rule names and enforced revision (see Telemetry).
@@ -200,6 +214,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 endpoints: endpoints_slot.clone(),
                 monitor: telemetry.monitor.clone(),
                 enforced_revision: telemetry.enforced_revision.clone(),
+                join: join_counters.clone(),
             },
         ));
     }
@@ -254,6 +269,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         gossip: gossip.clone(),
         keep_established: opts.keep_established,
         telemetry: telemetry.clone(),
+        socket_access,
     }));
 
     let result = tokio::select! {
@@ -290,6 +306,7 @@ struct DatapathTask {
     gossip: gossip::GossipSlot,
     keep_established: bool,
     telemetry: Telemetry,
+    socket_access: socket::Access,
 }
 
 /// Brings up the datapath once this node's registry copy knows its pod CIDR, restores the
@@ -306,6 +323,7 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         gossip,
         keep_established,
         telemetry,
+        socket_access,
     } = task;
     let node_ip = me
         .rpc_addr
@@ -393,7 +411,7 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         gossip,
     ));
     tokio::spawn(manager.clone().run_queue(queue_dir));
-    let unix = bind_unix(&plugin_socket)?;
+    let unix = socket::bind(&plugin_socket, socket_access)?;
     info!(socket = %plugin_socket.display(), "plugin API listening");
     tonic::transport::Server::builder()
         .add_service(membrane_proto::v1::plugin_server::PluginServer::new(
@@ -406,28 +424,6 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         .await
         .context("the plugin API server failed")?;
     Ok(())
-}
-
-fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // A socket left by a crashed agent: remove it, but never a live agent's.
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another agent is serving {}; stop it first or pass a different --socket",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot bind {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
 }
 
 async fn shutdown_signal() {

@@ -12,12 +12,21 @@ pub(super) fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Re
         .with_env_filter(filter)
         .with_target(false)
         .init();
-    let join = match (args.join, args.token, args.ca_hash) {
+    let token = super::token_source::resolve(
+        args.token,
+        args.token_file.as_deref(),
+        std::env::var(super::token_source::TOKEN_ENV).ok(),
+    )?;
+    let join = match (args.join, token, args.ca_hash) {
         (Some(addr), Some(token), Some(ca_hash)) => Some(JoinArgs {
             addr,
             token,
             ca_hash,
         }),
+        (Some(_), None, _) => anyhow::bail!(
+            "--join needs the join token: pass --token-file PATH, set {}, or pass --token",
+            super::token_source::TOKEN_ENV
+        ),
         _ => None,
     };
     let metrics_addr = crate::observe::metrics::parse_addr(&args.metrics_addr)?;
@@ -47,6 +56,14 @@ pub(super) fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Re
         },
         keep_established: args.keep_established,
         metrics_addr,
+        socket_group: args.socket_group,
+        join_policy: crate::rpc::join_service::JoinPolicy {
+            allow_any_addr: args.join_allow_any_addr,
+            limits: crate::rpc::rate_limit::Limits {
+                max_failures: args.join_failures_per_minute,
+                window: std::time::Duration::from_secs(60),
+            },
+        },
     };
     super::runtime()?.block_on(crate::agent::run(opts))
 }

@@ -206,12 +206,17 @@ pub(super) struct AgentArgs {
     /// This node's name when joining (default: host name).
     #[arg(long)]
     pub(super) name: Option<String>,
-    /// Join the cluster through this node (ip:port); first start only.
-    #[arg(long, requires_all = ["token", "ca_hash"])]
+    /// Join the cluster through this node (ip:port); first start only. The token comes
+    /// from --token-file, MEMBRANE_JOIN_TOKEN or --token (exactly one).
+    #[arg(long, requires = "ca_hash")]
     pub(super) join: Option<String>,
-    /// Join token ID.SECRET.
-    #[arg(long, requires = "join")]
+    /// Join token ID.SECRET. Visible to local users in /proc: prefer --token-file or
+    /// MEMBRANE_JOIN_TOKEN.
+    #[arg(long, requires = "join", conflicts_with = "token_file")]
     pub(super) token: Option<String>,
+    /// A file holding the join token ID.SECRET (mode 0600 or stricter).
+    #[arg(long, requires = "join")]
+    pub(super) token_file: Option<PathBuf>,
     /// sha256:HEX of the cluster CA, as printed by `membrane init`.
     #[arg(long, requires = "join")]
     pub(super) ca_hash: Option<String>,
@@ -267,6 +272,17 @@ pub(super) struct AgentArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. info or membrane=debug.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub(super) log: String,
+    /// Group that may use the agent and plugin sockets (mode 0660); default: root only (0600).
+    #[arg(long)]
+    pub(super) socket_group: Option<String>,
+    /// Admit nodes whose advertised IP differs from the address their join comes from
+    /// (nodes behind NAT); by default such a join is refused.
+    #[arg(long)]
+    pub(super) join_allow_any_addr: bool,
+    /// Failed joins one source address may make per minute before its joins are refused
+    /// for the rest of the minute; 0 turns the limit off.
+    #[arg(long, default_value_t = 5)]
+    pub(super) join_failures_per_minute: u32,
 }
 
 /// Raft needs an odd voter count to tolerate failures; 1 is for single-node labs.

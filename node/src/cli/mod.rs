@@ -6,6 +6,7 @@ mod args;
 mod client;
 mod flow;
 mod output;
+mod token_source;
 
 use std::process::ExitCode;
 

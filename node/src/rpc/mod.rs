@@ -4,8 +4,10 @@
 
 pub mod bootstrap;
 pub mod ca_service;
+pub mod ca_source;
 pub mod cluster_service;
 pub mod join;
 pub mod join_service;
+pub mod rate_limit;
 
 pub use join::JoinArgs;

@@ -65,6 +65,8 @@ pub struct Sources {
     pub monitor: Monitor,
     /// The policy revision the datapath enforces, set by the policy sync.
     pub enforced_revision: Arc<AtomicU64>,
+    /// Refused joins, counted by the join service.
+    pub join: Arc<crate::rpc::join_service::JoinCounters>,
 }
 
 /// Raft's view of this node.
@@ -91,6 +93,8 @@ pub struct Snapshot {
     pub policy_enforced_revision: u64,
     /// `(why, events)`.
     pub events_lost: Vec<(&'static str, u64)>,
+    /// `(reason, joins)`; empty: not counted.
+    pub join_refused: Vec<(&'static str, u64)>,
 }
 
 /// Reads every source once.
@@ -170,6 +174,7 @@ pub async fn snapshot(src: &Sources) -> Snapshot {
         policy_revision: src.client.local(|r| r.policy_revision()),
         policy_enforced_revision: src.enforced_revision.load(Ordering::Relaxed),
         events_lost,
+        join_refused: src.join.refused(),
     }
 }
 
@@ -330,6 +335,15 @@ impl Collector for SnapshotCollector {
                 .map(|(why, v)| (vec![("why", why.to_string())], ConstCounter::new(*v)))
                 .collect(),
         )?;
+        family(
+            &mut e,
+            "membrane_join_refused",
+            "Join requests this node refused, by reason (rate_limited, malformed, token, address, other)",
+            s.join_refused
+                .iter()
+                .map(|(why, v)| (vec![("reason", why.to_string())], ConstCounter::new(*v)))
+                .collect(),
+        )?;
         Ok(())
     }
 }
@@ -375,6 +389,7 @@ mod tests {
             policy_revision: 7,
             policy_enforced_revision: 6,
             events_lost: vec![("rate_limited", 4), ("subscriber_lagged", 0)],
+            join_refused: vec![("token", 3), ("rate_limited", 0)],
         }
     }
 
@@ -425,6 +440,7 @@ mod tests {
             "membrane_policy_revision",
             "membrane_policy_enforced_revision",
             "membrane_events_lost_total",
+            "membrane_join_refused_total",
         ]
         .into();
         let got: BTreeSet<&str> = fams.keys().map(String::as_str).collect();
@@ -452,6 +468,7 @@ mod tests {
             ),
             10.0
         );
+        assert_eq!(value(r#"membrane_join_refused_total{reason="token"}"#), 3.0);
         assert_eq!(
             value(r#"membrane_datapath_bytes_total{direction="ingress",reason="delivered"}"#),
             900.0
