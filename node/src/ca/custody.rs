@@ -84,6 +84,15 @@ impl CaCustody {
     }
 }
 
+/// The join service signs with the key this node holds; without one (a learner, or a voter
+/// that has not received it yet) it forwards the join to a voter.
+impl crate::rpc::ca_source::CaSource for CaCustody {
+    fn ca(&self) -> Result<Option<ClusterCa>, crate::rpc::ca_source::CaError> {
+        self.load()
+            .map_err(|e| crate::rpc::ca_source::CaError::Unusable(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
