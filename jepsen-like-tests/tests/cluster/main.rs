@@ -10,6 +10,8 @@ mod t14_join_via_follower;
 mod t20_join_refused;
 mod t21_join_guard;
 mod t30_untrusted_peer;
+mod t33_ca_key_on_voters;
+mod t34_cert_renewal;
 mod t40_leader_kill;
 mod t41_whole_cluster_kill;
 mod t42_leader_pause;

@@ -116,13 +116,6 @@ async fn look(ctx: &CaContext, storage_clean: bool) -> CustodyView {
     let client = &ctx.client;
     let metrics = client.raft().metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
-    let role = if membership.nodes().next().is_none() {
-        Role::Unknown
-    } else if membership.voter_ids().any(|v| v == ctx.me.node_id) {
-        Role::Voter
-    } else {
-        Role::NotVoter
-    };
     let legacy = match client.local(|r| r.legacy_ca_key().map(str::to_string)) {
         None => LegacyKey::Absent,
         Some(k) if ctx.custody.is_our_key(&k) => LegacyKey::SameCa,
@@ -135,6 +128,19 @@ async fn look(ctx: &CaContext, storage_clean: bool) -> CustodyView {
         .ok()
         .flatten();
     let caught_up = client.applied_index() >= committed && committed.is_some();
+    // A removed node may never hear of the membership without it (the leader stops
+    // talking to it); the registry's removal reaches it first. Trusted only once the
+    // registry copy has caught up, since a replay passes through states before this
+    // node's admission.
+    let removed = caught_up
+        && client.local(|r| r.cluster().is_some() && r.node(ctx.me.node_id).is_none());
+    let role = if membership.nodes().next().is_none() {
+        Role::Unknown
+    } else if removed || !membership.voter_ids().any(|v| v == ctx.me.node_id) {
+        Role::NotVoter
+    } else {
+        Role::Voter
+    };
     let storage_holds_key = !storage_clean
         && legacy == LegacyKey::Absent
         && caught_up
