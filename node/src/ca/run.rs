@@ -287,6 +287,7 @@ async fn wait_for(
 /// Runs renewal until the agent stops: sleeps until the certificate is due, renews it, and
 /// asks for the restart that puts it to use.
 pub async fn renewal(ctx: CaContext) {
+    tokio::spawn(record_own_certificate(ctx.clone()));
     loop {
         let now = crate::clock::unix_now();
         let decision = match current_cert(&ctx.state) {
@@ -312,6 +313,52 @@ pub async fn renewal(ctx: CaContext) {
         }
         let secs = renewal::sleep_secs(decision, now, RENEWAL_MAX_SLEEP_SECS);
         tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
+
+/// Makes the registry's record of this node's certificate match `tls/node.crt`: the first
+/// node's certificate (signed by `membrane init`), one issued before the registry recorded
+/// certificates, or a renewal whose answer was lost. Retries until the record matches.
+async fn record_own_certificate(ctx: CaContext) {
+    loop {
+        tokio::time::sleep(CUSTODY_PERIOD).await;
+        let Ok(info) = current_cert(&ctx.state) else {
+            continue;
+        };
+        let recorded = ctx.client.local(|r| {
+            r.node(ctx.me.node_id)?;
+            Some(r.certificate(ctx.me.node_id).map(|c| c.serial.clone()))
+        });
+        let Some(recorded) = recorded else {
+            continue; // this node's record has not reached its registry copy yet
+        };
+        if recorded.as_deref() == Some(info.serial_hex.as_str()) {
+            return;
+        }
+        let Ok(tls_key_sha256) = info.spki_sha256_hex.parse() else {
+            warn!("the key digest of this node's certificate does not parse");
+            return;
+        };
+        let cert = membrane_consensus::registry::CertRecord {
+            serial: info.serial_hex.clone(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            tls_key_sha256,
+        };
+        match ctx
+            .client
+            .write(membrane_consensus::Command::RecordCertificate {
+                node_id: ctx.me.node_id,
+                cert,
+            })
+            .await
+        {
+            Ok(_) => {
+                info!(serial = %info.serial_hex, "recorded this node's certificate in the registry");
+                return;
+            }
+            Err(e) => debug!(error = %e, "recording this node's certificate failed; retrying"),
+        }
     }
 }
 

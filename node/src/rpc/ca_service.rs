@@ -33,9 +33,10 @@ pub fn authorized_caller<T>(req: &Request<T>, client: &RegistryClient) -> Result
     let certs = req
         .peer_certs()
         .ok_or_else(|| Status::unauthenticated("this RPC needs a node certificate"))?;
-    let der = certs
+    let der: &[u8] = certs
         .first()
-        .ok_or_else(|| Status::unauthenticated("this RPC needs a node certificate"))?;
+        .ok_or_else(|| Status::unauthenticated("this RPC needs a node certificate"))?
+        .as_ref();
     let id = membrane_crypto::ca::node_id_from_cert_der(der).ok_or_else(|| {
         Status::permission_denied("the client certificate does not name a node (CN node-<id>)")
     })?;
@@ -93,7 +94,7 @@ impl CertAuthority for CaService {
         let caller = authorized_caller(&req, &self.client)?;
         let peer_key = req
             .peer_certs()
-            .and_then(|c| c.first().map(|d| peer_key_sha256(d)))
+            .and_then(|c| c.first().map(|d| peer_key_sha256(d.as_ref())))
             .ok_or_else(|| Status::unauthenticated("no client certificate"))??;
         let csr = req.into_inner().csr_der;
         let csr_key: Sha256 = csr_public_key_sha256(&csr)
@@ -127,7 +128,6 @@ impl CertAuthority for CaService {
             .await
         {
             Ok(RegistryResponse::Ok) => {}
-            Ok(RegistryResponse::Err(e)) => return Err(Status::permission_denied(e.to_string())),
             Ok(other) => {
                 return Err(Status::internal(format!(
                     "unexpected registry response {other:?}"
