@@ -6,11 +6,17 @@
 //! - [`store`]: openraft's log storage and state machine storage on sled (IO at the edge).
 //! - [`network`]: openraft's network over tonic with mutual TLS, and the gRPC service that
 //!   receives Raft RPCs from peers.
+//! - [`codec`]: bounded bincode, the one decoder of everything read from disk or the wire.
 //!
 //! The contract with openraft: log entries are readable as soon as `append` returns and
 //! durable (sled flushed) before its callback fires; the committed index is saved so a
 //! restarted node re-applies its own log; snapshots carry the whole registry.
+//!
+//! The contract with proposers: a log entry that cannot be applied is refused before it is
+//! proposed ([`Command::check_limits`]), never after it is committed, because a committed
+//! entry is re-applied on every node at every restart.
 
+pub mod codec;
 pub mod network;
 pub mod registry;
 pub mod store;

@@ -1,5 +1,7 @@
 //! The cluster itself: the settings fixed by `membrane init`, and the bootstrap command that
-//! creates the cluster with its first node, first join token and first gossip key.
+//! creates the cluster with its first node, first join token and first gossip key. The CA
+//! key is not among the settings any more (it stays on the voters); see
+//! [`ClusterConfig::legacy_ca_key_pem`] for registries written before.
 //!
 //! Every other command except a token revocation and a node or endpoint removal needs the
 //! cluster to exist ([`RegistryError::NotBootstrapped`] otherwise).
@@ -24,10 +26,14 @@ pub struct ClusterConfig {
     pub pod_pool: Ipv4Net,
     /// Prefix length of each node's share of the pool.
     pub node_prefix_len: u8,
-    /// The cluster CA. Its key lives here so that any node can sign a joining node's
-    /// certificate; the registry is only ever reachable by holders of a node certificate.
+    /// The cluster CA's certificate.
     pub ca_cert_pem: String,
-    pub ca_key_pem: String,
+    /// The CA's private key as registries before issue 11 kept it (replicated to every
+    /// node, its log and snapshots). Empty for clusters created after issue 11, whose key
+    /// lives only on the voters' disks; a non-empty value is a pre-issue-11 registry that
+    /// must be migrated: move the key to the voters, then propose
+    /// [`Command::ForgetLegacyCaKey`](super::Command::ForgetLegacyCaKey).
+    pub legacy_ca_key_pem: String,
     pub created_at: i64,
 }
 
@@ -52,6 +58,22 @@ impl Registry {
     /// The cluster settings, once bootstrapped.
     pub fn cluster(&self) -> Option<&ClusterConfig> {
         self.cluster.as_ref()
+    }
+
+    /// The CA key still held in the registry by a pre-issue-11 cluster; `None` once it has
+    /// been moved out (and for every cluster created since).
+    pub fn legacy_ca_key(&self) -> Option<&str> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.legacy_ca_key_pem.as_str())
+            .filter(|k| !k.is_empty())
+    }
+
+    /// Clears the legacy CA key. Idempotent: the migration may be proposed more than once.
+    pub(super) fn forget_legacy_ca_key(&mut self) -> Result<Response, RegistryError> {
+        let config = self.cluster.as_mut().ok_or(RegistryError::NotBootstrapped)?;
+        config.legacy_ca_key_pem.clear();
+        Ok(Response::Ok)
     }
 
     /// The settings, or the refusal every command before bootstrap gets.
@@ -99,7 +121,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use crate::registry::test_support::*;
-    use crate::registry::{Command, LabelSet, Registry, RegistryError};
+    use crate::registry::{Command, LabelSet, Registry, RegistryError, Response};
 
     #[test]
     fn t10_bootstrap_creates_node_1_with_the_first_block() {
@@ -123,6 +145,28 @@ mod tests {
             },
             |e| matches!(e, RegistryError::AlreadyBootstrapped { id: 7, .. }),
         );
+    }
+
+    #[test]
+    fn t13_the_legacy_ca_key_is_forgotten_and_new_clusters_have_none() {
+        let mut r = bootstrapped();
+        assert_eq!(r.legacy_ca_key(), Some("key"));
+        assert_eq!(r.apply(Command::ForgetLegacyCaKey), Response::Ok);
+        assert_eq!(r.legacy_ca_key(), None);
+        assert_eq!(r.cluster().unwrap().ca_cert_pem, "ca", "the certificate stays");
+        assert_eq!(r.apply(Command::ForgetLegacyCaKey), Response::Ok, "idempotent");
+
+        let mut fresh = Registry::default();
+        let mut cfg = config();
+        cfg.legacy_ca_key_pem.clear();
+        let resp = fresh.apply(Command::Bootstrap {
+            config: cfg,
+            first_node: new_node("n1"),
+            first_token: token("abcdef", HASH_A, 1),
+            gossip_key: gossip_key(1),
+        });
+        assert!(matches!(resp, Response::Node(_)), "{resp:?}");
+        assert_eq!(fresh.legacy_ca_key(), None);
     }
 
     #[test]

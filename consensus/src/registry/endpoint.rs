@@ -196,6 +196,7 @@ impl Registry {
         validate_container_id(&new.container_id).map_err(invalid)?;
         validate_ifname(&new.ifname).map_err(invalid)?;
         validate_netns(&new.netns).map_err(invalid)?;
+        new.labels.check_size()?;
         let node = self
             .nodes
             .get(&new.node_id)

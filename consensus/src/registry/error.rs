@@ -56,4 +56,25 @@ pub enum RegistryError {
     PolicyNotFound { name: String },
     #[error("invalid cluster settings: {0}")]
     InvalidClusterConfig(String),
+    // Variants below were added for issue 11 (appended: the enum travels in responses).
+    #[error("the join token is not valid for this cluster; create a new one with `membrane token create`")]
+    JoinRefused,
+    #[error("node {id} has been removed from the cluster and its certificate is revoked; to bring the machine back, wipe its state directory and join it again with a new token")]
+    NodeRevoked { id: u64 },
+    #[error("the TLS key presented for node {id} is not the one the registry recorded for it; the certificate is not node {id}'s (stolen or stale): remove and re-join the node if its keys were replaced")]
+    NodeKeyMismatch { id: u64 },
+    #[error("node id {id} is not the next free id (that is {next}); sign the certificate again for id {next} and retry")]
+    NodeIdTaken { id: u64, next: u64 },
+    #[error("rpc address {addr} cannot be used: {reason}; give the node's routable address with --advertise-addr")]
+    InvalidRpcAddr { addr: String, reason: String },
+    #[error("invalid certificate record: {0}")]
+    InvalidCertificate(String),
+    #[error("identity {id} ({labels}) has no reference left that the API may release: {held} are held by endpoints or by nodes' API; remove those endpoints, or release through the node that allocated it")]
+    IdentityInUse { id: u32, labels: String, held: u64 },
+    #[error("node {node_id} already holds {limit} identities through the API, its quota; release unused ones with `membrane identity release`")]
+    IdentityQuotaExceeded { node_id: u64, limit: usize },
+    #[error("node {node_id}'s API holds no reference on the identity of {labels}; only references taken by a node's API can be released through it")]
+    IdentityNotHeld { node_id: u64, labels: String },
+    #[error("the command is too large to be a log entry: {0}")]
+    CommandTooLarge(String),
 }

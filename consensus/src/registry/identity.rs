@@ -52,6 +52,29 @@ pub const IDENTITY_FIRST_LOCAL: u32 = 256;
 /// Last locally allocated number (low 16 bits).
 pub const IDENTITY_MAX_LOCAL: u32 = 0xFFFF;
 
+/// Most distinct identities one node's API may hold references on (`AllocateIdentityFor`),
+/// so that no single caller can exhaust the cluster's 65,280 numbers.
+pub const MAX_API_IDENTITIES_PER_NODE: usize = 1024;
+
+/// `(node, identity) -> count` as a list in serde: JSON has no tuple keys.
+pub(super) mod refs_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<(u64, u32), u32>, s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<(u64, u32, u32)> = m.iter().map(|((n, i), c)| (*n, *i, *c)).collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(u64, u32), u32>, D::Error> {
+        let v = Vec::<(u64, u32, u32)>::deserialize(d)?;
+        Ok(v.into_iter().map(|(n, i, c)| ((n, i), c)).collect())
+    }
+}
+
 /// One allocated identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRecord {
@@ -209,21 +232,136 @@ impl Registry {
         labels: LabelSet,
     ) -> Result<Response, RegistryError> {
         self.config()?;
+        labels.check_size()?;
         let (identity, created) = self.identities.allocate(labels)?;
         Ok(Response::Identity { identity, created })
     }
 
+    /// Drops one anonymous reference (one taken by `AllocateIdentity`). References that
+    /// endpoints or a node's API hold are not anonymous: releasing one of those would take
+    /// the identity away from endpoints that still carry its number.
     pub(super) fn release_identity(
         &mut self,
         labels: &LabelSet,
     ) -> Result<Response, RegistryError> {
         self.config()?;
+        let rec = self
+            .identities
+            .by_labels(labels)
+            .ok_or_else(|| RegistryError::IdentityNotFound {
+                labels: labels.to_string(),
+            })?;
+        let held = self.held_references(rec.id);
+        if rec.references <= held {
+            return Err(RegistryError::IdentityInUse {
+                id: rec.id,
+                labels: labels.to_string(),
+                held,
+            });
+        }
         let (id, references) = self.identities.release(labels)?;
         Ok(Response::Released {
             id,
             references,
             removed: references == 0,
         })
+    }
+
+    /// References on `id` that endpoints and nodes' API hold.
+    fn held_references(&self, id: u32) -> u64 {
+        let endpoints = self.endpoints.iter().filter(|e| e.identity == id).count() as u64;
+        let api: u64 = self
+            .api_identity_refs
+            .iter()
+            .filter(|((_, i), _)| *i == id)
+            .map(|(_, c)| u64::from(*c))
+            .sum();
+        endpoints + api
+    }
+
+    /// Takes a reference for node `node_id`'s API, within its quota of distinct identities.
+    pub(super) fn allocate_identity_for(
+        &mut self,
+        labels: LabelSet,
+        node_id: u64,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        labels.check_size()?;
+        if !self.nodes.contains_key(&node_id) {
+            return Err(RegistryError::NodeNotFound { id: node_id });
+        }
+        let already = self
+            .identities
+            .by_labels(&labels)
+            .is_some_and(|rec| self.api_identity_refs.contains_key(&(node_id, rec.id)));
+        if !already {
+            let held = self
+                .api_identity_refs
+                .range((node_id, 0)..=(node_id, u32::MAX))
+                .count();
+            if held >= MAX_API_IDENTITIES_PER_NODE {
+                return Err(RegistryError::IdentityQuotaExceeded {
+                    node_id,
+                    limit: MAX_API_IDENTITIES_PER_NODE,
+                });
+            }
+        }
+        let (identity, created) = self.identities.allocate(labels)?;
+        *self
+            .api_identity_refs
+            .entry((node_id, identity.id))
+            .or_insert(0) += 1;
+        Ok(Response::Identity { identity, created })
+    }
+
+    /// Drops one reference that node `node_id`'s API took, and only such a reference.
+    pub(super) fn release_identity_for(
+        &mut self,
+        labels: &LabelSet,
+        node_id: u64,
+    ) -> Result<Response, RegistryError> {
+        self.config()?;
+        let id = self
+            .identities
+            .by_labels(labels)
+            .ok_or_else(|| RegistryError::IdentityNotFound {
+                labels: labels.to_string(),
+            })?
+            .id;
+        let Some(count) = self.api_identity_refs.get_mut(&(node_id, id)) else {
+            return Err(RegistryError::IdentityNotHeld {
+                node_id,
+                labels: labels.to_string(),
+            });
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.api_identity_refs.remove(&(node_id, id));
+        }
+        let (id, references) = self.identities.release(labels)?;
+        Ok(Response::Released {
+            id,
+            references,
+            removed: references == 0,
+        })
+    }
+
+    /// Releases every reference node `node_id`'s API holds (the node is being removed).
+    pub(super) fn drop_api_identity_refs(&mut self, node_id: u64) {
+        let held: Vec<((u64, u32), u32)> = self
+            .api_identity_refs
+            .range((node_id, 0)..=(node_id, u32::MAX))
+            .map(|(k, c)| (*k, *c))
+            .collect();
+        for (key, count) in held {
+            self.api_identity_refs.remove(&key);
+            let Some(labels) = self.identities.get(key.1).map(|r| r.labels.clone()) else {
+                continue;
+            };
+            for _ in 0..count {
+                let _ = self.identities.release(&labels);
+            }
+        }
     }
 }
 

@@ -12,6 +12,9 @@ use super::RegistryError;
 
 /// Longest key or value accepted, as in Kubernetes label values.
 const MAX_PART_LEN: usize = 253;
+/// Most labels in one set: far more than any workload carries, few enough that a label set
+/// stays a small key (at most about 32 KiB).
+pub const MAX_LABELS_PER_SET: usize = 64;
 
 /// A normalised set of `key=value` labels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -44,7 +47,21 @@ impl LabelSet {
                 "an identity needs at least one label (key=value)".into(),
             ));
         }
-        Ok(LabelSet(map))
+        let set = LabelSet(map);
+        set.check_size()?;
+        Ok(set)
+    }
+
+    /// Refuses a set of more than [`MAX_LABELS_PER_SET`] labels. `parse` checks it; a set
+    /// decoded from a command did not go through `parse`, so commands check it again.
+    pub fn check_size(&self) -> Result<(), RegistryError> {
+        if self.0.len() > MAX_LABELS_PER_SET {
+            return Err(RegistryError::InvalidLabels(format!(
+                "{} labels given, at most {MAX_LABELS_PER_SET} are allowed in one set; drop labels that no policy selects on",
+                self.0.len()
+            )));
+        }
+        Ok(())
     }
 
     /// The labels as `key=value` strings, sorted by key.
@@ -127,6 +144,14 @@ mod tests {
             let err = LabelSet::parse(input).unwrap_err().to_string();
             assert!(err.contains(expected), "{input:?}: {err}");
         }
+    }
+
+    #[test]
+    fn t41_a_set_of_more_than_the_cap_is_refused() {
+        let many: Vec<String> = (0..=MAX_LABELS_PER_SET).map(|i| format!("k{i}=v")).collect();
+        let err = LabelSet::parse(&many).unwrap_err().to_string();
+        assert!(err.contains("at most 64"), "{err}");
+        assert!(LabelSet::parse(&many[..MAX_LABELS_PER_SET]).is_ok());
     }
 
     #[test]

@@ -22,13 +22,18 @@
 //! This file holds the [`Registry`] state, the [`Command`]s and [`Response`]s, and the
 //! dispatch from one to the other.
 
+mod admission;
+mod cert;
 mod cluster;
+mod command;
 mod endpoint;
 mod error;
 mod gossip_keys;
 mod identity;
 pub mod ipam;
 mod labels;
+pub(crate) mod legacy;
+mod limits;
 mod node;
 mod pod_cidr;
 mod policy;
@@ -38,6 +43,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use cert::CertRecord;
 pub use cluster::ClusterConfig;
 pub use endpoint::{
     validate_container_id, validate_ifname, validate_netns, EndpointRecord, NewEndpoint,
@@ -47,9 +53,11 @@ pub use gossip_keys::{GossipKey, GossipKeyring, MAX_GOSSIP_KEYS};
 pub use identity::{
     reserved_identity_name, IdentityRecord, IDENTITY_FIRST_LOCAL, IDENTITY_HEALTH, IDENTITY_HOST,
     IDENTITY_INIT, IDENTITY_MAX_LOCAL, IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN, IDENTITY_UNMANAGED,
-    IDENTITY_WORLD, RESERVED_IDENTITIES,
+    IDENTITY_WORLD, MAX_API_IDENTITIES_PER_NODE, RESERVED_IDENTITIES,
 };
-pub use labels::LabelSet;
+pub use labels::{LabelSet, MAX_LABELS_PER_SET};
+pub use command::StampItems;
+pub use limits::{MAX_BATCH_ITEMS, MAX_COMMAND_BYTES};
 pub use node::{KeyError, NewNode, NodeRecord, Sha256, X25519Public};
 pub use policy::{NewPolicy, PolicyRecord, MAX_POLICIES, MAX_POLICY_BYTES};
 pub use token::{TokenRecord, TokenState};
@@ -60,8 +68,17 @@ use policy::PolicyTable;
 
 /// A typed change to the registry. Proposed by one node, committed through Raft, applied by
 /// every node.
+///
+/// Commands are flat by type: the parameter `B` is what a [`Command::Batch`] holds. A log
+/// entry is a `Command` (its batch holds [`BatchItem`]s), and a `BatchItem` is a
+/// `Command<NotNested>`, whose `Batch` can never be built nor decoded. A batch nested in a
+/// batch, which would recurse on apply (and overflowed every node's stack), is refused by the
+/// decoder at the inner batch's variant tag. The bincode bytes are those of the recursive
+/// enum this replaced, so existing logs and snapshots decode unchanged.
+///
+/// Variant order is the wire format: only append new variants at the end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
+pub enum Command<B = Vec<BatchItem>> {
     /// Creates the cluster: settings, the first node (id 1) and the first join token.
     Bootstrap {
         config: ClusterConfig,
@@ -77,20 +94,23 @@ pub enum Command {
     },
     /// Admits a node that presented a join token. `presented_hash` is the hash of the token
     /// it presented (the secret itself never enters the log); `now` is the proposer's clock.
+    /// Superseded by [`Command::AdmitSignedNode`], which also records the certificate.
     AdmitNode {
         token_id: String,
         presented_hash: String,
         node: NewNode,
         now: i64,
     },
-    /// Removes a node, frees its pod CIDR, and removes its endpoints (releasing their
-    /// identity references). Its id is never given out again.
+    /// Removes a node, frees its pod CIDR, removes its endpoints (releasing their identity
+    /// references) and its API identity references, drops its certificate record and revokes
+    /// its TLS key. Its id is never given out again.
     RemoveNode {
         id: u64,
     },
     AllocateIdentity {
         labels: LabelSet,
     },
+    /// Drops one reference; refused when that would drop a reference an endpoint holds.
     ReleaseIdentity {
         labels: LabelSet,
     },
@@ -129,8 +149,47 @@ pub enum Command {
     /// Several independent commands in one log entry, applied in order, each with its own
     /// response (a refused one changes nothing, and does not stop the others). Agents batch
     /// concurrent writes this way so that one Raft round trip carries many of them.
-    Batch(Vec<Command>),
+    Batch(B),
+    /// Admits a node whose certificate the proposer has already signed: checks the token,
+    /// that `node_id` is the next id the registry hands out, the certificate's key and the
+    /// node's address, then records node, certificate and token use in one step. A failure
+    /// changes nothing (the token is not spent). `now` is the leader's clock.
+    AdmitSignedNode {
+        token_id: String,
+        presented_hash: Sha256,
+        node: NewNode,
+        node_id: u64,
+        cert: CertRecord,
+        now: i64,
+    },
+    /// Records a renewed certificate of a current node (same TLS key).
+    RecordCertificate {
+        node_id: u64,
+        cert: CertRecord,
+    },
+    /// Takes one reference on the identity of `labels` on behalf of node `node_id`'s API
+    /// (counted per node, under [`MAX_API_IDENTITIES_PER_NODE`]).
+    AllocateIdentityFor {
+        labels: LabelSet,
+        node_id: u64,
+    },
+    /// Drops one reference that node `node_id`'s API took with
+    /// [`Command::AllocateIdentityFor`]; never one held by anyone else.
+    ReleaseIdentityFor {
+        labels: LabelSet,
+        node_id: u64,
+    },
+    /// Clears [`ClusterConfig::legacy_ca_key_pem`] once the key lives on the voters' disks.
+    ForgetLegacyCaKey,
 }
+
+/// What a batch inside a batch holds: nothing. Uninhabited, so a nested batch cannot be
+/// built, and its derived `Deserialize` fails at once on any input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotNested {}
+
+/// One command of a [`Command::Batch`]: any command but a batch.
+pub type BatchItem = Command<NotNested>;
 
 /// The outcome of applying a [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +232,10 @@ impl Response {
 }
 
 /// The registry's whole state. Cloned into snapshots; restored from them.
+///
+/// Snapshots written before issue 11 hold the first eight fields only; they are read
+/// through `legacy::RegistryV0` (frozen) and converted. New fields go at the end, with a
+/// new snapshot format number (see `store::state_machine`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
     cluster: Option<ClusterConfig>,
@@ -184,11 +247,47 @@ pub struct Registry {
     gossip_keyring: Option<GossipKeyring>,
     endpoints: EndpointTable,
     policies: PolicyTable,
+    /// The current certificate of each current node.
+    #[serde(default)]
+    certificates: BTreeMap<u64, CertRecord>,
+    /// Removed nodes: id -> the TLS key hash they had, refused forever.
+    #[serde(default)]
+    revoked: BTreeMap<u64, Sha256>,
+    /// References taken through the API: (node, identity) -> count.
+    #[serde(default, with = "identity::refs_as_list")]
+    api_identity_refs: BTreeMap<(u64, u32), u32>,
+}
+
+/// What a [`Command::Batch`] holds, applied: a list of flat commands, or (inside a batch)
+/// nothing that can exist.
+pub(crate) trait BatchPayload {
+    fn apply_in(self, registry: &mut Registry) -> Response;
+}
+
+impl BatchPayload for Vec<BatchItem> {
+    fn apply_in(self, registry: &mut Registry) -> Response {
+        Response::Batch(
+            self.into_iter()
+                .map(|c| registry.apply_command(c))
+                .collect(),
+        )
+    }
+}
+
+impl BatchPayload for NotNested {
+    fn apply_in(self, _: &mut Registry) -> Response {
+        match self {}
+    }
 }
 
 impl Registry {
     /// Applies one command. Deterministic; a refused command changes nothing.
     pub fn apply(&mut self, cmd: Command) -> Response {
+        self.apply_command(cmd)
+    }
+
+    /// Applies a command or a batch item: one body for both, so they cannot drift apart.
+    fn apply_command<B: BatchPayload>(&mut self, cmd: Command<B>) -> Response {
         let result = match cmd {
             Command::Bootstrap {
                 config,
@@ -222,9 +321,23 @@ impl Registry {
             ))),
             Command::PutPolicies { policies, now } => self.put_policies(policies, now),
             Command::DeletePolicy { name } => self.delete_policy(&name),
-            Command::Batch(cmds) => Ok(Response::Batch(
-                cmds.into_iter().map(|c| self.apply(c)).collect(),
-            )),
+            Command::Batch(items) => Ok(items.apply_in(self)),
+            Command::AdmitSignedNode {
+                token_id,
+                presented_hash,
+                node,
+                node_id,
+                cert,
+                now,
+            } => self.admit_signed_node(&token_id, &presented_hash, node, node_id, cert, now),
+            Command::RecordCertificate { node_id, cert } => self.record_certificate(node_id, cert),
+            Command::AllocateIdentityFor { labels, node_id } => {
+                self.allocate_identity_for(labels, node_id)
+            }
+            Command::ReleaseIdentityFor { labels, node_id } => {
+                self.release_identity_for(&labels, node_id)
+            }
+            Command::ForgetLegacyCaKey => self.forget_legacy_ca_key(),
         };
         result.unwrap_or_else(Response::Err)
     }

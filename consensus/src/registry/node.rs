@@ -11,7 +11,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{pod_cidr, Registry, RegistryError, Response};
+use super::{Registry, RegistryError, Response};
 
 /// A node as the registry knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +145,8 @@ impl Registry {
         self.nodes.values().find(|n| n.name == name)
     }
 
+    /// The legacy admission (no certificate record): the same checks as
+    /// [`Command::AdmitSignedNode`](super::Command::AdmitSignedNode) but the id.
     pub(super) fn admit_node(
         &mut self,
         token_id: &str,
@@ -152,41 +154,24 @@ impl Registry {
         new: NewNode,
         now: i64,
     ) -> Result<Response, RegistryError> {
-        let config = self.config()?.clone();
-        self.check_token(token_id, presented_hash, now)?;
-        if let Some(existing) = self.node_by_name(&new.name) {
-            return Err(RegistryError::NodeNameTaken {
-                name: new.name,
-                id: existing.id,
-            });
-        }
-        let pod_cidr =
-            pod_cidr::allocate(config.pod_pool, config.node_prefix_len, self.used_cidrs())?;
-        // Every check passed: from here on the command cannot fail.
-        let id = self.next_node_id.max(2);
-        self.next_node_id = id + 1;
-        self.spend_token(token_id);
-        let node = NodeRecord {
-            id,
-            name: new.name,
-            rpc_addr: new.rpc_addr,
-            tls_key_sha256: new.tls_key_sha256,
-            x25519_public: new.x25519_public,
-            pod_cidr,
-            joined_at: now,
-        };
-        self.nodes.insert(id, node.clone());
+        self.check_admission(token_id, presented_hash, &new, now)?;
+        let id = self.next_admission_id();
+        let node = self.record_admission(token_id, new, id, now)?;
         Ok(Response::Node(node))
     }
 
+    /// Removes a node with everything it holds, and revokes its key for good.
     pub(super) fn remove_node(&mut self, id: u64) -> Result<Response, RegistryError> {
-        self.nodes
+        let node = self
+            .nodes
             .remove(&id)
             .ok_or(RegistryError::NodeNotFound { id })?;
         for ep in self.endpoints.remove_node(id) {
             // The reference was taken when the endpoint was added, so it is there.
             let _ = self.identities.release(&ep.labels);
         }
+        self.drop_api_identity_refs(id);
+        self.revoke_node(&node);
         Ok(Response::Ok)
     }
 

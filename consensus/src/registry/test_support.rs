@@ -17,7 +17,7 @@ pub fn config() -> ClusterConfig {
         pod_pool: "10.128.0.0/22".parse().unwrap(),
         node_prefix_len: 24,
         ca_cert_pem: "ca".into(),
-        ca_key_pem: "key".into(),
+        legacy_ca_key_pem: "key".into(),
         created_at: T0,
     }
 }

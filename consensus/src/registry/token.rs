@@ -102,7 +102,9 @@ impl Registry {
 
     /// Whether `token_id` admits a node at `now` to one who presented `presented_hash`.
     /// Changes nothing: the use is counted by [`Registry::spend_token`] once the whole
-    /// admission has passed.
+    /// admission has passed. An unknown id and a wrong secret are the same
+    /// [`RegistryError::JoinRefused`], and the hash is compared in constant time, so neither
+    /// the answer nor its timing tells a guesser which part was wrong.
     pub(super) fn check_token(
         &self,
         token_id: &str,
@@ -112,14 +114,11 @@ impl Registry {
         let token = self
             .tokens
             .get(token_id)
-            .ok_or_else(|| RegistryError::TokenNotFound {
-                id: token_id.to_string(),
-            })?;
+            .ok_or(RegistryError::JoinRefused)?;
         // Checked before the state so a wrong secret reveals nothing about the token.
-        if token.secret_hash != presented_hash {
-            return Err(RegistryError::TokenSecretMismatch {
-                id: token_id.to_string(),
-            });
+        let stored = token.secret_hash.to_ascii_lowercase();
+        if !membrane_crypto::token::hashes_equal(&stored, &presented_hash.to_ascii_lowercase()) {
+            return Err(RegistryError::JoinRefused);
         }
         match token.state(now) {
             TokenState::Valid => Ok(()),
@@ -160,10 +159,10 @@ mod tests {
             now,
         };
         refused(&mut r, cmd("nosuch", HASH_A, "n2", T0), |e| {
-            matches!(e, RegistryError::TokenNotFound { .. })
+            *e == RegistryError::JoinRefused
         });
         refused(&mut r, cmd("abcdef", HASH_B, "n2", T0), |e| {
-            matches!(e, RegistryError::TokenSecretMismatch { .. })
+            *e == RegistryError::JoinRefused
         });
         refused(&mut r, cmd("abcdef", HASH_A, "n2", T0 + 3600), |e| {
             matches!(e, RegistryError::TokenExpired { .. })

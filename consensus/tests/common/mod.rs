@@ -15,7 +15,7 @@ pub fn bootstrap_cmd() -> Command {
             pod_pool: "10.128.0.0/16".parse().expect("cidr"),
             node_prefix_len: 24,
             ca_cert_pem: "ca".into(),
-            ca_key_pem: "key".into(),
+            legacy_ca_key_pem: "key".into(),
             created_at: 1_000,
         },
         first_node: NewNode {

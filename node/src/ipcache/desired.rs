@@ -118,7 +118,7 @@ mod tests {
                 pod_pool: "10.128.0.0/16".parse().unwrap(),
                 node_prefix_len: 24,
                 ca_cert_pem: String::new(),
-                ca_key_pem: String::new(),
+                legacy_ca_key_pem: String::new(),
                 created_at: 0,
             },
             first_node: node("n1", "10.77.0.11"),

@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use membrane_consensus::registry::Registry;
+use membrane_consensus::registry::{BatchItem, Registry};
 use membrane_consensus::store::RegistryHandle;
 use membrane_consensus::{Command, Raft, RegistryError, Response};
 use membrane_proto::v1::cluster_client::ClusterClient;
@@ -197,10 +197,16 @@ async fn dispatch(inner: &Inner, batch: Vec<Pending>) {
         let cmd = cmds.into_iter().next().expect("one command");
         inner.propose(cmd).await.map(|r| vec![r])
     } else {
-        match inner.propose(Command::Batch(cmds)).await {
-            Ok(Response::Batch(v)) if v.len() == n => Ok(v),
-            Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
-            Err(e) => Err(e),
+        // Batches are flat by type: a queued write that is itself a batch cannot ride in one.
+        match cmds.into_iter().map(BatchItem::try_from).collect() {
+            Err(_) => Err(ClientError::Refused(RegistryError::CommandTooLarge(
+                "a batch cannot hold a batch; write its commands one by one".into(),
+            ))),
+            Ok(items) => match inner.propose(Command::Batch(items)).await {
+                Ok(Response::Batch(v)) if v.len() == n => Ok(v),
+                Ok(other) => Err(ClientError::Decode(format!("a batch of {n} got {other:?}"))),
+                Err(e) => Err(e),
+            },
         }
     };
     match result {
