@@ -145,6 +145,15 @@ impl RegistryClient {
 
     /// Proposes a command, wherever the leader is. A refusal by the registry is `Refused`.
     pub async fn write(&self, cmd: Command) -> Result<Response, ClientError> {
+        // Refused here, before it joins a batch; the leader checks again.
+        cmd.check_limits().map_err(ClientError::Refused)?;
+        if matches!(cmd, Command::Batch(_)) {
+            // Already a batch: it goes alone, since a batch cannot hold one.
+            return match self.inner.propose(cmd).await {
+                Ok(Response::Err(e)) => Err(ClientError::Refused(e)),
+                other => other,
+            };
+        }
         let (done, rx) = oneshot::channel();
         self.batches
             .send(Pending { cmd, done })
@@ -287,7 +296,15 @@ impl Inner {
     }
 
     /// Proposes on this node, which must be the leader (used by the `Cluster.Write` RPC).
-    pub async fn write_as_leader(&self, cmd: Command) -> Result<Response, ClientError> {
+    /// Times in the command are replaced by the leader's clock here, so that a follower's
+    /// (or a joining node's) clock cannot stretch a token's life; a command over the size
+    /// limits is refused (in the response, as the registry's refusals are) before it can
+    /// become a log entry.
+    pub async fn write_as_leader(&self, mut cmd: Command) -> Result<Response, ClientError> {
+        cmd.stamp_time(crate::clock::unix_now());
+        if let Err(e) = cmd.check_limits() {
+            return Ok(Response::Err(e));
+        }
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
