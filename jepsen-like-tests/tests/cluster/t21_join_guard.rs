@@ -93,6 +93,7 @@ fn t21_thousand_random_joins_leave_the_raft_log_unchanged() -> anyhow::Result<()
     let tmp = tempfile::tempdir()?;
     let key_dir = tmp.path().to_path_buf();
     let real_id = init.token[..6].to_string();
+    let first_token = init.token.clone();
 
     let netns = h2.netns().to_string();
     let (codes, messages) = in_netns(&netns, move || -> anyhow::Result<_> {
@@ -126,7 +127,7 @@ fn t21_thousand_random_joins_leave_the_raft_log_unchanged() -> anyhow::Result<()
 
             // Another host's address advertised from this one: counted as a failure.
             let err = client
-                .join(request(init.token.clone(), h3_addr.clone()))
+                .join(request(first_token.clone(), h3_addr.clone()))
                 .await
                 .unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
