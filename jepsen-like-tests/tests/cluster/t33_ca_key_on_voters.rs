@@ -125,3 +125,97 @@ fn t33_the_ca_key_lives_on_voters_only() -> anyhow::Result<()> {
     .with_context(|| format!("a promoted voter did not receive the CA key; voters {now_voters:?}"))?;
     Ok(())
 }
+
+/// Issue 11, migration: the state directories of a 2-voter cluster written by the code
+/// before issue 11 (the CA key in the registry: in the Raft log, the snapshot and stale
+/// sled pages) start with this code; without any operator step, each voter moves the key to
+/// `keys/ca.key`, the leader drops it from the registry once both hold it, and every node's
+/// Raft storage ends without a private key (snapshot, purge, database rewrite at a restart
+/// in place). The cluster keeps working, and `node certs` shows the old certificates.
+#[test]
+fn t33_an_upgraded_cluster_moves_the_key_out_of_its_raft_storage() -> anyhow::Result<()> {
+    require_root()?;
+    membrane_jepsen::ensure_bpffs()?;
+    let lab = membrane_jepsen::Lab::new("cakeyup", 2)?;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pre-issue-11");
+    for i in 1..=2 {
+        let dst = lab.host(i).state_dir();
+        let _ = std::fs::remove_dir_all(&dst);
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fixture.join(format!("h{i}/state")))
+            .arg(&dst)
+            .status()?;
+        anyhow::ensure!(copied.success(), "copying the fixture for host {i}");
+        // git does not keep modes; the agent refuses readable key files.
+        let modes = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("chmod 600 {0}/keys/* && chmod 700 {0}", dst.display()))
+            .status()?;
+        anyhow::ensure!(modes.success());
+    }
+    let label = ["PRIVATE KEY".to_string()];
+    let raft_hits = |i: usize| files_containing(&lab.host(i).state_dir().join("raft"), &label);
+    assert!(!raft_hits(1)?.is_empty(), "the fixture holds the key in its Raft storage");
+    for i in 1..=2 {
+        let h = lab.host(i);
+        let args: Vec<String> = [
+            "--socket",
+            &h.socket().display().to_string(),
+            "agent",
+            "--state-dir",
+            &h.state_dir().display().to_string(),
+            "--plugin-socket",
+            &h.plugin_socket().display().to_string(),
+            "--bpf-pin-dir",
+            &h.bpf_pin_dir().display().to_string(),
+            "--cni-queue-dir",
+            &h.cni_queue_dir().display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        lab.start(i, &args)?;
+    }
+    let key_path = |i: usize| lab.host(i).state_dir().join("keys/ca.key");
+    wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        Ok(key_path(1).exists()
+            && key_path(2).exists()
+            && raft_hits(1)?.is_empty()
+            && raft_hits(2)?.is_empty())
+    })
+    .with_context(|| {
+        let logs: Vec<String> = (1..=2)
+            .map(|i| {
+                let log = std::fs::read_to_string(lab.host(i).log_path()).unwrap_or_default();
+                let ca_lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("CA key") || l.contains("restart") || l.contains("Raft database") || l.contains("WARN"))
+                    .collect();
+                format!("host {i}: raft files with a key {:?}, ca.key {}:\n{}", raft_hits(i).ok(), key_path(i).exists(), ca_lines.join("\n"))
+            })
+            .collect();
+        format!("the key did not leave the Raft storage; {}", logs.join("\n"))
+    })?;
+    let ca_key = std::fs::read_to_string(key_path(1))?;
+    assert_eq!(std::fs::read_to_string(key_path(2))?, ca_key);
+    // Nothing else in either state dir holds it either (bootstrap.json is long gone).
+    let needles = key_lines(&ca_key);
+    for i in 1..=2 {
+        let mut hits = files_containing(&lab.host(i).state_dir(), &needles)?;
+        hits.retain(|h| !h.ends_with("keys/ca.key"));
+        assert!(hits.is_empty(), "host {i} still holds the CA key in {hits:?}");
+    }
+    // The restarted agents still form the cluster and accept writes.
+    wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        Ok(lab
+            .cli(2, &["identity", "allocate", "app=upgraded"])?
+            .status
+            .success())
+    })
+    .context("the upgraded cluster does not accept writes")?;
+    let certs = lab.cli(1, &["node", "certs", "-o", "json"])?;
+    let certs: serde_json::Value = serde_json::from_slice(&certs.stdout)?;
+    assert_eq!(certs["certs"].as_array().map(|a| a.len()), Some(2), "{certs}");
+    Ok(())
+}
