@@ -36,6 +36,8 @@ const CUSTODY_PERIOD: Duration = Duration::from_secs(2);
 const RENEWAL_MAX_SLEEP_SECS: u64 = 3600;
 /// Wait after a failed renewal before the next attempt.
 const RENEWAL_RETRY: Duration = Duration::from_secs(60);
+/// How long a purge is given to reach the disk before the database is rewritten.
+const PURGE_FLUSH_WAIT: Duration = Duration::from_millis(1500);
 /// Storage scrubs (snapshot and purge) are at least this far apart.
 const SCRUB_PERIOD: Duration = Duration::from_secs(600);
 
@@ -256,6 +258,12 @@ async fn scrub_storage(ctx: &CaContext) -> anyhow::Result<()> {
     raft.trigger().purge_log(snap).await?;
     let purged = wait_for(raft, |m| m.purged.map(|l| l.index).filter(|i| *i >= snap)).await;
     info!(snapshot = snap, ?purged, "Raft log purged up to a snapshot without the CA key");
+    // The store does not flush a purge (a crash merely leaves extra entries below the purge
+    // point), and the restart below is an exec: the purged entries would come back and be
+    // copied into the rewritten database. Saving a snapshot flushes the whole database, and
+    // sled's own flusher runs every 500 ms meanwhile.
+    raft.trigger().snapshot().await?;
+    tokio::time::sleep(PURGE_FLUSH_WAIT).await;
     if !scrub::holds_private_key(&ctx.state.raft_dir())? {
         return Ok(());
     }
