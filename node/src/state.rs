@@ -210,7 +210,10 @@ impl StateDir {
             Err(e) => return Err(err(e)),
             Ok(m) => m.len(),
         };
-        let mut f = fs::OpenOptions::new().write(true).open(&path).map_err(err)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
         f.write_all(&vec![0u8; len as usize]).map_err(err)?;
         f.sync_all().map_err(err)?;
         drop(f);
@@ -327,7 +330,10 @@ mod tests {
         let pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
         dir.write_ca_key(pem).unwrap();
         assert_eq!(dir.ca_key().unwrap().as_deref(), Some(pem));
-        let mode = fs::metadata(dir.ca_key_path()).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.ca_key_path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(dir.remove_ca_key().unwrap());
         assert_eq!(dir.ca_key().unwrap(), None);

@@ -37,7 +37,9 @@ fn files_containing(dir: &Path, needles: &[String]) -> anyhow::Result<Vec<String
 /// Host i runs node i (the lab joins them in order); returns the hosts of learners.
 fn learner_hosts(c: &Cluster, hosts: usize) -> anyhow::Result<Vec<usize>> {
     let voters = c.voters(1)?;
-    Ok((1..=hosts).filter(|i| !voters.contains(&(*i as u64))).collect())
+    Ok((1..=hosts)
+        .filter(|i| !voters.contains(&(*i as u64)))
+        .collect())
 }
 
 /// Issue 11: after a 3-voter + 2-learner cluster forms, the CA key is in every voter's
@@ -72,7 +74,10 @@ fn t33_the_ca_key_lives_on_voters_only() -> anyhow::Result<()> {
         )
     })?;
     let ca_key = std::fs::read_to_string(key_path(1))?;
-    assert!(ca_key.contains("PRIVATE KEY"), "node 1's ca.key is not a PEM key");
+    assert!(
+        ca_key.contains("PRIVATE KEY"),
+        "node 1's ca.key is not a PEM key"
+    );
     for v in &voters {
         assert_eq!(
             std::fs::read_to_string(key_path(*v as usize))?,
@@ -107,7 +112,10 @@ fn t33_the_ca_key_lives_on_voters_only() -> anyhow::Result<()> {
     let nodes = c.cli_json(6, &["node", "list"])?;
     assert_eq!(nodes["nodes"].as_array().map(|n| n.len()), Some(6));
     let hits = files_containing(&c.lab().host(6).state_dir(), &needles)?;
-    assert!(hits.is_empty(), "the new learner holds the CA key in {hits:?}");
+    assert!(
+        hits.is_empty(),
+        "the new learner holds the CA key in {hits:?}"
+    );
 
     // A removed voter deletes its copy (the registry's removal reaches it first).
     let gone = *voters.iter().max().expect("three voters");
@@ -115,14 +123,21 @@ fn t33_the_ca_key_lives_on_voters_only() -> anyhow::Result<()> {
     wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
         Ok(!key_path(gone as usize).exists())
     })
-    .with_context(|| format!("removed voter {gone} kept the CA key: {}", c.log_tail(gone as usize)))?;
+    .with_context(|| {
+        format!(
+            "removed voter {gone} kept the CA key: {}",
+            c.log_tail(gone as usize)
+        )
+    })?;
     // And the new voter that replaced it received the key.
     c.wait_for_voters(3, Duration::from_secs(60))?;
     let now_voters = c.voters(1)?;
     wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
         Ok(now_voters.iter().all(|v| key_path(*v as usize).exists()))
     })
-    .with_context(|| format!("a promoted voter did not receive the CA key; voters {now_voters:?}"))?;
+    .with_context(|| {
+        format!("a promoted voter did not receive the CA key; voters {now_voters:?}")
+    })?;
     Ok(())
 }
 
@@ -150,13 +165,19 @@ fn t33_an_upgraded_cluster_moves_the_key_out_of_its_raft_storage() -> anyhow::Re
         // git does not keep modes; the agent refuses readable key files.
         let modes = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("chmod 600 {0}/keys/* && chmod 700 {0}", dst.display()))
+            .arg(format!(
+                "chmod 600 {0}/keys/* && chmod 700 {0}",
+                dst.display()
+            ))
             .status()?;
         anyhow::ensure!(modes.success());
     }
     let label = ["PRIVATE KEY".to_string()];
     let raft_hits = |i: usize| files_containing(&lab.host(i).state_dir().join("raft"), &label);
-    assert!(!raft_hits(1)?.is_empty(), "the fixture holds the key in its Raft storage");
+    assert!(
+        !raft_hits(1)?.is_empty(),
+        "the fixture holds the key in its Raft storage"
+    );
     for i in 1..=2 {
         let h = lab.host(i);
         let args: Vec<String> = [
@@ -190,12 +211,25 @@ fn t33_an_upgraded_cluster_moves_the_key_out_of_its_raft_storage() -> anyhow::Re
                 let log = std::fs::read_to_string(lab.host(i).log_path()).unwrap_or_default();
                 let ca_lines: Vec<&str> = log
                     .lines()
-                    .filter(|l| l.contains("CA key") || l.contains("restart") || l.contains("Raft database") || l.contains("WARN"))
+                    .filter(|l| {
+                        l.contains("CA key")
+                            || l.contains("restart")
+                            || l.contains("Raft database")
+                            || l.contains("WARN")
+                    })
                     .collect();
-                format!("host {i}: raft files with a key {:?}, ca.key {}:\n{}", raft_hits(i).ok(), key_path(i).exists(), ca_lines.join("\n"))
+                format!(
+                    "host {i}: raft files with a key {:?}, ca.key {}:\n{}",
+                    raft_hits(i).ok(),
+                    key_path(i).exists(),
+                    ca_lines.join("\n")
+                )
             })
             .collect();
-        format!("the key did not leave the Raft storage; {}", logs.join("\n"))
+        format!(
+            "the key did not leave the Raft storage; {}",
+            logs.join("\n")
+        )
     })?;
     let ca_key = std::fs::read_to_string(key_path(1))?;
     assert_eq!(std::fs::read_to_string(key_path(2))?, ca_key);
@@ -204,7 +238,10 @@ fn t33_an_upgraded_cluster_moves_the_key_out_of_its_raft_storage() -> anyhow::Re
     for i in 1..=2 {
         let mut hits = files_containing(&lab.host(i).state_dir(), &needles)?;
         hits.retain(|h| !h.ends_with("keys/ca.key"));
-        assert!(hits.is_empty(), "host {i} still holds the CA key in {hits:?}");
+        assert!(
+            hits.is_empty(),
+            "host {i} still holds the CA key in {hits:?}"
+        );
     }
     // The restarted agents still form the cluster and accept writes.
     wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
@@ -216,6 +253,10 @@ fn t33_an_upgraded_cluster_moves_the_key_out_of_its_raft_storage() -> anyhow::Re
     .context("the upgraded cluster does not accept writes")?;
     let certs = lab.cli(1, &["node", "certs", "-o", "json"])?;
     let certs: serde_json::Value = serde_json::from_slice(&certs.stdout)?;
-    assert_eq!(certs["certs"].as_array().map(|a| a.len()), Some(2), "{certs}");
+    assert_eq!(
+        certs["certs"].as_array().map(|a| a.len()),
+        Some(2),
+        "{certs}"
+    );
     Ok(())
 }

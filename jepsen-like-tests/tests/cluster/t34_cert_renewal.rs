@@ -25,7 +25,10 @@ fn t34_a_node_renews_its_certificate() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("node 3 joined with a recorded certificate: {old}"))?
         .to_string();
     let days = old["days_left"].as_i64().unwrap_or(-1);
-    assert!((29..=30).contains(&days), "a new certificate lasts 30 days: {old}");
+    assert!(
+        (29..=30).contains(&days),
+        "a new certificate lasts 30 days: {old}"
+    );
     let crt = c.lab().host(3).state_dir().join("tls/node.crt");
     let old_pem = std::fs::read_to_string(&crt)?;
     let pid = c.lab().pid(3)?;
@@ -33,7 +36,10 @@ fn t34_a_node_renews_its_certificate() -> anyhow::Result<()> {
     // Host 3 is a voter here, so it may sign for itself; host 4 would need another voter.
     let renewed = c.cli_json(3, &["node", "renew-cert"])?;
     let new_serial = renewed["serial"].as_str().unwrap_or_default().to_string();
-    assert!(!new_serial.is_empty() && new_serial != old_serial, "{renewed}");
+    assert!(
+        !new_serial.is_empty() && new_serial != old_serial,
+        "{renewed}"
+    );
 
     // The agent restarts itself in place and serves again, with the new certificate.
     std::thread::sleep(Duration::from_secs(2));
@@ -46,7 +52,11 @@ fn t34_a_node_renews_its_certificate() -> anyhow::Result<()> {
     assert!(c.log_tail(3).contains("agent started") || c.lab().is_running(3)?);
 
     let after = c.cli_json(1, &["node", "certs"])?;
-    assert_eq!(cert_of(&after, 3)?["serial"], new_serial.as_str(), "{after}");
+    assert_eq!(
+        cert_of(&after, 3)?["serial"],
+        new_serial.as_str(),
+        "{after}"
+    );
     // The node works with its new certificate: a write forwarded from it to the leader.
     wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
         Ok(c.cli(3, &["identity", "allocate", "app=renewed"]).is_ok())

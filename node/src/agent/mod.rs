@@ -26,6 +26,7 @@ use tracing::{info, warn};
 pub use crate::rpc::JoinArgs;
 pub use api::{join_command, DEFAULT_TOKEN_TTL_SECS, DEFAULT_TOKEN_USES};
 
+use crate::ca::CaCustody;
 use crate::cluster::api::ClusterApi;
 use crate::cluster::{autopilot, gossip};
 use crate::datapath::{self, NodeDatapath};
@@ -37,7 +38,6 @@ use crate::observe::{metrics, monitor, Telemetry};
 use crate::policy::api::{PolicyApi, PolicySlot};
 use crate::policy::apply::PolicySync;
 use crate::registry::RegistryClient;
-use crate::ca::CaCustody;
 use crate::rpc::{bootstrap, ca_service, cluster_service, join, join_service};
 use crate::state::StateDir;
 use crate::transport::{require_node_certificate, NodeTls};

@@ -100,7 +100,9 @@ mod tests {
     fn custody_with_ca(ca: &ClusterCa) -> (tempfile::TempDir, CaCustody) {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::open(tmp.path()).unwrap();
-        state.write_certificates(ca.cert_pem(), ca.cert_pem()).unwrap();
+        state
+            .write_certificates(ca.cert_pem(), ca.cert_pem())
+            .unwrap();
         (tmp, CaCustody::new(state))
     }
 

@@ -161,7 +161,10 @@ mod tests {
             plan(&view(Role::NotVoter, true, LegacyKey::SameCa)),
             vec![DeleteKey]
         );
-        assert_eq!(plan(&view(Role::NotVoter, false, LegacyKey::SameCa)), vec![]);
+        assert_eq!(
+            plan(&view(Role::NotVoter, false, LegacyKey::SameCa)),
+            vec![]
+        );
     }
 
     #[test]
@@ -176,18 +179,30 @@ mod tests {
             vec![AdoptLegacyKey, ForgetLegacyKeyWhenVotersHoldIt]
         );
         v.legacy = LegacyKey::Unusable;
-        assert_eq!(plan(&v), vec![FetchFromVoter], "a foreign key is left alone");
+        assert_eq!(
+            plan(&v),
+            vec![FetchFromVoter],
+            "a foreign key is left alone"
+        );
     }
 
     #[test]
     fn t30_storage_is_scrubbed_only_once_the_registry_forgot_the_key() {
         let mut v = view(Role::NotVoter, false, LegacyKey::SameCa);
         v.storage_holds_key = true;
-        assert_eq!(plan(&v), vec![], "the registry still holds it: scrubbing now is futile");
+        assert_eq!(
+            plan(&v),
+            vec![],
+            "the registry still holds it: scrubbing now is futile"
+        );
         v.legacy = LegacyKey::Absent;
         assert_eq!(plan(&v), vec![ScrubStorage]);
         v.caught_up = false;
-        assert_eq!(plan(&v), vec![], "halfway through a replay the answer may change");
+        assert_eq!(
+            plan(&v),
+            vec![],
+            "halfway through a replay the answer may change"
+        );
         v.caught_up = true;
         v.storage_holds_key = false;
         assert_eq!(plan(&v), vec![]);
@@ -200,7 +215,10 @@ mod tests {
         assert!(ready_to_forget(&all(VoterKey::Holds(h.into())), h));
         assert!(!ready_to_forget(&all(VoterKey::Lacks), h));
         assert!(!ready_to_forget(&all(VoterKey::Unreachable), h));
-        assert!(!ready_to_forget(&all(VoterKey::Holds("sha256:bb".into())), h));
+        assert!(!ready_to_forget(
+            &all(VoterKey::Holds("sha256:bb".into())),
+            h
+        ));
         assert!(!ready_to_forget(&BTreeMap::new(), h));
     }
 }

@@ -84,7 +84,8 @@ pub async fn custody(ctx: CaContext) {
     loop {
         tokio::time::sleep(CUSTODY_PERIOD).await;
         let view = look(&ctx, storage_clean).await;
-        storage_clean = !view.storage_holds_key && view.legacy == LegacyKey::Absent && view.caught_up;
+        storage_clean =
+            !view.storage_holds_key && view.legacy == LegacyKey::Absent && view.caught_up;
         for action in plan::plan(&view) {
             let result = match action {
                 CustodyAction::AdoptLegacyKey => adopt_legacy_key(&ctx),
@@ -134,8 +135,8 @@ async fn look(ctx: &CaContext, storage_clean: bool) -> CustodyView {
     // talking to it); the registry's removal reaches it first. Trusted only once the
     // registry copy has caught up, since a replay passes through states before this
     // node's admission.
-    let removed = caught_up
-        && client.local(|r| r.cluster().is_some() && r.node(ctx.me.node_id).is_none());
+    let removed =
+        caught_up && client.local(|r| r.cluster().is_some() && r.node(ctx.me.node_id).is_none());
     let role = if membership.nodes().next().is_none() {
         Role::Unknown
     } else if removed || !membership.voter_ids().any(|v| v == ctx.me.node_id) {
@@ -257,7 +258,11 @@ async fn scrub_storage(ctx: &CaContext) -> anyhow::Result<()> {
     .context("the snapshot without the CA key was not built in time")?;
     raft.trigger().purge_log(snap).await?;
     let purged = wait_for(raft, |m| m.purged.map(|l| l.index).filter(|i| *i >= snap)).await;
-    info!(snapshot = snap, ?purged, "Raft log purged up to a snapshot without the CA key");
+    info!(
+        snapshot = snap,
+        ?purged,
+        "Raft log purged up to a snapshot without the CA key"
+    );
     // The store does not flush a purge (a crash merely leaves extra entries below the purge
     // point), and the restart below is an exec: the purged entries would come back and be
     // copied into the rewritten database. Saving a snapshot flushes the whole database, and
@@ -406,9 +411,8 @@ pub async fn renew_now(ctx: &CaContext) -> anyhow::Result<CertInfo> {
             if node_id_from_cert_der(&der) != Some(ctx.me.node_id) {
                 bail!("the certificate returned names another node");
             }
-            let their_ca = ca_hash_of_cert_der(&crate::transport::first_cert_der(
-                &resp.ca_cert_pem,
-            )?)?;
+            let their_ca =
+                ca_hash_of_cert_der(&crate::transport::first_cert_der(&resp.ca_cert_pem)?)?;
             if their_ca != our_ca {
                 bail!("the certificate is from CA {their_ca}, not this node's {our_ca}");
             }

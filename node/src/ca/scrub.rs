@@ -30,7 +30,9 @@ pub enum ScrubError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot rewrite the Raft database {path}: {source}; the old database is left in place")]
+    #[error(
+        "cannot rewrite the Raft database {path}: {source}; the old database is left in place"
+    )]
     Sled { path: PathBuf, source: sled::Error },
 }
 
@@ -221,7 +223,10 @@ mod tests {
             t.insert("s", KEY).unwrap();
             db.flush().unwrap();
             t.insert("s", b"clean".as_slice()).unwrap();
-            db.open_tree("logs").unwrap().insert("1", b"one".as_slice()).unwrap();
+            db.open_tree("logs")
+                .unwrap()
+                .insert("1", b"one".as_slice())
+                .unwrap();
             db.flush().unwrap();
         }
         fs::write(raft.join("membrane-vote-saved"), b"").unwrap();
