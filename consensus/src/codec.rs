@@ -1,10 +1,11 @@
 //! Bounded bincode: the one encoding of log entries, votes, snapshots and Raft RPC payloads.
 //!
 //! The options are those of `bincode::serialize` (fixed-size integers, trailing bytes
-//! allowed), so the bytes are the same as every store and peer wrote before, plus a limit:
-//! a length prefix larger than what is left of the limit fails at once instead of
-//! allocating, so a forged "10^18 items" cannot exhaust memory. Depth is bounded by the
-//! types themselves (commands are flat, see [`crate::registry::Command`]).
+//! allowed), so the bytes are the same as every store and peer wrote before, plus a limit
+//! on the input's size (and on what is encoded). A forged length prefix ("10^18 items")
+//! cannot exhaust memory: reading stops at the input's end and serde sizes buffers
+//! cautiously. Depth is bounded by the types themselves (commands are flat, see
+//! [`crate::registry::Command`]).
 
 use bincode::Options;
 use serde::{de::DeserializeOwned, Serialize};
@@ -32,8 +33,15 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, limit: u64) -> Result<Vec<u8>, b
     options(limit).serialize(value)
 }
 
-/// Decodes `bytes`, reading at most `limit` bytes' worth of content.
+/// Decodes `bytes`, which must be at most `limit` long.
+///
+/// bincode 1 does not apply its limit when it reads from a slice (the slice bounds what it
+/// can read, and serde sizes buffers cautiously from claimed lengths), so the limit is
+/// checked here, on the input, before decoding starts.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, bincode::Error> {
+    if bytes.len() as u64 > limit {
+        return Err(Box::new(bincode::ErrorKind::SizeLimit));
+    }
     options(limit).deserialize(bytes)
 }
 
@@ -65,13 +73,16 @@ mod tests {
 
     #[test]
     fn t11_a_forged_length_fails_without_allocating() {
-        // A Vec<u8> claiming u64::MAX / 2 elements, then nothing.
+        // A string claiming u64::MAX / 2 bytes, then nothing: refused before any buffer is
+        // sized from the claim (an allocation that size would abort the test).
         let bytes = (u64::MAX / 2).to_le_bytes();
-        let err = decode::<Vec<u8>>(&bytes, MAX_RPC_PAYLOAD_BYTES).unwrap_err();
-        assert!(
-            matches!(*err, bincode::ErrorKind::SizeLimit),
-            "{err:?}"
-        );
+        assert!(decode::<String>(&bytes, MAX_RPC_PAYLOAD_BYTES).is_err());
+        // A sequence claiming as many elements ends at the data's end (serde preallocates
+        // cautiously), and a long real one stops at the limit.
+        assert!(decode::<Vec<u64>>(&bytes, MAX_RPC_PAYLOAD_BYTES).is_err());
+        let long = bincode::serialize(&vec![7u64; 1000]).unwrap();
+        let err = decode::<Vec<u64>>(&long, 800).unwrap_err();
+        assert!(matches!(*err, bincode::ErrorKind::SizeLimit), "{err:?}");
         assert!(encode(&vec![0u8; 200], 100).is_err(), "the limit binds encode too");
     }
 }

@@ -202,7 +202,7 @@ impl PeerClient {
                 });
             }
         };
-        let decoded: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&payload.data).map_err(|e| {
+        let decoded: Result<Resp, RaftError<NodeId, E>> = crate::codec::decode(&payload.data, crate::codec::MAX_RPC_PAYLOAD_BYTES).map_err(|e| {
             tracing::warn!(target_node = self.target, ?rpc, error = %e, "undecodable Raft response");
             RPCError::Network(NetworkError::new(&e))
         })?;
@@ -289,7 +289,7 @@ fn decode_request<T: DeserializeOwned>(
     request: Request<RaftPayload>,
 ) -> Result<T, Status> {
     let remote = request.remote_addr();
-    bincode::deserialize(&request.into_inner().data).map_err(|e| {
+    crate::codec::decode(&request.into_inner().data, crate::codec::MAX_RPC_PAYLOAD_BYTES).map_err(|e| {
         tracing::warn!(?rpc, ?remote, error = %e, "undecodable Raft request");
         Status::invalid_argument(format!(
             "{rpc:?} payload is not a bincode-encoded openraft request ({e}); is the peer running a compatible membrane version?"

@@ -246,9 +246,10 @@ mod tests {
             |e| *e == RegistryError::JoinRefused,
         );
         // Loopback, and an address another node has (node 1's IP, other port).
-        for addr in ["127.0.0.1:7700", "10.0.0.1:9999"] {
+        let n1_ip = r.node(1).unwrap().rpc_addr.ip();
+        for addr in ["127.0.0.1:7700".parse().unwrap(), std::net::SocketAddr::new(n1_ip, 9999)] {
             let mut at = node.clone();
-            at.rpc_addr = addr.parse().unwrap();
+            at.rpc_addr = addr;
             refused(
                 &mut r,
                 signed_cmd("multi1", HASH_B, at.clone(), 2, cert.clone()),

@@ -180,7 +180,9 @@ mod tests {
             BatchItem::try_from(Command::Batch(inner.clone())),
             Err(inner)
         );
-        let item = BatchItem::try_from(Command::RevokeToken { id: "x".into() }).unwrap();
-        assert_eq!(Command::from(item), Command::RevokeToken { id: "x".into() });
+        // A path `Command::X` does not take the default batch payload; a typed binding does.
+        let cmd: Command = Command::RevokeToken { id: "x".into() };
+        let item = BatchItem::try_from(cmd).unwrap();
+        assert_eq!(<Command>::from(item), Command::RevokeToken { id: "x".into() });
     }
 }

@@ -506,4 +506,127 @@ mod tests {
             matches!(e, RegistryError::IdentityNotFound { .. })
         });
     }
+
+    #[test]
+    fn t42_release_never_drops_references_that_endpoints_hold() {
+        use crate::registry::test_support::{added, new_endpoint};
+        let mut r = bootstrapped();
+        let web = labels("app=web");
+        let (ep, _) = added(r.apply(new_endpoint(1, "c1", "eth0", "/run/netns/a", &["app=web"])));
+        refused(
+            &mut r,
+            Command::ReleaseIdentity {
+                labels: web.clone(),
+            },
+            |e| matches!(e, RegistryError::IdentityInUse { held: 1, .. }),
+        );
+        // An anonymous reference on top may be released, down to the endpoint's.
+        r.apply(Command::AllocateIdentity {
+            labels: web.clone(),
+        });
+        assert!(matches!(
+            r.apply(Command::ReleaseIdentity {
+                labels: web.clone()
+            }),
+            Response::Released { references: 1, .. }
+        ));
+        refused(&mut r, Command::ReleaseIdentity { labels: web }, |e| {
+            matches!(e, RegistryError::IdentityInUse { .. })
+        });
+        assert_eq!(r.identity(ep.identity).unwrap().references, 1);
+        let msg = RegistryError::IdentityInUse {
+            id: 1,
+            labels: "a=b".into(),
+            held: 1,
+        }
+        .to_string();
+        assert!(msg.contains("remove those endpoints"), "{msg}");
+    }
+
+    #[test]
+    fn t43_api_references_are_counted_per_node_and_released_only_by_it() {
+        use crate::registry::test_support::signed_node;
+        let mut r = bootstrapped();
+        let n2 = signed_node(&mut r, "n2");
+        let web = labels("app=web");
+        let alloc = |node_id| Command::AllocateIdentityFor {
+            labels: web.clone(),
+            node_id,
+        };
+        let release = |node_id| Command::ReleaseIdentityFor {
+            labels: web.clone(),
+            node_id,
+        };
+        assert!(matches!(r.apply(alloc(1)), Response::Identity { created: true, .. }));
+        assert!(matches!(r.apply(alloc(1)), Response::Identity { .. }));
+        assert!(matches!(r.apply(alloc(n2.id)), Response::Identity { .. }));
+        assert_eq!(r.identity_by_labels(&web).unwrap().references, 3);
+        // Neither the anonymous release nor a node that took nothing can drop them.
+        refused(
+            &mut r,
+            Command::ReleaseIdentity {
+                labels: web.clone(),
+            },
+            |e| matches!(e, RegistryError::IdentityInUse { held: 3, .. }),
+        );
+        refused(&mut r, release(9), |e| {
+            matches!(e, RegistryError::IdentityNotHeld { node_id: 9, .. })
+        });
+        refused(&mut r, alloc(9), |e| {
+            matches!(e, RegistryError::NodeNotFound { id: 9 })
+        });
+        assert!(matches!(
+            r.apply(release(1)),
+            Response::Released { references: 2, .. }
+        ));
+        // Removing node 2 drops its reference; node 1 keeps its own.
+        r.apply(Command::RemoveNode { id: n2.id })
+            .into_result()
+            .unwrap();
+        assert_eq!(r.identity_by_labels(&web).unwrap().references, 1);
+        assert!(matches!(
+            r.apply(release(1)),
+            Response::Released { removed: true, .. }
+        ));
+        refused(&mut r, release(1), |e| {
+            matches!(e, RegistryError::IdentityNotFound { .. })
+        });
+    }
+
+    #[test]
+    fn t44_the_per_node_quota_counts_distinct_identities() {
+        let mut r = bootstrapped();
+        for i in 0..MAX_API_IDENTITIES_PER_NODE {
+            r.apply(Command::AllocateIdentityFor {
+                labels: labels(&format!("n={i}")),
+                node_id: 1,
+            })
+            .into_result()
+            .unwrap();
+        }
+        refused(
+            &mut r,
+            Command::AllocateIdentityFor {
+                labels: labels("n=one-more"),
+                node_id: 1,
+            },
+            |e| {
+                matches!(
+                    e,
+                    RegistryError::IdentityQuotaExceeded {
+                        node_id: 1,
+                        limit: MAX_API_IDENTITIES_PER_NODE
+                    }
+                )
+            },
+        );
+        // Another reference on one it holds is not a new identity.
+        assert!(matches!(
+            r.apply(Command::AllocateIdentityFor {
+                labels: labels("n=0"),
+                node_id: 1,
+            }),
+            Response::Identity { created: false, .. }
+        ));
+    }
 }

@@ -2,7 +2,7 @@
 //! the commands carry.
 
 use super::{
-    ClusterConfig, Command, EndpointRecord, GossipKey, LabelSet, NewEndpoint, NewNode, NodeRecord,
+    CertRecord, ClusterConfig, Command, EndpointRecord, GossipKey, LabelSet, NewEndpoint, NewNode, NodeRecord,
     Registry, RegistryError, Response, Sha256, TokenRecord, X25519Public,
 };
 
@@ -25,8 +25,12 @@ pub fn config() -> ClusterConfig {
 pub fn new_node(name: &str) -> NewNode {
     NewNode {
         name: name.into(),
-        // The port tells the nodes apart (names are not addresses).
-        rpc_addr: std::net::SocketAddr::from(([10, 0, 0, 1], 7700 + name_port(name))),
+        // The address tells the nodes apart (names are not addresses; no two nodes may
+        // share an IP).
+        rpc_addr: {
+            let [hi, lo] = name_port(name).to_be_bytes();
+            std::net::SocketAddr::from(([10, 0, hi, lo.max(1)], 7700))
+        },
         tls_key_sha256: Sha256([0x00; 32]),
         x25519_public: X25519Public([0x11; 32]),
     }
@@ -118,5 +122,53 @@ pub fn added(resp: Response) -> (EndpointRecord, bool) {
     match resp {
         Response::Endpoint { endpoint, created } => (endpoint, created),
         other => panic!("expected an endpoint, got {other:?}"),
+    }
+}
+
+/// A hex hash fixture as a [`Sha256`].
+pub fn sha(hex: &str) -> Sha256 {
+    hex.parse().expect("64 hex digits")
+}
+
+/// A 30-day certificate record for `node`'s TLS key.
+pub fn cert_for(node: &NewNode) -> CertRecord {
+    CertRecord {
+        serial: "0a1b2c".into(),
+        not_before: T0,
+        not_after: T0 + 30 * 86400,
+        tls_key_sha256: node.tls_key_sha256,
+    }
+}
+
+/// An `AdmitSignedNode` command at `T0`.
+pub fn signed_cmd(token_id: &str, hash: &str, node: NewNode, node_id: u64, cert: CertRecord) -> Command {
+    Command::AdmitSignedNode {
+        token_id: token_id.into(),
+        presented_hash: sha(hash),
+        node,
+        node_id,
+        cert,
+        now: T0,
+    }
+}
+
+/// Admits `name` through a fresh single-use token with `AdmitSignedNode`, with a TLS key of
+/// its own.
+pub fn signed_node(r: &mut Registry, name: &str) -> NodeRecord {
+    let token_id = format!("tok{name:0>3}");
+    r.apply(Command::CreateToken {
+        token: token(&token_id, HASH_B, 1),
+    })
+    .into_result()
+    .expect("token");
+    let mut node = new_node(name);
+    node.tls_key_sha256 = Sha256([name.len() as u8 + 0x40; 32]);
+    let next = r
+        .precheck_admission(&token_id, &sha(HASH_B), &node, T0)
+        .expect("precheck");
+    let cert = cert_for(&node);
+    match r.apply(signed_cmd(&token_id, HASH_B, node, next, cert)) {
+        Response::Node(n) => n,
+        other => panic!("admission refused: {other:?}"),
     }
 }

@@ -1,7 +1,7 @@
 //! Tests that cross the registry's concerns: the whole state's serialisation, and batches.
 //! Each command's own tests live beside its handler.
 
-use super::test_support::bootstrapped;
+use super::test_support::{bootstrapped, signed_node};
 use super::*;
 
 #[test]
@@ -10,6 +10,19 @@ fn t50_registry_survives_a_serde_round_trip() {
     r.apply(Command::AllocateIdentity {
         labels: LabelSet::parse(&["app=web"]).unwrap(),
     });
+    // The issue-11 state too: a certificate, a revocation, API references.
+    let n2 = signed_node(&mut r, "n2");
+    signed_node(&mut r, "n3");
+    r.apply(Command::AllocateIdentityFor {
+        labels: LabelSet::parse(&["app=db"]).unwrap(),
+        node_id: 1,
+    })
+    .into_result()
+    .unwrap();
+    r.apply(Command::RemoveNode { id: n2.id })
+        .into_result()
+        .unwrap();
+    assert!(!r.revoked().is_empty() && r.certificates().count() == 1);
     let bytes = bincode::serialize(&r).unwrap();
     let back: Registry = bincode::deserialize(&bytes).unwrap();
     assert_eq!(back, r);
@@ -23,13 +36,13 @@ fn t60_a_batch_applies_in_order_and_a_refusal_does_not_stop_it() {
     let mut r = bootstrapped();
     let web = LabelSet::parse(&["app=web"]).unwrap();
     let resp = r.apply(Command::Batch(vec![
-        Command::AllocateIdentity {
+        BatchItem::AllocateIdentity {
             labels: web.clone(),
         },
-        Command::ReleaseIdentity {
+        BatchItem::ReleaseIdentity {
             labels: LabelSet::parse(&["app=none"]).unwrap(),
         },
-        Command::AllocateIdentity {
+        BatchItem::AllocateIdentity {
             labels: web.clone(),
         },
     ]));

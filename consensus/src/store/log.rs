@@ -82,7 +82,7 @@ impl LogStore {
         else {
             return Ok(None);
         };
-        decode(&bytes)
+        decode(&bytes, crate::codec::MAX_META_BYTES)
             .map(Some)
             .map_err(|source| self.disk.corrupt(what, source))
     }
@@ -93,7 +93,9 @@ impl LogStore {
         what: &'static str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = self.disk.encode(what, value)?;
+        let bytes = self
+            .disk
+            .encode(what, value, crate::codec::MAX_META_BYTES)?;
         self.meta
             .insert(key, bytes)
             .map_err(self.disk.io("writing Raft metadata"))?;
@@ -116,7 +118,7 @@ impl LogStore {
     }
 
     fn decode_entry(&self, key: &[u8], value: &[u8]) -> Result<Entry<TypeConfig>, StoreError> {
-        decode(value).map_err(|source| {
+        decode(value, crate::codec::MAX_LOG_ENTRY_BYTES).map_err(|source| {
             let what = match <[u8; 8]>::try_from(key) {
                 Ok(k) => format!("log entry {}", u64::from_be_bytes(k)),
                 Err(_) => format!("log entry with malformed key {key:?}"),
@@ -251,7 +253,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let bytes = self
                 .disk
-                .encode("log entry", &entry)
+                .encode("log entry", &entry, crate::codec::MAX_LOG_ENTRY_BYTES)
                 .map_err(|e| e.into_storage(ErrorSubject::Log(entry.log_id), ErrorVerb::Write))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
             last = Some(entry.log_id);

@@ -1,6 +1,7 @@
 //! openraft storage (storage-v2) on one sled database per node.
 //!
-//! Layout of the database, all values encoded with bincode:
+//! Layout of the database, all values encoded with bincode through the bounded
+//! [`codec`](crate::codec) (the same bytes as `bincode::serialize`):
 //!
 //! | tree       | key                    | value                                   |
 //! |------------|------------------------|-----------------------------------------|
@@ -9,6 +10,9 @@
 //! | `meta`     | `committed`            | `Option<LogId<NodeId>>`                 |
 //! | `meta`     | `last_purged`          | `LogId<NodeId>`                         |
 //! | `snapshot` | `current`              | snapshot meta + data (one value)        |
+//!
+//! The snapshot data starts with a format number (see `state_machine`); data written
+//! before issue 11 has none and is read through the frozen pre-issue-11 registry.
 //!
 //! Beside sled's files, an empty file `membrane-vote-saved` records that a vote was once
 //! saved, so that a database that sled "recovered" to empty is refused (see
@@ -245,8 +249,15 @@ impl Disk {
         }
     }
 
-    fn encode<T: Serialize>(&self, what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-        bincode::serialize(value).map_err(|source| StoreError::Encode {
+    /// Encodes `value` with the bounded codec; a value over `limit` is refused here, before
+    /// it is written, rather than being unreadable later.
+    fn encode<T: Serialize>(
+        &self,
+        what: &'static str,
+        value: &T,
+        limit: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        crate::codec::encode(value, limit).map_err(|source| StoreError::Encode {
             path: self.path.clone(),
             what,
             source,
@@ -274,6 +285,7 @@ impl Disk {
     }
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    bincode::deserialize(bytes)
+/// Decodes a value read from the database, within `limit` (see [`crate::codec`]).
+fn decode<T: DeserializeOwned>(bytes: &[u8], limit: u64) -> Result<T, bincode::Error> {
+    crate::codec::decode(bytes, limit)
 }

@@ -17,6 +17,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use super::{decode, Disk, StorageResult, StoreError};
+use crate::codec;
+use crate::registry::legacy::RegistryV0;
 use crate::registry::{Registry, Response};
 use crate::{NodeId, TypeConfig};
 
@@ -39,6 +41,57 @@ struct SnapshotPayload {
     registry: Registry,
 }
 
+/// [`SnapshotPayload`] as written before issue 11 (no format number; the frozen registry).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayloadV0 {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub registry: RegistryV0,
+}
+
+/// First byte of a versioned payload. An unversioned (pre-issue-11) payload begins with the
+/// `Option` tag of `last_applied`, 0 or 1, so the two cannot be confused.
+const SNAPSHOT_MAGIC: u8 = 0xFF;
+/// The payload format this code writes: magic, this number (u32 LE), the payload.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Encodes a snapshot payload in the current format.
+fn encode_payload(payload: &SnapshotPayload) -> Result<Vec<u8>, bincode::Error> {
+    let body = codec::encode(payload, codec::MAX_SNAPSHOT_BYTES)?;
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a snapshot payload of any format this code knows: the current one, or the
+/// unversioned one written before issue 11 (converted).
+fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, bincode::Error> {
+    let limit = codec::MAX_SNAPSHOT_BYTES;
+    match data.split_first() {
+        Some((&SNAPSHOT_MAGIC, rest)) => {
+            let (version, body) = rest.split_at_checked(4).ok_or_else(|| {
+                Box::new(bincode::ErrorKind::Custom(
+                    "the snapshot ends inside its format number".into(),
+                ))
+            })?;
+            let version = u32::from_le_bytes(version.try_into().unwrap_or_default());
+            match version {
+                SNAPSHOT_FORMAT => codec::decode(body, limit),
+                other => Err(Box::new(bincode::ErrorKind::Custom(format!(
+                    "snapshot format {other} is newer than this membrane reads ({SNAPSHOT_FORMAT}); upgrade this node"
+                )))),
+            }
+        }
+        _ => codec::decode::<SnapshotPayloadV0>(data, limit).map(|v0| SnapshotPayload {
+            last_applied: v0.last_applied,
+            membership: v0.membership,
+            registry: v0.registry.into(),
+        }),
+    }
+}
+
 /// The current snapshot as kept in sled: meta and data in one value, so they never disagree.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -55,7 +108,7 @@ fn read_stored_snapshot(
         .map_err(disk.io("reading the snapshot"))?;
     match bytes {
         None => Ok(None),
-        Some(b) => decode(&b)
+        Some(b) => decode(&b, codec::MAX_SNAPSHOT_BYTES)
             .map(Some)
             .map_err(|source| disk.corrupt("the stored snapshot", source)),
     }
@@ -135,7 +188,7 @@ impl StateMachineStore {
     pub(super) fn open(disk: Disk, snapshot: sled::Tree) -> Result<Self, StoreError> {
         let state = match read_stored_snapshot(&disk, &snapshot)? {
             Some(s) => {
-                let payload: SnapshotPayload = decode(&s.data)
+                let payload = decode_payload(&s.data)
                     .map_err(|source| disk.corrupt("the state machine snapshot", source))?;
                 SmState {
                     last_applied: s.meta.last_log_id,
@@ -169,7 +222,9 @@ impl StateMachineStore {
                 return Ok(false);
             }
         }
-        let bytes = self.disk.encode("snapshot", stored)?;
+        let bytes = self
+            .disk
+            .encode("snapshot", stored, codec::MAX_SNAPSHOT_BYTES)?;
         self.snapshot
             .insert(KEY_CURRENT_SNAPSHOT, bytes)
             .map_err(self.disk.io("writing the snapshot"))?;
@@ -196,7 +251,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 last_membership: state.membership.clone(),
                 snapshot_id,
             };
-            let payload = bincode::serialize(&SnapshotPayload {
+            let payload = encode_payload(&SnapshotPayload {
                 last_applied: state.last_applied,
                 membership: state.membership.clone(),
                 registry: state.registry.clone(),
@@ -276,7 +331,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> StorageResult<()> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let data = snapshot.into_inner();
-        let payload: SnapshotPayload = decode(&data)
+        let payload = decode_payload(&data)
             .map_err(|source| StoreError::BadSnapshot { source })
             .map_err(|e| e.into_storage(subject(), ErrorVerb::Read))?;
         let stored = StoredSnapshot {
@@ -302,5 +357,116 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+
+    use super::*;
+    use crate::registry::{Command, LabelSet};
+    use crate::store;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// A registry with something in every old field that a small cluster fills.
+    fn old_registry() -> Registry {
+        let mut r = crate::registry::test_support::bootstrapped();
+        r.apply(Command::AllocateIdentity {
+            labels: LabelSet::parse(&["app=web"]).expect("labels"),
+        });
+        r
+    }
+
+    /// Writes, into a fresh store directory, exactly what the code before issue 11 wrote: a
+    /// snapshot whose data is the unversioned payload of the frozen registry, and a log entry
+    /// after it, all with `bincode::serialize`.
+    fn write_pre_issue_11_store(dir: &std::path::Path, registry: &Registry) {
+        drop(store::open(dir).expect("create the store"));
+        let db = sled::open(dir).expect("sled");
+        let membership = StoredMembership::new(
+            Some(log_id(1)),
+            Membership::new(vec![std::collections::BTreeSet::from([1])], None),
+        );
+        let payload = SnapshotPayloadV0 {
+            last_applied: Some(log_id(3)),
+            membership: membership.clone(),
+            registry: registry.to_v0(),
+        };
+        let stored = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(3)),
+                last_membership: membership,
+                snapshot_id: "1-1-3-0".into(),
+            },
+            data: bincode::serialize(&payload).expect("encode payload"),
+        };
+        db.open_tree(super::super::SNAPSHOT_TREE)
+            .expect("tree")
+            .insert(KEY_CURRENT_SNAPSHOT, bincode::serialize(&stored).expect("encode"))
+            .expect("insert");
+        let entry = Entry::<TypeConfig> {
+            log_id: log_id(4),
+            payload: EntryPayload::Normal(Command::RemoveNode { id: 9 }),
+        };
+        db.open_tree(super::super::LOGS_TREE)
+            .expect("tree")
+            .insert(4u64.to_be_bytes(), bincode::serialize(&entry).expect("encode"))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+
+    #[tokio::test]
+    async fn t30_a_store_written_before_issue_11_opens_and_is_rewritten_versioned() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let old = old_registry();
+        write_pre_issue_11_store(dir.path(), &old);
+
+        let (mut log, mut sm) = store::open(dir.path()).expect("the old store opens");
+        assert_eq!(sm.registry().snapshot(), old);
+        assert_eq!(sm.registry().last_applied(), Some(log_id(3)));
+        use openraft::RaftLogReader;
+        let entries = log.try_get_log_entries(4..5).await.expect("log reads");
+        assert!(matches!(
+            entries[0].payload,
+            EntryPayload::Normal(Command::RemoveNode { id: 9 })
+        ));
+
+        // The next snapshot is written in the versioned format and reads back the same.
+        let snap = sm.build_snapshot().await.expect("snapshot");
+        let data = snap.snapshot.into_inner();
+        assert_eq!(data[0], SNAPSHOT_MAGIC);
+        assert_eq!(data[1..5], SNAPSHOT_FORMAT.to_le_bytes());
+        drop((log, sm));
+        let (_log, sm) = store::open(dir.path()).expect("reopens");
+        assert_eq!(sm.registry().snapshot(), old);
+    }
+
+    #[test]
+    fn t31_payload_formats() {
+        let payload = SnapshotPayload {
+            last_applied: Some(log_id(2)),
+            membership: StoredMembership::default(),
+            registry: old_registry(),
+        };
+        let bytes = encode_payload(&payload).expect("encode");
+        assert_eq!(decode_payload(&bytes).expect("decode").registry, payload.registry);
+        let mut future = bytes.clone();
+        future[1..5].copy_from_slice(&2u32.to_le_bytes());
+        let err = decode_payload(&future).err().expect("refused").to_string();
+        assert!(err.contains("upgrade this node"), "{err}");
+        assert!(decode_payload(&[SNAPSHOT_MAGIC, 1]).is_err());
+        // An old payload with no previous log id starts with 0, one with a log id with 1.
+        let v0 = SnapshotPayloadV0 {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            registry: payload.registry.to_v0(),
+        };
+        let old = bincode::serialize(&v0).expect("encode");
+        assert_eq!(old[0], 0);
+        assert_eq!(decode_payload(&old).expect("decode").registry, payload.registry);
     }
 }

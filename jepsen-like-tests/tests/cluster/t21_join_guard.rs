@@ -42,7 +42,7 @@ fn random_token(real_id: &str, k: usize) -> String {
             .map(|_| ALPHABET[rand_index(ALPHABET.len())] as char)
             .collect()
     };
-    let id = if k % 10 == 0 {
+    let id = if k.is_multiple_of(10) {
         real_id.to_string()
     } else {
         pick(6)
@@ -93,7 +93,7 @@ fn t21_thousand_random_joins_leave_the_raft_log_unchanged() -> anyhow::Result<()
     let tmp = tempfile::tempdir()?;
     let key_dir = tmp.path().to_path_buf();
     let real_id = init.token[..6].to_string();
-    let first_token = init.token.clone();
+    let real_token = init.token.clone();
 
     let netns = h2.netns().to_string();
     let (codes, messages) = in_netns(&netns, move || -> anyhow::Result<_> {
@@ -127,12 +127,13 @@ fn t21_thousand_random_joins_leave_the_raft_log_unchanged() -> anyhow::Result<()
 
             // Another host's address advertised from this one: counted as a failure.
             let err = client
-                .join(request(first_token.clone(), h3_addr.clone()))
+                .join(request(real_token, h3_addr.clone()))
                 .await
                 .unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
             assert!(
-                err.message().contains("not the address this join comes from"),
+                err.message()
+                    .contains("not the address this join comes from"),
                 "{err:?}"
             );
 
@@ -140,7 +141,10 @@ fn t21_thousand_random_joins_leave_the_raft_log_unchanged() -> anyhow::Result<()
             let mut messages = std::collections::BTreeSet::new();
             for k in 0..1000 {
                 let err = client
-                    .join(request(random_token(&real_id, k), h2.rpc_addr().to_string()))
+                    .join(request(
+                        random_token(&real_id, k),
+                        h2.rpc_addr().to_string(),
+                    ))
                     .await
                     .expect_err("a random token must be refused");
                 if err.code() == Code::PermissionDenied {
@@ -153,7 +157,10 @@ fn t21_thousand_random_joins_leave_the_raft_log_unchanged() -> anyhow::Result<()
     })??;
 
     // Default limit: 5 failures a minute per address; one was the address mismatch.
-    let denied = codes.iter().filter(|c| **c == Code::PermissionDenied).count();
+    let denied = codes
+        .iter()
+        .filter(|c| **c == Code::PermissionDenied)
+        .count();
     let limited = codes
         .iter()
         .filter(|c| **c == Code::ResourceExhausted)
@@ -172,7 +179,10 @@ fn t21_thousand_random_joins_leave_the_raft_log_unchanged() -> anyhow::Result<()
 
     let m = scrape(&c, 1)?;
     let d = |series: &str| value(&m, series) - value(&metrics_before, series);
-    assert_eq!(d("membrane_join_refused_total{reason=\"rate_limited\"}"), 996.0);
+    assert_eq!(
+        d("membrane_join_refused_total{reason=\"rate_limited\"}"),
+        996.0
+    );
     assert_eq!(d("membrane_join_refused_total{reason=\"token\"}"), 4.0);
     assert_eq!(d("membrane_join_refused_total{reason=\"address\"}"), 1.0);
 

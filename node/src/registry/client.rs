@@ -63,21 +63,28 @@ impl From<ClientError> for tonic::Status {
                 | RegistryError::TokenExpired { .. }
                 | RegistryError::TokenRevoked { .. }
                 | RegistryError::TokenUsedUp { .. }
-                | RegistryError::TokenSecretMismatch { .. },
+                | RegistryError::TokenSecretMismatch { .. }
+                | RegistryError::JoinRefused
+                | RegistryError::NodeRevoked { .. }
+                | RegistryError::NodeKeyMismatch { .. },
             ) => tonic::Status::permission_denied(e.to_string()),
             ClientError::Refused(
                 RegistryError::InvalidLabels(_)
                 | RegistryError::InvalidToken(_)
                 | RegistryError::InvalidEndpoint(_)
                 | RegistryError::InvalidPolicy(_)
-                | RegistryError::InvalidClusterConfig(_),
+                | RegistryError::InvalidClusterConfig(_)
+                | RegistryError::InvalidRpcAddr { .. }
+                | RegistryError::InvalidCertificate(_)
+                | RegistryError::CommandTooLarge(_),
             ) => tonic::Status::invalid_argument(e.to_string()),
             ClientError::Refused(RegistryError::EndpointConflict(_)) => {
                 tonic::Status::already_exists(e.to_string())
             }
             ClientError::Refused(
                 RegistryError::EndpointAddressesExhausted { .. }
-                | RegistryError::IdentitySpaceExhausted { .. },
+                | RegistryError::IdentitySpaceExhausted { .. }
+                | RegistryError::IdentityQuotaExceeded { .. },
             ) => tonic::Status::resource_exhausted(e.to_string()),
             ClientError::Refused(
                 RegistryError::IdentityNotFound { .. }

@@ -97,7 +97,12 @@ impl JoinCounters {
     pub fn refused(&self) -> Vec<(&'static str, u64)> {
         Refusal::ALL
             .iter()
-            .map(|r| (r.as_str(), self.refused[*r as usize].load(Ordering::Relaxed)))
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.refused[*r as usize].load(Ordering::Relaxed),
+                )
+            })
             .collect()
     }
 }
@@ -176,7 +181,12 @@ impl Join for JoinService {
         let forward = source.map(|ip| ip.to_string());
         match self.admit(req.into_inner(), source, forward).await {
             Ok(r) => {
-                info!(?peer, ?source, node_id = r.get_ref().node_id, "node admitted");
+                info!(
+                    ?peer,
+                    ?source,
+                    node_id = r.get_ref().node_id,
+                    "node admitted"
+                );
                 Ok(r)
             }
             Err(r) => {
@@ -205,7 +215,13 @@ impl JoinService {
 
     fn refuse(&self, peer: Option<SocketAddr>, source: Option<IpAddr>, r: Refused) -> Status {
         self.counters.count(r.why);
-        warn!(?peer, ?source, why = r.why.as_str(), reason = r.status.message(), "join refused");
+        warn!(
+            ?peer,
+            ?source,
+            why = r.why.as_str(),
+            reason = r.status.message(),
+            "join refused"
+        );
         r.status
     }
 
@@ -313,7 +329,7 @@ impl JoinService {
             let (cert_pem, cert) = sign(&ca, &req.csr_der, node_id)?;
             let cmd = Command::AdmitSignedNode {
                 token_id: token.id().to_string(),
-                presented_hash: presented_hash.clone(),
+                presented_hash,
                 node: node.clone(),
                 node_id,
                 cert,
@@ -413,12 +429,12 @@ fn sign(ca: &ClusterCa, csr_der: &[u8], node_id: u64) -> Result<(String, CertRec
         .map_err(|e| internal("signing the node certificate failed", e.to_string()))?;
     let info = membrane_crypto::cert_info::cert_info_from_pem(&pem)
         .map_err(|e| internal("reading the signed certificate", e.to_string()))?;
-    let tls_key_sha256 = info
-        .spki_sha256_hex
-        .parse()
-        .map_err(|e: membrane_consensus::registry::KeyError| {
-            internal("the certificate's key digest", e.to_string())
-        })?;
+    let tls_key_sha256 =
+        info.spki_sha256_hex
+            .parse()
+            .map_err(|e: membrane_consensus::registry::KeyError| {
+                internal("the certificate's key digest", e.to_string())
+            })?;
     Ok((
         pem,
         CertRecord {
@@ -491,7 +507,10 @@ mod tests {
         let a = addr("10.0.0.5:7400");
         assert!(check_advertised_ip(a, Some("10.0.0.5".parse().unwrap()), false).is_ok());
         let err = check_advertised_ip(a, Some("10.0.0.6".parse().unwrap()), false).unwrap_err();
-        assert!(err.contains("10.0.0.6") && err.contains("--join-allow-any-addr"), "{err}");
+        assert!(
+            err.contains("10.0.0.6") && err.contains("--join-allow-any-addr"),
+            "{err}"
+        );
         assert!(check_advertised_ip(a, None, false).is_err());
     }
 
@@ -510,7 +529,9 @@ mod tests {
         let wrong = registry_refusal(RegistryError::TokenSecretMismatch {
             id: "abcdef".into(),
         });
-        let missing = registry_refusal(RegistryError::TokenNotFound { id: "abcdef".into() });
+        let missing = registry_refusal(RegistryError::TokenNotFound {
+            id: "abcdef".into(),
+        });
         for r in [&unknown, &wrong, &missing] {
             assert_eq!(r.status.code(), Code::PermissionDenied);
             assert_eq!(r.status.message(), unknown.status.message());

@@ -128,7 +128,10 @@ mod tests {
         let mut l = limiter(5, 60);
         let t0 = Instant::now();
         for i in 0..5 {
-            assert!(l.check(ip(1), t0).is_ok(), "failure {i} must still be allowed");
+            assert!(
+                l.check(ip(1), t0).is_ok(),
+                "failure {i} must still be allowed"
+            );
             l.record_failure(ip(1), t0);
         }
         let wait = l.check(ip(1), t0 + Duration::from_secs(10)).unwrap_err();
