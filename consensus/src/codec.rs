@@ -83,6 +83,9 @@ mod tests {
         let long = bincode::serialize(&vec![7u64; 1000]).unwrap();
         let err = decode::<Vec<u64>>(&long, 800).unwrap_err();
         assert!(matches!(*err, bincode::ErrorKind::SizeLimit), "{err:?}");
-        assert!(encode(&vec![0u8; 200], 100).is_err(), "the limit binds encode too");
+        assert!(
+            encode(&vec![0u8; 200], 100).is_err(),
+            "the limit binds encode too"
+        );
     }
 }

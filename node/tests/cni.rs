@@ -36,7 +36,11 @@ fn cni(vars: &[(&str, &str)], stdin: &str) -> Out {
     // first: a broken pipe here is that refusal, and its answer is still on stdout.
     let written = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     if let Err(e) = written {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write config: {e}");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write config: {e}"
+        );
     }
     let out = child.wait_with_output().unwrap();
     Out {

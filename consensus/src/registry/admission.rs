@@ -247,7 +247,10 @@ mod tests {
         );
         // Loopback, and an address another node has (node 1's IP, other port).
         let n1_ip = r.node(1).unwrap().rpc_addr.ip();
-        for addr in ["127.0.0.1:7700".parse().unwrap(), std::net::SocketAddr::new(n1_ip, 9999)] {
+        for addr in [
+            "127.0.0.1:7700".parse().unwrap(),
+            std::net::SocketAddr::new(n1_ip, 9999),
+        ] {
             let mut at = node.clone();
             at.rpc_addr = addr;
             refused(

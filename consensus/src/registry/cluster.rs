@@ -71,7 +71,10 @@ impl Registry {
 
     /// Clears the legacy CA key. Idempotent: the migration may be proposed more than once.
     pub(super) fn forget_legacy_ca_key(&mut self) -> Result<Response, RegistryError> {
-        let config = self.cluster.as_mut().ok_or(RegistryError::NotBootstrapped)?;
+        let config = self
+            .cluster
+            .as_mut()
+            .ok_or(RegistryError::NotBootstrapped)?;
         config.legacy_ca_key_pem.clear();
         Ok(Response::Ok)
     }
@@ -153,8 +156,16 @@ mod tests {
         assert_eq!(r.legacy_ca_key(), Some("key"));
         assert_eq!(r.apply(Command::ForgetLegacyCaKey), Response::Ok);
         assert_eq!(r.legacy_ca_key(), None);
-        assert_eq!(r.cluster().unwrap().ca_cert_pem, "ca", "the certificate stays");
-        assert_eq!(r.apply(Command::ForgetLegacyCaKey), Response::Ok, "idempotent");
+        assert_eq!(
+            r.cluster().unwrap().ca_cert_pem,
+            "ca",
+            "the certificate stays"
+        );
+        assert_eq!(
+            r.apply(Command::ForgetLegacyCaKey),
+            Response::Ok,
+            "idempotent"
+        );
 
         let mut fresh = Registry::default();
         let mut cfg = config();

@@ -6,10 +6,7 @@ use super::{BatchItem, Command};
 impl<B> Command<B> {
     /// The same command with its batch payload (if it is a batch) mapped by `f`; every other
     /// variant moves over unchanged. The one place that lists every variant besides apply.
-    pub fn try_map_batch<C, E>(
-        self,
-        f: impl FnOnce(B) -> Result<C, E>,
-    ) -> Result<Command<C>, E> {
+    pub fn try_map_batch<C, E>(self, f: impl FnOnce(B) -> Result<C, E>) -> Result<Command<C>, E> {
         Ok(match self {
             Command::Batch(b) => Command::Batch(f(b)?),
             Command::Bootstrap {
@@ -183,6 +180,9 @@ mod tests {
         // A path `Command::X` does not take the default batch payload; a typed binding does.
         let cmd: Command = Command::RevokeToken { id: "x".into() };
         let item = BatchItem::try_from(cmd).unwrap();
-        assert_eq!(<Command>::from(item), Command::RevokeToken { id: "x".into() });
+        assert_eq!(
+            <Command>::from(item),
+            Command::RevokeToken { id: "x".into() }
+        );
     }
 }

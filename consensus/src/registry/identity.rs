@@ -62,7 +62,10 @@ pub(super) mod refs_as_list {
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<(u64, u32), u32>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<(u64, u32), u32>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let v: Vec<(u64, u32, u32)> = m.iter().map(|((n, i), c)| (*n, *i, *c)).collect();
         v.serialize(s)
     }
@@ -245,12 +248,12 @@ impl Registry {
         labels: &LabelSet,
     ) -> Result<Response, RegistryError> {
         self.config()?;
-        let rec = self
-            .identities
-            .by_labels(labels)
-            .ok_or_else(|| RegistryError::IdentityNotFound {
-                labels: labels.to_string(),
-            })?;
+        let rec =
+            self.identities
+                .by_labels(labels)
+                .ok_or_else(|| RegistryError::IdentityNotFound {
+                    labels: labels.to_string(),
+                })?;
         let held = self.held_references(rec.id);
         if rec.references <= held {
             return Err(RegistryError::IdentityInUse {
@@ -557,7 +560,10 @@ mod tests {
             labels: web.clone(),
             node_id,
         };
-        assert!(matches!(r.apply(alloc(1)), Response::Identity { created: true, .. }));
+        assert!(matches!(
+            r.apply(alloc(1)),
+            Response::Identity { created: true, .. }
+        ));
         assert!(matches!(r.apply(alloc(1)), Response::Identity { .. }));
         assert!(matches!(r.apply(alloc(n2.id)), Response::Identity { .. }));
         assert_eq!(r.identity_by_labels(&web).unwrap().references, 3);

@@ -148,7 +148,9 @@ mod tests {
 
     #[test]
     fn t41_a_set_of_more_than_the_cap_is_refused() {
-        let many: Vec<String> = (0..=MAX_LABELS_PER_SET).map(|i| format!("k{i}=v")).collect();
+        let many: Vec<String> = (0..=MAX_LABELS_PER_SET)
+            .map(|i| format!("k{i}=v"))
+            .collect();
         let err = LabelSet::parse(&many).unwrap_err().to_string();
         assert!(err.contains("at most 64"), "{err}");
         assert!(LabelSet::parse(&many[..MAX_LABELS_PER_SET]).is_ok());

@@ -207,7 +207,10 @@ mod tests {
             .stack_size(256 * 1024)
             .spawn(move || codec::decode::<Command>(&bytes, codec::MAX_LOG_ENTRY_BYTES))
             .unwrap();
-        let err = handle.join().expect("decoding did not recurse").unwrap_err();
+        let err = handle
+            .join()
+            .expect("decoding did not recurse")
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("variant"), "names the refused variant: {msg}");
         let two = bincode::serialize(&OldCommand::Batch(vec![OldCommand::Batch(vec![])])).unwrap();

@@ -6,9 +6,9 @@
 //! before anything is written: whoever proposes (the leader's write path, a forwarded write)
 //! calls it first.
 
-use super::{Command, LabelSet, RegistryError};
 #[cfg(doc)]
 use super::MAX_LABELS_PER_SET;
+use super::{Command, LabelSet, RegistryError};
 
 /// Largest encoded command accepted as a log entry. Half the RPC limit, so that an
 /// AppendEntries carrying it (with the entry's framing) always fits in one message.
@@ -22,9 +22,8 @@ impl Command {
     /// [`MAX_COMMAND_BYTES`], a batch of more than [`MAX_BATCH_ITEMS`] commands, or a label
     /// set of more than [`MAX_LABELS_PER_SET`] labels. Call it before proposing.
     pub fn check_limits(&self) -> Result<(), RegistryError> {
-        let size = crate::codec::encoded_size(self).map_err(|e| {
-            RegistryError::CommandTooLarge(format!("it cannot be encoded: {e}"))
-        })?;
+        let size = crate::codec::encoded_size(self)
+            .map_err(|e| RegistryError::CommandTooLarge(format!("it cannot be encoded: {e}")))?;
         if size > MAX_COMMAND_BYTES {
             return Err(RegistryError::CommandTooLarge(format!(
                 "it is {size} bytes encoded, the limit is {MAX_COMMAND_BYTES}; split it into smaller writes"

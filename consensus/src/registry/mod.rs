@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cert::CertRecord;
 pub use cluster::ClusterConfig;
+pub use command::StampItems;
 pub use endpoint::{
     validate_container_id, validate_ifname, validate_netns, EndpointRecord, NewEndpoint,
 };
@@ -56,7 +57,6 @@ pub use identity::{
     IDENTITY_WORLD, MAX_API_IDENTITIES_PER_NODE, RESERVED_IDENTITIES,
 };
 pub use labels::{LabelSet, MAX_LABELS_PER_SET};
-pub use command::StampItems;
 pub use limits::{MAX_BATCH_ITEMS, MAX_COMMAND_BYTES};
 pub use node::{KeyError, NewNode, NodeRecord, Sha256, X25519Public};
 pub use policy::{NewPolicy, PolicyRecord, MAX_POLICIES, MAX_POLICY_BYTES};

@@ -2,8 +2,8 @@
 //! the commands carry.
 
 use super::{
-    CertRecord, ClusterConfig, Command, EndpointRecord, GossipKey, LabelSet, NewEndpoint, NewNode, NodeRecord,
-    Registry, RegistryError, Response, Sha256, TokenRecord, X25519Public,
+    CertRecord, ClusterConfig, Command, EndpointRecord, GossipKey, LabelSet, NewEndpoint, NewNode,
+    NodeRecord, Registry, RegistryError, Response, Sha256, TokenRecord, X25519Public,
 };
 
 pub const HASH_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -141,7 +141,13 @@ pub fn cert_for(node: &NewNode) -> CertRecord {
 }
 
 /// An `AdmitSignedNode` command at `T0`.
-pub fn signed_cmd(token_id: &str, hash: &str, node: NewNode, node_id: u64, cert: CertRecord) -> Command {
+pub fn signed_cmd(
+    token_id: &str,
+    hash: &str,
+    node: NewNode,
+    node_id: u64,
+    cert: CertRecord,
+) -> Command {
     Command::AdmitSignedNode {
         token_id: token_id.into(),
         presented_hash: sha(hash),

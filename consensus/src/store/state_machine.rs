@@ -406,7 +406,10 @@ mod tests {
         };
         db.open_tree(super::super::SNAPSHOT_TREE)
             .expect("tree")
-            .insert(KEY_CURRENT_SNAPSHOT, bincode::serialize(&stored).expect("encode"))
+            .insert(
+                KEY_CURRENT_SNAPSHOT,
+                bincode::serialize(&stored).expect("encode"),
+            )
             .expect("insert");
         let entry = Entry::<TypeConfig> {
             log_id: log_id(4),
@@ -414,7 +417,10 @@ mod tests {
         };
         db.open_tree(super::super::LOGS_TREE)
             .expect("tree")
-            .insert(4u64.to_be_bytes(), bincode::serialize(&entry).expect("encode"))
+            .insert(
+                4u64.to_be_bytes(),
+                bincode::serialize(&entry).expect("encode"),
+            )
             .expect("insert");
         db.flush().expect("flush");
     }
@@ -453,7 +459,10 @@ mod tests {
             registry: old_registry(),
         };
         let bytes = encode_payload(&payload).expect("encode");
-        assert_eq!(decode_payload(&bytes).expect("decode").registry, payload.registry);
+        assert_eq!(
+            decode_payload(&bytes).expect("decode").registry,
+            payload.registry
+        );
         let mut future = bytes.clone();
         future[1..5].copy_from_slice(&2u32.to_le_bytes());
         let err = decode_payload(&future).err().expect("refused").to_string();
@@ -467,6 +476,9 @@ mod tests {
         };
         let old = bincode::serialize(&v0).expect("encode");
         assert_eq!(old[0], 0);
-        assert_eq!(decode_payload(&old).expect("decode").registry, payload.registry);
+        assert_eq!(
+            decode_payload(&old).expect("decode").registry,
+            payload.registry
+        );
     }
 }

@@ -130,7 +130,11 @@ fn t33_the_ca_key_lives_on_voters_only() -> anyhow::Result<()> {
         )
     })?;
     // And the new voter that replaced it received the key.
-    c.wait_for_voters(3, Duration::from_secs(60))?;
+    wait_until(Duration::from_secs(60), Duration::from_millis(300), || {
+        let v = c.voters(1)?;
+        Ok(v.len() == 3 && !v.contains(&gone))
+    })
+    .context("the autopilot did not replace the removed voter")?;
     let now_voters = c.voters(1)?;
     wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
         Ok(now_voters.iter().all(|v| key_path(*v as usize).exists()))
