@@ -68,3 +68,76 @@ impl CaApi {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use membrane_consensus::registry::{
+        CertRecord, ClusterConfig, GossipKey, NewNode, Sha256, TokenRecord, X25519Public,
+    };
+    use membrane_consensus::{Command, Registry, Response};
+
+    use super::node_certs;
+
+    fn bootstrapped() -> Registry {
+        let mut r = Registry::default();
+        let resp = r.apply(Command::Bootstrap {
+            config: ClusterConfig {
+                cluster_id: 1,
+                name: "t".into(),
+                pod_pool: "10.128.0.0/16".parse().unwrap(),
+                node_prefix_len: 24,
+                ca_cert_pem: String::new(),
+                legacy_ca_key_pem: String::new(),
+                created_at: 0,
+            },
+            first_node: NewNode {
+                name: "n1".into(),
+                rpc_addr: "10.77.0.11:7700".parse().unwrap(),
+                tls_key_sha256: Sha256([0x22; 32]),
+                x25519_public: X25519Public([0x11; 32]),
+            },
+            first_token: TokenRecord {
+                id: "abcdef".into(),
+                secret_hash: "a".repeat(64),
+                description: String::new(),
+                created_at: 0,
+                expires_at: 3600,
+                max_uses: 1,
+                uses: 0,
+                revoked: false,
+            },
+            gossip_key: GossipKey {
+                id: 1,
+                key_hex: "ab".repeat(32),
+            },
+        });
+        assert!(!matches!(resp, Response::Err(_)), "{resp:?}");
+        r
+    }
+
+    #[test]
+    fn t10_a_node_without_a_record_is_listed_as_unknown_then_with_its_record() {
+        let mut r = bootstrapped();
+        let listed = node_certs(&r, 100);
+        assert_eq!(listed.now_unix, 100);
+        assert_eq!(listed.certs.len(), 1);
+        assert_eq!(listed.certs[0].name, "n1");
+        assert!(!listed.certs[0].known, "bootstrap records no certificate");
+
+        let cert = CertRecord {
+            serial: "4a0b".into(),
+            not_before: 50,
+            not_after: 50 + 30 * 86_400,
+            tls_key_sha256: Sha256([0x22; 32]),
+        };
+        let resp = r.apply(Command::RecordCertificate { node_id: 1, cert });
+        assert_eq!(resp, Response::Ok);
+        let listed = node_certs(&r, 100);
+        let c = &listed.certs[0];
+        assert!(c.known);
+        assert_eq!(
+            (c.serial.as_str(), c.not_after_unix),
+            ("4a0b", 50 + 30 * 86_400)
+        );
+    }
+}
