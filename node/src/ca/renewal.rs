@@ -27,6 +27,14 @@ pub fn decide(not_before: i64, not_after: i64, now: i64) -> Renewal {
     }
 }
 
+/// How much later than the others node `node_id` renews, in seconds: a minute per id
+/// (mod 60). A renewal restarts the agent; voters whose certificates were issued together
+/// (a cluster formed in one go) would otherwise restart together and lose the quorum for a
+/// moment.
+pub fn stagger_secs(node_id: u64) -> i64 {
+    (node_id % 60) as i64 * 60
+}
+
 /// How long to sleep before looking again, in seconds: until `at`, but at most `max` (the
 /// clock may jump, a renewal may be forced) and at least 1.
 pub fn sleep_secs(decision: Renewal, now: i64, max: u64) -> u64 {
@@ -71,6 +79,15 @@ mod tests {
             decide(i64::MIN, i64::MAX, 0),
             Renewal::NotYet { .. }
         ));
+    }
+
+    #[test]
+    fn t13_nodes_renew_a_minute_apart() {
+        assert_eq!(stagger_secs(0), 0);
+        assert_eq!(stagger_secs(2) - stagger_secs(1), 60);
+        assert_eq!(stagger_secs(61), stagger_secs(1));
+        // Staggering delays by at most an hour of the 10 days left.
+        assert!((0..=3600).contains(&stagger_secs(u64::MAX)));
     }
 
     #[test]

@@ -304,7 +304,11 @@ pub async fn renewal(ctx: CaContext) {
     loop {
         let now = crate::clock::unix_now();
         let decision = match current_cert(&ctx.state) {
-            Ok(info) => renewal::decide(info.not_before, info.not_after, now),
+            Ok(info) => renewal::decide(
+                info.not_before,
+                info.not_after,
+                now - renewal::stagger_secs(ctx.me.node_id),
+            ),
             Err(e) => {
                 warn!(error = %format!("{e:#}"), "cannot read this node's certificate; renewing it");
                 renewal::Renewal::Due
@@ -324,7 +328,11 @@ pub async fn renewal(ctx: CaContext) {
                 }
             }
         }
-        let secs = renewal::sleep_secs(decision, now, RENEWAL_MAX_SLEEP_SECS);
+        let secs = renewal::sleep_secs(
+            decision,
+            now - renewal::stagger_secs(ctx.me.node_id),
+            RENEWAL_MAX_SLEEP_SECS,
+        );
         tokio::time::sleep(Duration::from_secs(secs)).await;
     }
 }
