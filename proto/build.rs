@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/membrane/v1/cluster.proto",
         "proto/membrane/v1/plugin.proto",
         "proto/membrane/v1/agent.proto",
+        "proto/membrane/v1/ca.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

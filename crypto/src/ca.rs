@@ -36,8 +36,9 @@ pub const CA_HASH_PREFIX: &str = "sha256:";
 
 /// How long the cluster CA is valid: long enough that nobody has to rotate it in normal life.
 const CA_VALIDITY: Duration = Duration::days(3650);
-/// How long a node certificate is valid.
-const NODE_CERT_VALIDITY: Duration = Duration::days(365);
+/// How long a node certificate is valid. Short, because a certificate cannot be recalled
+/// from a machine that was lost; agents renew theirs over mutual TLS when a third is left.
+pub const NODE_CERT_VALIDITY: Duration = Duration::days(30);
 /// Certificates start slightly in the past so that nodes whose clocks lag accept them at once.
 const CLOCK_SKEW: Duration = Duration::minutes(5);
 /// Longest cluster name accepted (it becomes part of a 64-byte common name).
@@ -172,8 +173,8 @@ impl ClusterCa {
     /// The CSR's signature must verify with its own key, which proves the node holds the key.
     /// Everything the CSR asks for besides the key is ignored: the certificate gets CN
     /// `node-<id>`, DNS names [`NODE_SERVER_NAME`] and `node-<id>.membrane`, key usage
-    /// digitalSignature, extended key usages serverAuth and clientAuth, and one year of
-    /// validity (never past the CA's own expiry).
+    /// digitalSignature, extended key usages serverAuth and clientAuth, and
+    /// [`NODE_CERT_VALIDITY`] (30 days; never past the CA's own expiry).
     pub fn sign_node_csr(&self, csr_der: &[u8], node_id: u64) -> Result<String, CryptoError> {
         let (public_key, _) = verified_csr_key(csr_der)?;
 
@@ -644,7 +645,7 @@ mod tests {
 
         let v = cert.validity();
         let days = (v.not_after.to_datetime() - v.not_before.to_datetime()).whole_days();
-        assert!((365..=366).contains(&days), "{days}");
+        assert!((30..=31).contains(&days), "{days}");
 
         // The certificate is for the node's key.
         let spki = hex::encode(Sha256::digest(cert.public_key().raw));

@@ -2,7 +2,8 @@
 //!
 //! Creates the node keys, the cluster CA, this node's certificate (node id 1), the cluster
 //! settings and the first join token, and leaves them in `bootstrap.json` for the first
-//! agent start, which commits them to the registry through Raft.
+//! agent start, which commits them to the registry through Raft. The CA key goes to
+//! `keys/ca.key` only: node 1 is the first voter, and voters alone hold it.
 
 use std::path::PathBuf;
 
@@ -70,7 +71,8 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
         pod_pool: opts.pod_cidr,
         node_prefix_len: opts.node_cidr_size,
         ca_cert_pem: ca.cert_pem().to_string(),
-        legacy_ca_key_pem: ca.key_pem().to_string(),
+        // The key stays on the voters' disks (keys/ca.key), never in the registry.
+        legacy_ca_key_pem: String::new(),
         created_at: now,
     };
     config.validate().map_err(|e| anyhow!("{e}"))?;
@@ -104,6 +106,8 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
         gossip_key,
     })?;
     state.write_certificates(ca.cert_pem(), &node_cert)?;
+    // Node 1 is the first voter: it holds the key from the start.
+    state.write_ca_key(ca.key_pem())?;
     state.write_identity(&NodeIdentity {
         cluster_id: opts.cluster_id,
         cluster_name: opts.cluster_name.clone(),

@@ -12,6 +12,7 @@ mod init;
 pub mod authz;
 
 // The wings, one capability each (docs/architecture.md).
+pub mod ca;
 pub mod cluster;
 pub mod endpoints;
 pub mod ipcache;

@@ -3,6 +3,7 @@
 //! ```text
 //! <state-dir>/
 //!   keys/tls.key, keys/x25519.key   node keypairs (0600), created on first start
+//!   keys/ca.key                     the cluster CA's private key: on voters only (0600)
 //!   tls/ca.crt, tls/node.crt        cluster CA and this node's certificate
 //!   node.json                       who this node is in which cluster
 //!   bootstrap.json                  only between `membrane init` and the first agent start
@@ -110,6 +111,10 @@ impl StateDir {
     pub fn node_cert_path(&self) -> PathBuf {
         self.root.join("tls/node.crt")
     }
+    /// The CA private key. Only voters hold it; it never enters the registry (issue 11).
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.root.join("keys/ca.key")
+    }
     fn identity_path(&self) -> PathBuf {
         self.root.join("node.json")
     }
@@ -134,7 +139,7 @@ impl StateDir {
         write_json(&self.bootstrap_path(), b)
     }
 
-    /// Called once the bootstrap command is committed: the CA key then lives in the registry.
+    /// Called once the bootstrap command is committed.
     pub fn remove_bootstrap(&self) -> Result<(), StateError> {
         let p = self.bootstrap_path();
         match fs::remove_file(&p) {
@@ -160,9 +165,62 @@ impl StateDir {
         Ok((ca, node))
     }
 
+    /// Replaces this node's certificate (a renewal), atomically.
+    pub fn write_node_cert(&self, node_pem: &str) -> Result<(), StateError> {
+        write_file(&self.node_cert_path(), node_pem.as_bytes())
+    }
+
     pub fn write_certificates(&self, ca_pem: &str, node_pem: &str) -> Result<(), StateError> {
         write_file(&self.ca_cert_path(), ca_pem.as_bytes())?;
         write_file(&self.node_cert_path(), node_pem.as_bytes())
+    }
+}
+
+impl StateDir {
+    /// The CA private key (PEM), or `None` on a node that does not hold it.
+    pub fn ca_key(&self) -> Result<Option<String>, StateError> {
+        let path = self.ca_key_path();
+        match fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(_) => read_text(&path).map(Some),
+            Ok(pem) if pem.contains("PRIVATE KEY-----") => Ok(Some(pem)),
+            Ok(_) => Err(StateError::Corrupt {
+                path,
+                reason: "no PEM private key in it".into(),
+            }),
+        }
+    }
+
+    /// Stores the CA private key (0600, atomically, fsync'd with its directory).
+    pub fn write_ca_key(&self, pem: &str) -> Result<(), StateError> {
+        write_file(&self.ca_key_path(), pem.as_bytes())
+    }
+
+    /// Deletes the CA private key; true if there was one. The file is overwritten with
+    /// zeros before it is unlinked, so that the key does not linger in a block the
+    /// filesystem reuses later (best effort: copy-on-write filesystems and SSD wear
+    /// levelling may keep old blocks; see docs/security.md).
+    pub fn remove_ca_key(&self) -> Result<bool, StateError> {
+        let path = self.ca_key_path();
+        let err = |source| StateError::Write {
+            path: path.clone(),
+            source,
+        };
+        let len = match fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(err(e)),
+            Ok(m) => m.len(),
+        };
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        f.write_all(&vec![0u8; len as usize]).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        fs::remove_file(&path).map_err(err)?;
+        sync_parent(&path).map_err(err)?;
+        Ok(true)
     }
 }
 
@@ -224,7 +282,16 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;
+    // The rename itself is durable only once the directory is synced.
+    sync_parent(path).map_err(err)?;
     Ok(())
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +320,28 @@ mod tests {
         fs::write(tmp.path().join("node.json"), b"{not json").unwrap();
         let err = dir.identity().unwrap_err().to_string();
         assert!(err.contains("node.json is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn t20_ca_key_is_private_and_removed_for_good() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path()).unwrap();
+        assert_eq!(dir.ca_key().unwrap(), None);
+        assert!(!dir.remove_ca_key().unwrap(), "nothing to remove");
+        let pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        dir.write_ca_key(pem).unwrap();
+        assert_eq!(dir.ca_key().unwrap().as_deref(), Some(pem));
+        let mode = fs::metadata(dir.ca_key_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(dir.remove_ca_key().unwrap());
+        assert_eq!(dir.ca_key().unwrap(), None);
+        assert!(!tmp.path().join("keys/ca.tmp").exists());
+        fs::write(dir.ca_key_path(), b"garbage").unwrap();
+        let err = dir.ca_key().unwrap_err().to_string();
+        assert!(err.contains("ca.key is corrupt"), "{err}");
     }
 
     #[test]

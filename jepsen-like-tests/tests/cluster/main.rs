@@ -12,6 +12,8 @@ mod t20_join_refused;
 mod t21_join_guard;
 mod t30_untrusted_peer;
 mod t31_membership_authz;
+mod t33_ca_key_on_voters;
+mod t34_cert_renewal;
 mod t35_poison_command;
 mod t40_leader_kill;
 mod t41_whole_cluster_kill;

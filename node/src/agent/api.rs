@@ -24,6 +24,8 @@ pub struct AgentApi {
     pub observe: ObserveApi,
     /// Import, get, delete, wait, explain.
     pub policy: PolicyApi,
+    /// Node certificates: list, renew.
+    pub ca: crate::ca::api::CaApi,
 }
 
 #[tonic::async_trait]
@@ -37,6 +39,20 @@ impl Agent for AgentApi {
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::NodeListResponse>, Status> {
         self.cluster.node_list().await.map(Response::new)
+    }
+
+    async fn node_certs(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::NodeCertsResponse>, Status> {
+        Ok(Response::new(self.ca.node_certs()))
+    }
+
+    async fn renew_certificate(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::NodeCert>, Status> {
+        self.ca.renew().await.map(Response::new)
     }
 
     async fn node_remove(

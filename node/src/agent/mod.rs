@@ -15,6 +15,7 @@ use membrane_consensus::network::{Network, RaftService};
 use membrane_crypto::ca::ca_hash_of_cert_der;
 use membrane_crypto::keys::NodeKeys;
 use membrane_proto::v1::agent_server::AgentServer;
+use membrane_proto::v1::cert_authority_server::CertAuthorityServer;
 use membrane_proto::v1::cluster_server::ClusterServer;
 use membrane_proto::v1::join_server::JoinServer;
 use membrane_proto::v1::raft_server::RaftServer;
@@ -26,6 +27,7 @@ pub use crate::rpc::JoinArgs;
 pub use api::{join_command, DEFAULT_TOKEN_TTL_SECS, DEFAULT_TOKEN_USES};
 
 use crate::authz::{Authenticator, JoinTrust, RaftGate};
+use crate::ca::CaCustody;
 use crate::cluster::api::ClusterApi;
 use crate::cluster::{autopilot, gossip};
 use crate::datapath::{self, NodeDatapath};
@@ -37,7 +39,7 @@ use crate::observe::{metrics, monitor, Telemetry};
 use crate::policy::api::{PolicyApi, PolicySlot};
 use crate::policy::apply::PolicySync;
 use crate::registry::RegistryClient;
-use crate::rpc::{bootstrap, cluster_service, join, join_service};
+use crate::rpc::{bootstrap, ca_service, cluster_service, join, join_service};
 use crate::state::StateDir;
 use crate::transport::NodeTls;
 
@@ -126,6 +128,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         key_pem: keys.tls_key_pem().to_string(),
     };
 
+    // A rewrite of the Raft database asked for by the CA key scrub needs it closed: now.
+    let rewrote_at_start = crate::ca::scrub::rewrite_if_requested(&state.raft_dir())?;
     let (log_store, sm_store) = membrane_consensus::store::open(&state.raft_dir())?;
     let registry = sm_store.registry();
     let raft = membrane_consensus::Raft::new(
@@ -160,13 +164,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}; is another agent running?"))?;
     let join_counters = Arc::new(join_service::JoinCounters::default());
+    let restart = Arc::new(crate::ca::run::Restart::default());
+    let ca = crate::ca::run::CaContext {
+        client: client.clone(),
+        custody: CaCustody::new(state.clone()),
+        state: state.clone(),
+        tls: tls.clone(),
+        me: me.clone(),
+        restart: restart.clone(),
+        rewrote_at_start,
+    };
     let node_server = tonic::transport::Server::builder()
         .tls_config(tls.server_config())?
         .add_service(JoinServer::new(join_service::JoinService::new(
             client.clone(),
-            Arc::new(crate::rpc::ca_source::LegacyRegistryCa {
-                client: client.clone(),
-            }),
+            Arc::new(ca.custody.clone()),
             tls.clone(),
             opts.join_policy,
             join_counters.clone(),
@@ -176,6 +188,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             RaftServer::new(RaftService::new(raft.clone(), Arc::new(RaftGate)))
                 .max_decoding_message_size(membrane_consensus::network::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(membrane_consensus::network::MAX_MESSAGE_BYTES),
+            authenticator.clone(),
+        ))
+        .add_service(CertAuthorityServer::with_interceptor(
+            ca_service::CaService {
+                client: client.clone(),
+                custody: ca.custody.clone(),
+            },
             authenticator.clone(),
         ))
         .add_service(ClusterServer::with_interceptor(
@@ -251,6 +270,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             node_id: me.node_id,
             sync: policy_slot.clone(),
         },
+        ca: crate::ca::api::CaApi { ctx: ca.clone() },
     };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
@@ -262,6 +282,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bootstrap::bootstrap(&raft, &client, b, &me).await?;
         state.remove_bootstrap()?;
     }
+    let ca_custody = tokio::spawn(crate::ca::run::custody(ca.clone()));
+    let ca_renewal = tokio::spawn(crate::ca::run::renewal(ca.clone()));
     let reconciler = tokio::spawn(autopilot::run(
         client.clone(),
         liveness.clone(),
@@ -282,8 +304,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         socket_access,
     }));
 
+    let mut restart_for = None;
     let result = tokio::select! {
         _ = shutdown_signal() => Ok(()),
+        reason = restart.requested() => {
+            restart_for = Some(reason);
+            Ok(())
+        }
         r = node_server => Err(anyhow!("node RPC server stopped: {r:?}")),
         r = api_server => Err(anyhow!("local API server stopped: {r:?}")),
         r = datapath_task => match r {
@@ -293,7 +320,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         },
     };
     reconciler.abort();
-    info!("shutting down");
+    ca_custody.abort();
+    ca_renewal.abort();
+    info!(restart_for, "shutting down");
     if let Some(g) = gossip.get() {
         g.save_replay_state();
     }
@@ -304,7 +333,26 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&opts.plugin_socket);
     // Programs, maps, veths and the overlay device stay: traffic keeps flowing while the
     // agent is away, and the next start takes them back.
+    if let Some(reason) = restart_for {
+        return Err(exec_self(reason));
+    }
     result
+}
+
+/// Replaces this process with a fresh start of the same binary and arguments (same pid, so
+/// a supervisor sees no exit). Used to put a renewed certificate to use everywhere at once
+/// (see `ca::run`). Every descriptor the agent opened is close-on-exec. Returns only if the
+/// exec failed.
+fn exec_self(reason: &str) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    info!(reason, "restarting the agent in place");
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some(argv0) = args.next() {
+        cmd.arg0(argv0);
+    }
+    let err = cmd.args(args).exec();
+    anyhow!("cannot restart the agent to {reason} ({err}); start it again")
 }
 
 /// What the datapath task needs from the agent.

@@ -301,6 +301,10 @@ pub(super) enum NodeCmd {
     List,
     /// Remove a node from the registry and the Raft membership (its id is never reused).
     Remove { id: u64 },
+    /// Each node's certificate: serial, expiry and days left (renewed when a third is left).
+    Certs,
+    /// Renew this node's certificate now (same key); the agent restarts itself to use it.
+    RenewCert,
 }
 
 #[derive(Subcommand)]

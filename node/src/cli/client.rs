@@ -80,6 +80,20 @@ async fn node(c: &mut Client, cmd: NodeCmd, out: &Output) -> anyhow::Result<()> 
                 .map_err(status_err)?
                 .into_inner(),
         ),
+        NodeCmd::Certs => out.node_certs(
+            &c.node_certs(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner(),
+        ),
+        NodeCmd::RenewCert => {
+            let cert = c
+                .renew_certificate(pb::Empty {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            out.renewed_cert(&cert);
+        }
         NodeCmd::Remove { id } => {
             c.node_remove(pb::NodeRemoveRequest { id })
                 .await

@@ -56,6 +56,9 @@ macro_rules! line {
     }};
 }
 
+/// What `node certs` shows for a node without a certificate record.
+const UNKNOWN_CERT: &str = "unknown (issued before issue 11)";
+
 impl Output {
     pub fn new(format: Format) -> Self {
         Output { format }
@@ -194,6 +197,75 @@ impl Output {
                     );
                 }
                 o
+            },
+        );
+    }
+
+    /// `node certs`: one row per node; days left from the agent's clock.
+    pub fn node_certs(&self, r: &pb::NodeCertsResponse) {
+        let days_left = |c: &pb::NodeCert| (c.not_after_unix - r.now_unix).div_euclid(86_400);
+        self.print(
+            || {
+                let certs: Vec<Value> = r
+                    .certs
+                    .iter()
+                    .map(|c| {
+                        if c.known {
+                            json!({"id": c.id, "name": c.name, "serial": c.serial,
+                                   "not_before": time(c.not_before_unix), "not_after": time(c.not_after_unix),
+                                   "not_after_unix": c.not_after_unix, "days_left": days_left(c)})
+                        } else {
+                            json!({"id": c.id, "name": c.name, "serial": null, "not_after": null,
+                                   "days_left": null, "note": UNKNOWN_CERT})
+                        }
+                    })
+                    .collect();
+                json!({ "certs": certs })
+            },
+            || {
+                let rows = r
+                    .certs
+                    .iter()
+                    .map(|c| {
+                        if c.known {
+                            vec![
+                                c.id.to_string(),
+                                c.name.clone(),
+                                c.serial.clone(),
+                                time(c.not_after_unix),
+                                days_left(c).to_string(),
+                            ]
+                        } else {
+                            vec![
+                                c.id.to_string(),
+                                c.name.clone(),
+                                UNKNOWN_CERT.to_string(),
+                                String::new(),
+                                String::new(),
+                            ]
+                        }
+                    })
+                    .collect();
+                table(&["ID", "NAME", "SERIAL", "NOT AFTER", "DAYS LEFT"], rows)
+            },
+        );
+    }
+
+    /// `node renew-cert`.
+    pub fn renewed_cert(&self, c: &pb::NodeCert) {
+        self.print(
+            || {
+                json!({"id": c.id, "name": c.name, "serial": c.serial,
+                       "not_after": time(c.not_after_unix), "not_after_unix": c.not_after_unix,
+                       "restarting": true})
+            },
+            || {
+                format!(
+                    "node {} certificate renewed: serial {}, valid until {}; the agent restarts to use it\n",
+                    c.id,
+                    c.serial,
+                    time(c.not_after_unix)
+                )
             },
         );
     }

@@ -3,6 +3,7 @@
 //! bootstrap of a cluster's first node.
 
 pub mod bootstrap;
+pub mod ca_service;
 pub mod ca_source;
 pub mod cluster_service;
 pub mod join;
