@@ -58,3 +58,26 @@ pub fn last_log_index(c: &Cluster) -> anyhow::Result<u64> {
         .or_else(|| s["last_log_index"].as_u64())
         .ok_or_else(|| anyhow::anyhow!("no last_log_index in status: {s}"))
 }
+
+/// The last log index once it has not moved for `quiet`: a freshly formed cluster still
+/// commits membership changes and certificate records for a moment, which a test that
+/// checks "nothing was proposed" must not count.
+pub fn settled_log_index(c: &Cluster, quiet: Duration) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = last_log_index(c)?;
+    let mut since = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = last_log_index(c)?;
+        if now != last {
+            last = now;
+            since = std::time::Instant::now();
+        } else if since.elapsed() >= quiet {
+            return Ok(now);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the Raft log kept moving for 30 s (last index {now})"
+        );
+    }
+}

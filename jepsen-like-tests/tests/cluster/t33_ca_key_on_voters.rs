@@ -102,9 +102,10 @@ fn t33_the_ca_key_lives_on_voters_only() -> anyhow::Result<()> {
         assert!(!key_path(*l).exists());
     }
 
-    // A join through a learner: it forwards to a voter, which signs.
+    // A join through a learner: it forwards to a voter, which signs. Tokens are made on a
+    // voter (docs/security.md: a learner may not create them).
     let via = learners[0];
-    let token = c.cli_json(via, &["token", "create"])?["token"]
+    let token = c.cli_json(1, &["token", "create"])?["token"]
         .as_str()
         .ok_or_else(|| anyhow!("no token printed"))?
         .to_string();

@@ -11,7 +11,7 @@ use membrane_jepsen::{in_netns, require_root, wait_until, Cluster};
 use membrane_proto::v1::cluster_client::ClusterClient;
 use membrane_proto::v1::ForwardRequest;
 
-use crate::support::{last_log_index, runtime, SavedTls};
+use crate::support::{last_log_index, runtime, settled_log_index, SavedTls};
 
 /// `Command::Batch` as the pre-issue-11 recursive type encoded it (bincode: u32 variant tag
 /// 14, u64 length), `depth` levels deep around an empty batch.
@@ -36,7 +36,7 @@ fn t35_a_nested_batch_is_refused_and_every_node_stays_up() -> anyhow::Result<()>
     let targets: Vec<(u64, String)> = (1..=3u64)
         .map(|i| (i, c.lab().host(i as usize).rpc_addr().to_string()))
         .collect();
-    let before = last_log_index(&c)?;
+    let before = settled_log_index(&c, Duration::from_secs(3))?;
 
     // Over the limit but flat: a voter may remove nodes, so only the limit refuses it.
     let too_long: Command = Command::Batch(vec![

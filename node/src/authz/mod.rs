@@ -27,6 +27,11 @@ use tonic::{Request, Status};
 use crate::registry::RegistryClient;
 pub use join_trust::JoinTrust;
 
+/// How many ids past this copy's next admission id are taken as "admitted since": a lagging
+/// node is behind by a few joins, not by hundreds, and a certificate minted for a far id
+/// (with a stolen CA key) is refused outright.
+pub const ADMITTED_SINCE_WINDOW: u64 = 8;
+
 /// What an authenticated caller is to this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -130,7 +135,10 @@ pub fn identify(peer: &CertPeer, view: &TrustView<'_>) -> Result<Caller, Denial>
             voters,
             learners,
         } => {
-            if id >= registry.next_admission_id() && !registry.revoked().contains_key(&id) {
+            let next = registry.next_admission_id();
+            if (next..next + ADMITTED_SINCE_WINDOW).contains(&id)
+                && !registry.revoked().contains_key(&id)
+            {
                 return Ok(Caller {
                     node_id: id,
                     role: Role::AdmittedSinceOurCopy,
@@ -355,9 +363,15 @@ mod tests {
         );
         // An id this copy has not handed out: a node admitted in entries not applied here,
         // which may only replicate to this node (rules::raft), nothing else.
+        let next = r.next_admission_id();
         assert_eq!(
-            identify(&peer(9, key2), &view).unwrap().role,
+            identify(&peer(next, key2), &view).unwrap().role,
             Role::AdmittedSinceOurCopy
+        );
+        let far = next + ADMITTED_SINCE_WINDOW;
+        assert_eq!(
+            identify(&peer(far, key2), &view),
+            Err(Denial::NotAMember { id: far })
         );
         // Removal: the same certificate that was accepted a moment ago is refused.
         assert!(identify(&peer(2, key2), &view).is_ok());
