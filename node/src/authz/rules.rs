@@ -316,7 +316,10 @@ mod tests {
         assert_eq!(write(&mixed, &caller(3, Role::Voter)), Ok(()));
         assert!(matches!(
             write(&mixed, &caller(3, Role::Learner)),
-            Err(Denial::NeedsVoter { command: "RemoveNode", .. })
+            Err(Denial::NeedsVoter {
+                command: "RemoveNode",
+                ..
+            })
         ));
     }
 
