@@ -6,6 +6,10 @@
 //!     MEMBRANE_BIN=/path/to/old/membrane cargo test -p membrane-jepsen --test make_fixture -- --ignored
 //!
 //! Ignored by default: running it with today's code would make a fixture that tests nothing.
+//!
+//! The fixture's node certificates were issued on 2026-12-03 for one year (the old lifetime):
+//! after 2027-12-03 they are expired, the nodes cannot reach each other, and the upgrade test
+//! fails for that reason alone. Regenerate it then (an expired certificate cannot renew).
 
 use std::path::Path;
 
