@@ -40,7 +40,63 @@ pub fn node_certs(r: &membrane_consensus::Registry, now: i64) -> pb::NodeCertsRe
     }
 }
 
+/// The `sha256:<hex>` of a CA certificate PEM; empty if it does not parse.
+fn ca_hash_of_pem(pem: &str) -> String {
+    crate::transport::first_cert_der(pem)
+        .ok()
+        .and_then(|der| membrane_crypto::ca::ca_hash_of_cert_der(&der).ok())
+        .unwrap_or_default()
+}
+
+/// What `ca status` shows, from this node's registry copy.
+pub fn ca_status(r: &membrane_consensus::Registry) -> pb::CaStatusResponse {
+    let ca_hash = r
+        .cluster()
+        .map(|c| ca_hash_of_pem(&c.ca_cert_pem))
+        .unwrap_or_default();
+    let Some(rot) = r.ca_rotation() else {
+        return pb::CaStatusResponse {
+            ca_hash,
+            ..Default::default()
+        };
+    };
+    let nodes = r
+        .nodes()
+        .map(|n| pb::CaRotationNode {
+            id: n.id,
+            name: n.name.clone(),
+            done: rot
+                .done
+                .get(&n.id)
+                .map(|p| super::rotation::phase_name(*p).to_string())
+                .unwrap_or_default(),
+            finished: rot.finished_by(n.id),
+        })
+        .collect();
+    pb::CaStatusResponse {
+        ca_hash,
+        rotating: true,
+        phase: super::rotation::phase_name(rot.phase).to_string(),
+        old_ca_hash: ca_hash_of_pem(&rot.old_ca_cert_pem),
+        new_ca_hash: ca_hash_of_pem(&rot.new_ca_cert_pem),
+        started_at_unix: rot.started_at,
+        nodes,
+    }
+}
+
 impl CaApi {
+    pub fn ca_status(&self) -> pb::CaStatusResponse {
+        self.ctx.client.local(ca_status)
+    }
+
+    /// Starts a CA rotation from this node (a voter); answers once it is committed.
+    pub async fn ca_rotate(&self) -> Result<pb::CaStatusResponse, Status> {
+        super::rotation::begin(&self.ctx)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(self.ca_status())
+    }
+
     pub fn node_certs(&self) -> pb::NodeCertsResponse {
         let now = crate::clock::unix_now();
         self.ctx.client.local(|r| node_certs(r, now))
