@@ -73,7 +73,12 @@ pub fn plan(v: &RotationView) -> Vec<RotationAction> {
     if v.has_next_key && (!v.voter || phase == Retiring) {
         out.push(DeleteNextKey);
     }
-    let need_key = v.voter && phase == Trusting && !v.has_next_key;
+    let disk_trusts = bundle::same(&v.disk_bundle, &target);
+    // A voter holds the new key before it trusts the new CA, and before it names it as its
+    // signer (once it has, the key is its signing key: `PromoteNextKey`).
+    let need_key = v.voter
+        && !v.has_next_key
+        && (phase == Trusting || (phase == Signing && !disk_trusts));
     if need_key {
         out.push(FetchNextKey);
     }
@@ -83,10 +88,7 @@ pub fn plan(v: &RotationView) -> Vec<RotationAction> {
             out.push(Report(phase));
         }
     } else if my_turn(v, r) {
-        let disk_trusts = bundle::same(&v.disk_bundle, &target);
-        // A voter must hold the new key before it names the new CA as its signer.
-        let ready = !(v.voter && phase == Signing && !disk_trusts && !v.has_next_key);
-        if ready && !need_key {
+        if !need_key {
             if !disk_trusts {
                 out.push(WriteTrust(bundle::join(&target)));
             }
@@ -209,7 +211,7 @@ mod tests {
         // A voter that never got the new key does not name the new CA its signer.
         let mut v3 = view(3, rotation(Signing, &[(1, Signing), (2, Signing)]));
         v3.has_next_key = false;
-        assert_eq!(plan(&v3), vec![]);
+        assert_eq!(plan(&v3), vec![FetchNextKey]);
         // A learner renews without any key.
         let mut l = view(4, rotation(Signing, &[(1, Signing), (2, Signing), (3, Signing)]));
         l.voter = false;
