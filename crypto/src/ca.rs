@@ -577,7 +577,10 @@ mod tests {
         let (_d, keys) = node_keys();
         let der = pem_to_der(&ca.sign_node_csr(&keys.csr_der("n").unwrap(), 3).unwrap());
         assert!(cert_signed_by(&der, ca.cert_der()));
-        assert!(!cert_signed_by(&der, other.cert_der()), "same name, other key");
+        assert!(
+            !cert_signed_by(&der, other.cert_der()),
+            "same name, other key"
+        );
         assert!(!cert_signed_by(b"junk", ca.cert_der()));
     }
 

@@ -380,9 +380,7 @@ impl Registry {
                 new_ca_cert_pem,
                 now,
             } => self.begin_ca_rotation(new_ca_cert_pem, now),
-            Command::ReportCaRotation { node_id, phase } => {
-                self.report_ca_rotation(node_id, phase)
-            }
+            Command::ReportCaRotation { node_id, phase } => self.report_ca_rotation(node_id, phase),
             Command::AdvanceCaRotation { from } => self.advance_ca_rotation(from),
             Command::FinishCaRotation => self.finish_ca_rotation(),
         };

@@ -39,10 +39,8 @@ fn t35_a_nested_batch_is_refused_and_every_node_stays_up() -> anyhow::Result<()>
     let before = last_log_index(&c)?;
 
     // Over the limit but flat: a voter may remove nodes, so only the limit refuses it.
-    let too_long: Command = Command::Batch(vec![
-        BatchItem::RemoveNode { id: 999 };
-        MAX_BATCH_ITEMS + 1
-    ]);
+    let too_long: Command =
+        Command::Batch(vec![BatchItem::RemoveNode { id: 999 }; MAX_BATCH_ITEMS + 1]);
     let too_long = bincode::serialize(&too_long)?;
 
     let answers = in_netns(&netns, move || -> anyhow::Result<Vec<String>> {

@@ -56,25 +56,28 @@ fn reads(c: &Cluster, tls: &SavedTls) -> anyhow::Result<Vec<Result<u64, String>>
         .map(|i| (i, c.lab().host(i as usize).rpc_addr().to_string()))
         .collect();
     let tls = tls.clone();
-    in_netns(&netns, move || -> anyhow::Result<Vec<Result<u64, String>>> {
-        runtime()?.block_on(async move {
-            let mut out = Vec::new();
-            for (id, addr) in &targets {
-                let mut cl = ClusterClient::new(tls.channel(addr, *id)?);
-                let r = cl
-                    .read(ForwardRequest {
-                        data: QUERY_NODES.to_vec(),
-                    })
-                    .await;
-                out.push(match r {
-                    Ok(_) => Ok(*id),
-                    Err(s) if s.message().contains("not the leader") => Ok(*id),
-                    Err(s) => Err(format!("node {id}: {s:?}")),
-                });
-            }
-            Ok(out)
-        })
-    })?
+    in_netns(
+        &netns,
+        move || -> anyhow::Result<Vec<Result<u64, String>>> {
+            runtime()?.block_on(async move {
+                let mut out = Vec::new();
+                for (id, addr) in &targets {
+                    let mut cl = ClusterClient::new(tls.channel(addr, *id)?);
+                    let r = cl
+                        .read(ForwardRequest {
+                            data: QUERY_NODES.to_vec(),
+                        })
+                        .await;
+                    out.push(match r {
+                        Ok(_) => Ok(*id),
+                        Err(s) if s.message().contains("not the leader") => Ok(*id),
+                        Err(s) => Err(format!("node {id}: {s:?}")),
+                    });
+                }
+                Ok(out)
+            })
+        },
+    )?
 }
 
 #[test]
@@ -112,10 +115,16 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
             assert_eq!(started["rotating"], true, "{started}");
             assert_eq!(started["phase"], "trusting", "{started}");
             assert_eq!(started["old_ca_hash"], old_hash.as_str(), "{started}");
-            let new_hash = started["new_ca_hash"].as_str().unwrap_or_default().to_string();
+            let new_hash = started["new_ca_hash"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             assert!(new_hash.starts_with("sha256:") && new_hash != old_hash);
             let again = c.cli(1, &["ca", "rotate"]);
-            assert!(again.is_err(), "a second rotation while one runs: {again:?}");
+            assert!(
+                again.is_err(),
+                "a second rotation while one runs: {again:?}"
+            );
 
             // The leader dies once after the rotation began, and comes back.
             let leader = c.leader_seen_by(1)?.ok_or_else(|| anyhow!("no leader"))? as usize;
@@ -142,7 +151,11 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
         stop.store(true, Ordering::Relaxed);
         result
     })?;
-    assert_eq!(status["ca_hash"], new_hash.as_str(), "every copy agrees: {status}");
+    assert_eq!(
+        status["ca_hash"],
+        new_hash.as_str(),
+        "every copy agrees: {status}"
+    );
 
     // Every node trusts the new CA only, and its certificate is from it; voters hold only
     // the new CA's key.
@@ -188,7 +201,10 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
 
     // No acknowledged write is lost, on any node.
     let acknowledged = acknowledged.into_inner().unwrap();
-    assert!(acknowledged.len() >= 10, "too few writes went through: {acknowledged:?}");
+    assert!(
+        acknowledged.len() >= 10,
+        "too few writes went through: {acknowledged:?}"
+    );
     for h in 1..=3 {
         wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
             Ok(acknowledged.is_subset(&identity_ids(&c, h)?))

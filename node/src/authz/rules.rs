@@ -63,9 +63,7 @@ fn rule<B>(cmd: &Command<B>) -> (&'static str, Rule) {
         Command::BeginCaRotation { .. } => ("BeginCaRotation", Rule::Voter),
         Command::AdvanceCaRotation { .. } => ("AdvanceCaRotation", Rule::Voter),
         Command::FinishCaRotation => ("FinishCaRotation", Rule::Voter),
-        Command::ReportCaRotation { node_id, .. } => {
-            ("ReportCaRotation", Rule::OwnNode(*node_id))
-        }
+        Command::ReportCaRotation { node_id, .. } => ("ReportCaRotation", Rule::OwnNode(*node_id)),
         // A voter records the renewals it signs; a node may record its own certificate
         // (the registry checks the key is the node's).
         Command::RecordCertificate { node_id, .. } => {
@@ -324,7 +322,10 @@ mod tests {
         assert_eq!(write(&mixed, &caller(3, Role::Voter)), Ok(()));
         assert!(matches!(
             write(&mixed, &caller(3, Role::Learner)),
-            Err(Denial::NeedsVoter { command: "RemoveNode", .. })
+            Err(Denial::NeedsVoter {
+                command: "RemoveNode",
+                ..
+            })
         ));
     }
 

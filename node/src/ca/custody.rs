@@ -183,7 +183,11 @@ mod tests {
         custody.store(old.key_pem()).unwrap();
         let bundle = super::super::bundle::join(&[old.cert_pem(), new.cert_pem()]);
         custody.state.write_ca_certs(&bundle).unwrap();
-        assert_eq!(custody.ca().unwrap().hash(), old.hash(), "the first CA signs");
+        assert_eq!(
+            custody.ca().unwrap().hash(),
+            old.hash(),
+            "the first CA signs"
+        );
         assert!(custody.store_next(new.cert_pem(), old.key_pem()).is_err());
         custody.store_next(new.cert_pem(), new.key_pem()).unwrap();
         assert_eq!(custody.next_ca(new.cert_pem()).unwrap().hash(), new.hash());

@@ -138,7 +138,10 @@ async fn act(ctx: &CaContext, view: &RotationView, action: RotationAction) -> an
             ctx.client
                 .write(Command::AdvanceCaRotation { from })
                 .await?;
-            info!(?from, "CA rotation: every node finished the phase; advanced");
+            info!(
+                ?from,
+                "CA rotation: every node finished the phase; advanced"
+            );
         }
         RotationAction::Finish => {
             ctx.client.write(Command::FinishCaRotation).await?;
@@ -169,7 +172,10 @@ async fn fetch_next_key(ctx: &CaContext, new_pem: &str) -> anyhow::Result<()> {
             Err(e) => errors.push(format!("node {id}: {e:#}")),
         }
     }
-    bail!("no voter handed over the new CA's key: {}", errors.join("; "))
+    bail!(
+        "no voter handed over the new CA's key: {}",
+        errors.join("; ")
+    )
 }
 
 /// Starts a rotation from this node (a voter): a new CA whose key is kept here until the

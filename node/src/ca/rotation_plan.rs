@@ -76,9 +76,8 @@ pub fn plan(v: &RotationView) -> Vec<RotationAction> {
     let disk_trusts = bundle::same(&v.disk_bundle, &target);
     // A voter holds the new key before it trusts the new CA, and before it names it as its
     // signer (once it has, the key is its signing key: `PromoteNextKey`).
-    let need_key = v.voter
-        && !v.has_next_key
-        && (phase == Trusting || (phase == Signing && !disk_trusts));
+    let need_key =
+        v.voter && !v.has_next_key && (phase == Trusting || (phase == Signing && !disk_trusts));
     if need_key {
         out.push(FetchNextKey);
     }
@@ -87,19 +86,17 @@ pub fn plan(v: &RotationView) -> Vec<RotationAction> {
         if !r.finished_by(v.me) {
             out.push(Report(phase));
         }
-    } else if my_turn(v, r) {
-        if !need_key {
-            if !disk_trusts {
-                out.push(WriteTrust(bundle::join(&target)));
-            }
-            if v.voter && phase == Signing {
-                out.push(PromoteNextKey);
-            }
-            if phase == Signing && !v.disk_cert_new {
-                out.push(Renew);
-            }
-            out.push(Restart);
+    } else if my_turn(v, r) && !need_key {
+        if !disk_trusts {
+            out.push(WriteTrust(bundle::join(&target)));
         }
+        if v.voter && phase == Signing {
+            out.push(PromoteNextKey);
+        }
+        if phase == Signing && !v.disk_cert_new {
+            out.push(Renew);
+        }
+        out.push(Restart);
     }
     if v.leader && v.waiting_for.is_empty() {
         out.push(if phase == Retiring {
@@ -142,7 +139,10 @@ mod tests {
 
     /// Node `me` of voters 1, 2, 3 (1 leads), trusting the old CA only.
     fn view(me: u64, r: CaRotation) -> RotationView {
-        let waiting_for = [1, 2, 3].into_iter().filter(|id| !r.finished_by(*id)).collect();
+        let waiting_for = [1, 2, 3]
+            .into_iter()
+            .filter(|id| !r.finished_by(*id))
+            .collect();
         RotationView {
             me,
             voter: true,
@@ -183,7 +183,10 @@ mod tests {
         v2.has_next_key = false;
         assert_eq!(plan(&v2), vec![FetchNextKey]);
         // Everyone done: the leader advances.
-        let mut v = view(1, rotation(Trusting, &[(1, Trusting), (2, Trusting), (3, Trusting)]));
+        let mut v = view(
+            1,
+            rotation(Trusting, &[(1, Trusting), (2, Trusting), (3, Trusting)]),
+        );
         v.used_bundle = both.clone();
         v.disk_bundle = both;
         assert_eq!(plan(&v), vec![Advance(Trusting)]);
@@ -198,7 +201,12 @@ mod tests {
         v.used_bundle = both;
         assert_eq!(
             plan(&v),
-            vec![WriteTrust(new_first.clone()), PromoteNextKey, Renew, Restart]
+            vec![
+                WriteTrust(new_first.clone()),
+                PromoteNextKey,
+                Renew,
+                Restart
+            ]
         );
         // Renewed, restarted, but the certificate in use is what counts.
         v.disk_bundle = new_first.clone();
@@ -213,7 +221,10 @@ mod tests {
         v3.has_next_key = false;
         assert_eq!(plan(&v3), vec![FetchNextKey]);
         // A learner renews without any key.
-        let mut l = view(4, rotation(Signing, &[(1, Signing), (2, Signing), (3, Signing)]));
+        let mut l = view(
+            4,
+            rotation(Signing, &[(1, Signing), (2, Signing), (3, Signing)]),
+        );
         l.voter = false;
         l.has_next_key = false;
         l.turn_order.push(4);

@@ -7,8 +7,8 @@ use membrane_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
 
 use super::args::{
-    BpfCmd, BpfListCmd, Command, EndpointCmd, GossipCmd, IdentityCmd, MonitorArgs, MonitorKind,
-    CaCmd, NodeCmd, PolicyCmd, TokenCmd,
+    BpfCmd, BpfListCmd, CaCmd, Command, EndpointCmd, GossipCmd, IdentityCmd, MonitorArgs,
+    MonitorKind, NodeCmd, PolicyCmd, TokenCmd,
 };
 use super::output::Output;
 

@@ -72,15 +72,18 @@ impl CertAuthority for CaService {
                 .ok_or_else(|| Status::failed_precondition("no CA rotation is under way"))?;
             // After the new CA began signing here, its key is this node's signing key.
             let promoted = || {
-                self.custody.ca().filter(|ca| {
-                    crate::ca::bundle::same(ca.cert_pem(), &[new_pem.as_str()])
-                })
+                self.custody
+                    .ca()
+                    .filter(|ca| crate::ca::bundle::same(ca.cert_pem(), &[new_pem.as_str()]))
             };
-            self.custody.next_ca(&new_pem).or_else(promoted).ok_or_else(|| {
-                Status::failed_precondition(
-                    "this node does not hold the new CA's key (yet); ask another voter",
-                )
-            })?
+            self.custody
+                .next_ca(&new_pem)
+                .or_else(promoted)
+                .ok_or_else(|| {
+                    Status::failed_precondition(
+                        "this node does not hold the new CA's key (yet); ask another voter",
+                    )
+                })?
         } else {
             self.signing_ca()?
         };
