@@ -127,7 +127,18 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
             );
 
             // The leader dies once after the rotation began, and comes back.
-            let leader = c.leader_seen_by(1)?.ok_or_else(|| anyhow!("no leader"))? as usize;
+            // (Host 1 may be restarting itself for the rotation: ask until someone answers.)
+            let mut leader = 0;
+            wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+                for h in 1..=3 {
+                    if let Ok(Some(l)) = c.leader_seen_by(h) {
+                        leader = l as usize;
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            })
+            .context("no leader after the rotation began")?;
             c.lab().kill(leader)?;
             std::thread::sleep(Duration::from_secs(3));
             c.lab().restart(leader)?;
