@@ -223,8 +223,11 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
         .with_context(|| format!("host {h} lost acknowledged writes"))?;
     }
     // A join token now pins the new CA.
-    let token = c.cli(1, &["token", "create"])?;
-    assert!(token.contains(&new_hash), "{token}");
-    assert!(!token.contains(&old_hash), "{token}");
+    for h in 1..=3 {
+        let token = c.cli_json(h, &["token", "create"])?;
+        let join = token["join_command"].as_str().unwrap_or_default();
+        assert!(join.contains(&new_hash), "host {h}: {token}");
+        assert!(!join.contains(&old_hash), "host {h}: {token}");
+    }
     Ok(())
 }
