@@ -132,7 +132,7 @@ mod tests {
     };
     use membrane_consensus::{Command, Registry, Response};
 
-    use super::node_certs;
+    use super::{ca_status, node_certs};
 
     fn bootstrapped() -> Registry {
         let mut r = Registry::default();
@@ -195,5 +195,39 @@ mod tests {
             (c.serial.as_str(), c.not_after_unix),
             ("4a0b", 50 + 30 * 86_400)
         );
+    }
+
+    #[test]
+    fn t11_ca_status_shows_the_signing_ca_and_each_nodes_progress() {
+        use membrane_consensus::registry::CaRotationPhase::Trusting;
+        use membrane_crypto::ca::ClusterCa;
+        let mut r = bootstrapped();
+        let idle = ca_status(&r);
+        assert!(!idle.rotating && idle.nodes.is_empty());
+        assert_eq!(idle.ca_hash, "", "an unparsable CA has no hash");
+        let new = ClusterCa::generate("t").unwrap();
+        let resp = r.apply(Command::BeginCaRotation {
+            new_ca_cert_pem: new.cert_pem().to_string(),
+            now: 7,
+        });
+        assert_eq!(resp, Response::Ok);
+        let s = ca_status(&r);
+        assert!(s.rotating);
+        assert_eq!((s.phase.as_str(), s.started_at_unix), ("trusting", 7));
+        assert_eq!(s.new_ca_hash, new.hash());
+        assert_eq!(s.nodes.len(), 1);
+        assert!(!s.nodes[0].finished && s.nodes[0].done.is_empty());
+        let resp = r.apply(Command::ReportCaRotation {
+            node_id: 1,
+            phase: Trusting,
+        });
+        assert_eq!(resp, Response::Ok);
+        let s = ca_status(&r);
+        assert!(s.nodes[0].finished);
+        assert_eq!(s.nodes[0].done, "trusting");
+        r.apply(Command::AdvanceCaRotation { from: Trusting })
+            .into_result()
+            .unwrap();
+        assert_eq!(ca_status(&r).ca_hash, new.hash(), "the new CA signs");
     }
 }
