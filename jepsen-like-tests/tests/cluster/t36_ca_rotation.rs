@@ -1,6 +1,6 @@
-//! `membrane ca rotate` (issue 11) with real agents: a 3-node cluster under a loop of
+//! `membrane ca rotate` (issue 11) with real agents: a 3-voter cluster under a loop of
 //! registry writes replaces its CA, phase by phase, with its leader killed once after the
-//! rotation began. At the end every node's certificate is from the new CA, every node trusts
+//! rotation began and a fourth node joining meanwhile. At the end every node's certificate is from the new CA, every node trusts
 //! the new CA only, voters hold only the new key, a certificate from the old CA is refused
 //! by every node, no acknowledged write is lost, and `token create` prints the new hash.
 
@@ -41,7 +41,7 @@ fn identity_ids(c: &Cluster, host: usize) -> anyhow::Result<BTreeSet<u64>> {
 }
 
 fn all_logs(c: &Cluster) -> String {
-    (1..=3)
+    (1..=4)
         .map(|i| format!("--- host {i}:\n{}", c.log_tail(i)))
         .collect::<Vec<_>>()
         .join("\n")
@@ -83,8 +83,13 @@ fn reads(c: &Cluster, tls: &SavedTls) -> anyhow::Result<Vec<Result<u64, String>>
 #[test]
 fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Result<()> {
     require_root()?;
-    let c = Cluster::start("carot", 3)?;
-    c.wait_all_alive(Duration::from_secs(30))?;
+    // Hosts 1-3 are the voters; host 4 joins, as a learner, while the rotation runs.
+    let (c, _) = Cluster::init("carot", 4)?;
+    c.start_first()?;
+    for i in 2..=3 {
+        c.join(i, &c.create_token(1)?)?;
+    }
+    c.wait_for_voters(3, Duration::from_secs(60))?;
     let before = c.cli_json(1, &["ca", "status"])?;
     let old_hash = before["ca_hash"].as_str().unwrap_or_default().to_string();
     assert!(old_hash.starts_with("sha256:"), "{before}");
@@ -110,6 +115,15 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
                 std::thread::sleep(Duration::from_millis(200));
             }
         });
+        // Stops the traffic however the rotation part ends (a panic included), so that the
+        // scope can end.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop_guard = StopOnDrop(&stop);
         let result = (|| {
             let started = c.cli_json(1, &["ca", "rotate"])?;
             assert_eq!(started["rotating"], true, "{started}");
@@ -143,6 +157,30 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
             std::thread::sleep(Duration::from_secs(3));
             c.lab().restart(leader)?;
 
+            // A node joins while the rotation runs (it may also end first: a rotation of
+            // four nodes takes some 30 s here), with a token and the CA hash it prints at
+            // that moment; a try that meets a restarting node is repeated.
+            wait_until(Duration::from_secs(120), Duration::from_secs(1), || {
+                let Ok(token) = c.cli_json(1, &["token", "create"]) else {
+                    return Ok(false);
+                };
+                let (Some(secret), Some(join)) =
+                    (token["token"].as_str(), token["join_command"].as_str())
+                else {
+                    return Ok(false);
+                };
+                let Some(hash) = join.split_whitespace().last() else {
+                    return Ok(false);
+                };
+                let _ = c.lab().kill(4);
+                c.lab().start(4, &c.join_args(4, secret, hash))?;
+                let joined =
+                    wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
+                        Ok(c.lab().is_running(4)? && c.status(4).is_ok())
+                    });
+                Ok(joined.is_ok())
+            })
+            .with_context(|| format!("host 4 did not join mid-rotation: {}", c.log_tail(4)))?;
             wait_until(Duration::from_secs(400), Duration::from_secs(2), || {
                 let Ok(v) = c.cli_json(1, &["ca", "status"]) else {
                     return Ok(false);
@@ -159,7 +197,7 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
             c.wait_all_alive(Duration::from_secs(60))?;
             Ok((c.cli_json(2, &["ca", "status"])?, new_hash))
         })();
-        stop.store(true, Ordering::Relaxed);
+        drop(stop_guard);
         result
     })?;
     assert_eq!(
@@ -172,7 +210,9 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
     // the new CA's key.
     let voters = c.voters(1)?;
     let mut new_ca_pem = None;
-    for i in 1..=3usize {
+    assert_eq!(voters.len(), 3, "{voters:?}");
+    assert!(!voters.contains(&4), "host 4 joined as a learner");
+    for i in 1..=4usize {
         let dir = c.lab().host(i).state_dir();
         let ca = std::fs::read_to_string(dir.join("tls/ca.crt"))?;
         assert_eq!(ca.matches("BEGIN CERTIFICATE").count(), 1, "host {i}: {ca}");
@@ -191,6 +231,11 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
         if voters.contains(&(i as u64)) {
             let key = std::fs::read_to_string(dir.join("keys/ca.key"))?;
             ClusterCa::from_pem(&ca, &key).context("a voter's key is the new CA's")?;
+        } else {
+            assert!(
+                !dir.join("keys/ca.key").exists(),
+                "learner {i} holds a CA key"
+            );
         }
         new_ca_pem = Some(ca);
     }
@@ -216,7 +261,7 @@ fn t36_the_cluster_ca_is_rotated_without_losing_quorum_or_writes() -> anyhow::Re
         acknowledged.len() >= 10,
         "too few writes went through: {acknowledged:?}"
     );
-    for h in 1..=3 {
+    for h in 1..=4 {
         wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
             Ok(acknowledged.is_subset(&identity_ids(&c, h)?))
         })
