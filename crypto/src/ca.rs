@@ -317,6 +317,19 @@ pub fn node_id_from_cert_der(der: &[u8]) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Whether the certificate `cert_der` carries a valid signature of the CA `ca_der` (the
+/// signature only: validity and names are the TLS layer's). During a CA rotation this tells
+/// a node whether its certificate is from the new CA yet.
+pub fn cert_signed_by(cert_der: &[u8], ca_der: &[u8]) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        X509Certificate::from_der(cert_der),
+        X509Certificate::from_der(ca_der),
+    ) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// The DNS name a client verifies when it dials node `node_id`: `node-<id>.membrane`, carried
 /// as a subject alternative name by every node certificate since the first release.
 pub fn node_server_name(node_id: u64) -> String {
@@ -555,6 +568,20 @@ mod tests {
         );
         let msg = parse_ca_hash("").unwrap_err().to_string();
         assert!(msg.contains("membrane init"), "{msg}");
+    }
+
+    #[test]
+    fn cert_signed_by_tells_the_signing_ca() {
+        let ca = ClusterCa::generate("c").unwrap();
+        let other = ClusterCa::generate("c").unwrap();
+        let (_d, keys) = node_keys();
+        let der = pem_to_der(&ca.sign_node_csr(&keys.csr_der("n").unwrap(), 3).unwrap());
+        assert!(cert_signed_by(&der, ca.cert_der()));
+        assert!(
+            !cert_signed_by(&der, other.cert_der()),
+            "same name, other key"
+        );
+        assert!(!cert_signed_by(b"junk", ca.cert_der()));
     }
 
     #[test]

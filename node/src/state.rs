@@ -201,27 +201,61 @@ impl StateDir {
     /// filesystem reuses later (best effort: copy-on-write filesystems and SSD wear
     /// levelling may keep old blocks; see docs/security.md).
     pub fn remove_ca_key(&self) -> Result<bool, StateError> {
-        let path = self.ca_key_path();
-        let err = |source| StateError::Write {
-            path: path.clone(),
-            source,
-        };
-        let len = match fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(err(e)),
-            Ok(m) => m.len(),
-        };
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(err)?;
-        f.write_all(&vec![0u8; len as usize]).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        fs::remove_file(&path).map_err(err)?;
-        sync_parent(&path).map_err(err)?;
-        Ok(true)
+        shred(&self.ca_key_path())
     }
+
+    /// The key of the CA a rotation is moving to (`keys/ca-next.key`), on voters between
+    /// `membrane ca rotate` and the phase where the new CA starts signing.
+    pub fn next_ca_key(&self) -> Result<Option<String>, StateError> {
+        let path = self.next_ca_key_path();
+        match fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(_) => read_text(&path).map(Some),
+            Ok(pem) if pem.contains("PRIVATE KEY-----") => Ok(Some(pem)),
+            Ok(_) => Err(StateError::Corrupt {
+                path,
+                reason: "no PEM private key in it".into(),
+            }),
+        }
+    }
+
+    pub fn next_ca_key_path(&self) -> PathBuf {
+        self.root.join("keys/ca-next.key")
+    }
+
+    pub fn write_next_ca_key(&self, pem: &str) -> Result<(), StateError> {
+        write_file(&self.next_ca_key_path(), pem.as_bytes())
+    }
+
+    /// Deletes the next CA key like [`StateDir::remove_ca_key`]; true if there was one.
+    pub fn remove_next_ca_key(&self) -> Result<bool, StateError> {
+        shred(&self.next_ca_key_path())
+    }
+
+    /// Replaces the trusted CA certificates (`tls/ca.crt`, the signing CA first), atomically.
+    pub fn write_ca_certs(&self, pem: &str) -> Result<(), StateError> {
+        write_file(&self.ca_cert_path(), pem.as_bytes())
+    }
+}
+
+/// Overwrites a file with zeros, then unlinks it; false if there was none.
+fn shred(path: &Path) -> Result<bool, StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = match fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(err(e)),
+        Ok(m) => m.len(),
+    };
+    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(err)?;
+    f.write_all(&vec![0u8; len as usize]).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    drop(f);
+    fs::remove_file(path).map_err(err)?;
+    sync_parent(path).map_err(err)?;
+    Ok(true)
 }
 
 fn read_text(path: &Path) -> Result<String, StateError> {

@@ -76,6 +76,18 @@ impl<B> Command<B> {
                 Command::ReleaseIdentityFor { labels, node_id }
             }
             Command::ForgetLegacyCaKey => Command::ForgetLegacyCaKey,
+            Command::BeginCaRotation {
+                new_ca_cert_pem,
+                now,
+            } => Command::BeginCaRotation {
+                new_ca_cert_pem,
+                now,
+            },
+            Command::ReportCaRotation { node_id, phase } => {
+                Command::ReportCaRotation { node_id, phase }
+            }
+            Command::AdvanceCaRotation { from } => Command::AdvanceCaRotation { from },
+            Command::FinishCaRotation => Command::FinishCaRotation,
         })
     }
 
@@ -88,7 +100,8 @@ impl<B> Command<B> {
         match self {
             Command::AdmitNode { now: t, .. }
             | Command::AdmitSignedNode { now: t, .. }
-            | Command::PutPolicies { now: t, .. } => *t = now,
+            | Command::PutPolicies { now: t, .. }
+            | Command::BeginCaRotation { now: t, .. } => *t = now,
             Command::AddEndpoint { endpoint } => endpoint.now = now,
             Command::Batch(items) => items.stamp_items(now),
             _ => {}

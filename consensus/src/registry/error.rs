@@ -77,4 +77,6 @@ pub enum RegistryError {
     IdentityNotHeld { node_id: u64, labels: String },
     #[error("the command is too large to be a log entry: {0}")]
     CommandTooLarge(String),
+    #[error("CA rotation: {0}")]
+    CaRotation(String),
 }

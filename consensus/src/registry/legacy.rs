@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::endpoint::EndpointTable;
 use super::identity::IdentityTable;
 use super::policy::PolicyTable;
-use super::{ClusterConfig, GossipKeyring, NodeRecord, Registry, TokenRecord};
+use super::{CertRecord, ClusterConfig, GossipKeyring, NodeRecord, Registry, Sha256, TokenRecord};
 
 /// [`Registry`] as snapshots before issue 11 encoded it: these eight fields, in this order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,44 @@ impl From<RegistryV0> for Registry {
             certificates: BTreeMap::new(),
             revoked: BTreeMap::new(),
             api_identity_refs: BTreeMap::new(),
+            ca_rotation: None,
+        }
+    }
+}
+
+/// [`Registry`] as snapshot format 1 (issue 11, before `membrane ca rotate`) encoded it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RegistryV1 {
+    pub cluster: Option<ClusterConfig>,
+    pub nodes: BTreeMap<u64, NodeRecord>,
+    pub tokens: BTreeMap<String, TokenRecord>,
+    pub identities: IdentityTable,
+    pub next_node_id: u64,
+    pub gossip_keyring: Option<GossipKeyring>,
+    pub endpoints: EndpointTable,
+    pub policies: PolicyTable,
+    pub certificates: BTreeMap<u64, CertRecord>,
+    pub revoked: BTreeMap<u64, Sha256>,
+    #[serde(with = "super::identity::refs_as_list")]
+    pub api_identity_refs: BTreeMap<(u64, u32), u32>,
+}
+
+impl From<RegistryV1> for Registry {
+    /// A format-1 registry has no rotation under way.
+    fn from(v1: RegistryV1) -> Registry {
+        Registry {
+            cluster: v1.cluster,
+            nodes: v1.nodes,
+            tokens: v1.tokens,
+            identities: v1.identities,
+            next_node_id: v1.next_node_id,
+            gossip_keyring: v1.gossip_keyring,
+            endpoints: v1.endpoints,
+            policies: v1.policies,
+            certificates: v1.certificates,
+            revoked: v1.revoked,
+            api_identity_refs: v1.api_identity_refs,
+            ca_rotation: None,
         }
     }
 }
@@ -58,6 +96,23 @@ impl Registry {
             gossip_keyring: self.gossip_keyring.clone(),
             endpoints: self.endpoints.clone(),
             policies: self.policies.clone(),
+        }
+    }
+
+    /// The eleven fields of snapshot format 1.
+    pub(crate) fn to_v1(&self) -> RegistryV1 {
+        RegistryV1 {
+            cluster: self.cluster.clone(),
+            nodes: self.nodes.clone(),
+            tokens: self.tokens.clone(),
+            identities: self.identities.clone(),
+            next_node_id: self.next_node_id,
+            gossip_keyring: self.gossip_keyring.clone(),
+            endpoints: self.endpoints.clone(),
+            policies: self.policies.clone(),
+            certificates: self.certificates.clone(),
+            revoked: self.revoked.clone(),
+            api_identity_refs: self.api_identity_refs.clone(),
         }
     }
 }
@@ -270,6 +325,22 @@ mod tests {
                 18,
             ),
             (Command::ForgetLegacyCaKey, 19),
+        ];
+        for (cmd, want) in cmds {
+            assert_eq!(tag(&cmd), want, "{cmd:?}");
+        }
+        let phase = crate::registry::CaRotationPhase::Trusting;
+        let cmds: [(Command, u32); 4] = [
+            (
+                Command::BeginCaRotation {
+                    new_ca_cert_pem: "x".into(),
+                    now: 0,
+                },
+                20,
+            ),
+            (Command::ReportCaRotation { node_id: 1, phase }, 21),
+            (Command::AdvanceCaRotation { from: phase }, 22),
+            (Command::FinishCaRotation, 23),
         ];
         for (cmd, want) in cmds {
             assert_eq!(tag(&cmd), want, "{cmd:?}");

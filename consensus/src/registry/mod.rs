@@ -27,6 +27,8 @@
 //!   identity of their labels.
 //! - `policy`: network policies under one cluster-wide revision.
 //! - `gossip_keys`: the gossip keyring and its rotation.
+//! - `ca_rotation`: replacing the cluster CA in phases (trust both, sign with the new,
+//!   retire the old), each finished by every node before the next.
 //!
 //! Around the commands: `command` (batch items, re-stamping `now` with the leader's clock),
 //! `limits` ([`Command::check_limits`]: a log entry that cannot be applied is refused before
@@ -37,6 +39,7 @@
 //! cannot be batches, so applying a log entry never recurses.
 
 mod admission;
+mod ca_rotation;
 mod cert;
 mod cluster;
 mod command;
@@ -57,6 +60,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use ca_rotation::{CaRotation, CaRotationPhase};
 pub use cert::CertRecord;
 pub use cluster::ClusterConfig;
 pub use command::StampItems;
@@ -195,6 +199,23 @@ pub enum Command<B = Vec<BatchItem>> {
     },
     /// Clears [`ClusterConfig::legacy_ca_key_pem`] once the key lives on the voters' disks.
     ForgetLegacyCaKey,
+    /// Starts replacing the cluster CA with `new_ca_cert_pem` (whose key the proposing voter
+    /// holds); see `ca_rotation`. `now` is the leader's clock.
+    BeginCaRotation {
+        new_ca_cert_pem: String,
+        now: i64,
+    },
+    /// Node `node_id` has finished rotation phase `phase`.
+    ReportCaRotation {
+        node_id: u64,
+        phase: CaRotationPhase,
+    },
+    /// Moves the rotation on from phase `from`, once every current node has finished it.
+    AdvanceCaRotation {
+        from: CaRotationPhase,
+    },
+    /// Ends the rotation once every node trusts the new CA only.
+    FinishCaRotation,
 }
 
 /// What a batch inside a batch holds: nothing. Uninhabited, so a nested batch cannot be
@@ -270,6 +291,9 @@ pub struct Registry {
     /// References taken through the API: (node, identity) -> count.
     #[serde(default, with = "identity::refs_as_list")]
     api_identity_refs: BTreeMap<(u64, u32), u32>,
+    /// A CA rotation under way (snapshot format 2 and later).
+    #[serde(default)]
+    ca_rotation: Option<CaRotation>,
 }
 
 /// What a [`Command::Batch`] holds, applied: a list of flat commands, or (inside a batch)
@@ -352,6 +376,13 @@ impl Registry {
                 self.release_identity_for(&labels, node_id)
             }
             Command::ForgetLegacyCaKey => self.forget_legacy_ca_key(),
+            Command::BeginCaRotation {
+                new_ca_cert_pem,
+                now,
+            } => self.begin_ca_rotation(new_ca_cert_pem, now),
+            Command::ReportCaRotation { node_id, phase } => self.report_ca_rotation(node_id, phase),
+            Command::AdvanceCaRotation { from } => self.advance_ca_rotation(from),
+            Command::FinishCaRotation => self.finish_ca_rotation(),
         };
         result.unwrap_or_else(Response::Err)
     }

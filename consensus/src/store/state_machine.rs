@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{decode, Disk, StorageResult, StoreError};
 use crate::codec;
-use crate::registry::legacy::RegistryV0;
+use crate::registry::legacy::{RegistryV0, RegistryV1};
 use crate::registry::{Registry, Response};
 use crate::{NodeId, TypeConfig};
 
@@ -49,11 +49,20 @@ struct SnapshotPayloadV0 {
     pub registry: RegistryV0,
 }
 
+/// [`SnapshotPayload`] in format 1 (issue 11, before CA rotation; the frozen registry).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayloadV1 {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub registry: RegistryV1,
+}
+
 /// First byte of a versioned payload. An unversioned (pre-issue-11) payload begins with the
 /// `Option` tag of `last_applied`, 0 or 1, so the two cannot be confused.
 const SNAPSHOT_MAGIC: u8 = 0xFF;
 /// The payload format this code writes: magic, this number (u32 LE), the payload.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 1: issue 11; 2: the registry holds a CA rotation.
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Encodes a snapshot payload in the current format.
 fn encode_payload(payload: &SnapshotPayload) -> Result<Vec<u8>, bincode::Error> {
@@ -79,6 +88,11 @@ fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, bincode::Error> {
             let version = u32::from_le_bytes(version.try_into().unwrap_or_default());
             match version {
                 SNAPSHOT_FORMAT => codec::decode(body, limit),
+                1 => codec::decode::<SnapshotPayloadV1>(body, limit).map(|v1| SnapshotPayload {
+                    last_applied: v1.last_applied,
+                    membership: v1.membership,
+                    registry: v1.registry.into(),
+                }),
                 other => Err(Box::new(bincode::ErrorKind::Custom(format!(
                     "snapshot format {other} is newer than this membrane reads ({SNAPSHOT_FORMAT}); upgrade this node"
                 )))),
@@ -475,10 +489,42 @@ mod tests {
             payload.registry
         );
         let mut future = bytes.clone();
-        future[1..5].copy_from_slice(&2u32.to_le_bytes());
+        future[1..5].copy_from_slice(&(SNAPSHOT_FORMAT + 1).to_le_bytes());
         let err = decode_payload(&future).err().expect("refused").to_string();
         assert!(err.contains("upgrade this node"), "{err}");
         assert!(decode_payload(&[SNAPSHOT_MAGIC, 1]).is_err());
+        // Format 1 (issue 11, no CA rotation field) reads back with no rotation.
+        let v1 = SnapshotPayloadV1 {
+            last_applied: Some(log_id(2)),
+            membership: StoredMembership::default(),
+            registry: payload.registry.to_v1(),
+        };
+        let mut format1 = vec![SNAPSHOT_MAGIC];
+        format1.extend_from_slice(&1u32.to_le_bytes());
+        format1.extend_from_slice(&bincode::serialize(&v1).expect("encode"));
+        assert_eq!(
+            decode_payload(&format1).expect("decode").registry,
+            payload.registry
+        );
+        // Format 2 keeps a rotation under way.
+        let mut rotating = payload.registry.clone();
+        rotating.apply(Command::ForgetLegacyCaKey);
+        rotating
+            .apply(Command::BeginCaRotation {
+                new_ca_cert_pem: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+                    .into(),
+                now: 3,
+            })
+            .into_result()
+            .expect("begin");
+        let bytes = encode_payload(&SnapshotPayload {
+            registry: rotating.clone(),
+            ..payload
+        })
+        .expect("encode");
+        let back = decode_payload(&bytes).expect("decode").registry;
+        assert!(back.ca_rotation().is_some());
+        assert_eq!(back, rotating);
         // An old payload with no previous log id starts with 0, one with a log id with 1.
         let v0 = SnapshotPayloadV0 {
             last_applied: None,

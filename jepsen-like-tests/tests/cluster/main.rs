@@ -15,6 +15,7 @@ mod t31_membership_authz;
 mod t33_ca_key_on_voters;
 mod t34_cert_renewal;
 mod t35_poison_command;
+mod t36_ca_rotation;
 mod t40_leader_kill;
 mod t41_whole_cluster_kill;
 mod t42_leader_pause;

@@ -55,6 +55,20 @@ impl Agent for AgentApi {
         self.ca.renew().await.map(Response::new)
     }
 
+    async fn ca_rotate(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::CaStatusResponse>, Status> {
+        self.ca.ca_rotate().await.map(Response::new)
+    }
+
+    async fn ca_status(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::CaStatusResponse>, Status> {
+        Ok(Response::new(self.ca.ca_status()))
+    }
+
     async fn node_remove(
         &self,
         req: Request<pb::NodeRemoveRequest>,

@@ -284,6 +284,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     let ca_custody = tokio::spawn(crate::ca::run::custody(ca.clone()));
     let ca_renewal = tokio::spawn(crate::ca::run::renewal(ca.clone()));
+    let ca_rotation = tokio::spawn(crate::ca::rotation::run(ca.clone()));
     let reconciler = tokio::spawn(autopilot::run(
         client.clone(),
         liveness.clone(),
@@ -322,6 +323,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     reconciler.abort();
     ca_custody.abort();
     ca_renewal.abort();
+    ca_rotation.abort();
     info!(restart_for, "shutting down");
     if let Some(g) = gossip.get() {
         g.save_replay_state();

@@ -58,6 +58,12 @@ fn rule<B>(cmd: &Command<B>) -> (&'static str, Rule) {
         Command::UseGossipKey { .. } => ("UseGossipKey", Rule::Voter),
         Command::RemoveGossipKey { .. } => ("RemoveGossipKey", Rule::Voter),
         Command::ForgetLegacyCaKey => ("ForgetLegacyCaKey", Rule::Voter),
+        // A rotation is begun and moved on by voters (they hold the CA keys); each node
+        // reports its own progress.
+        Command::BeginCaRotation { .. } => ("BeginCaRotation", Rule::Voter),
+        Command::AdvanceCaRotation { .. } => ("AdvanceCaRotation", Rule::Voter),
+        Command::FinishCaRotation => ("FinishCaRotation", Rule::Voter),
+        Command::ReportCaRotation { node_id, .. } => ("ReportCaRotation", Rule::OwnNode(*node_id)),
         // A voter records the renewals it signs; a node may record its own certificate
         // (the registry checks the key is the node's).
         Command::RecordCertificate { node_id, .. } => {
@@ -339,6 +345,37 @@ mod tests {
             write(&Command::ForgetLegacyCaKey, &caller(4, Role::Learner)),
             Err(Denial::NeedsVoter { .. })
         ));
+    }
+
+    #[test]
+    fn t25_a_ca_rotation_is_driven_by_voters_and_reported_by_each_node() {
+        use membrane_consensus::registry::CaRotationPhase::Trusting;
+        let report = |node_id| Command::ReportCaRotation {
+            node_id,
+            phase: Trusting,
+        };
+        assert_eq!(write(&report(4), &caller(4, Role::Learner)), Ok(()));
+        assert!(matches!(
+            write(&report(1), &caller(4, Role::Voter)),
+            Err(Denial::ForeignNode { named: 1, .. })
+        ));
+        for cmd in [
+            Command::BeginCaRotation {
+                new_ca_cert_pem: "x".into(),
+                now: 0,
+            },
+            Command::AdvanceCaRotation { from: Trusting },
+            Command::FinishCaRotation,
+        ] {
+            assert_eq!(write(&cmd, &caller(2, Role::Voter)), Ok(()));
+            assert!(
+                matches!(
+                    write(&cmd, &caller(4, Role::Learner)),
+                    Err(Denial::NeedsVoter { .. })
+                ),
+                "{cmd:?}"
+            );
+        }
     }
 
     #[test]

@@ -40,7 +40,63 @@ pub fn node_certs(r: &membrane_consensus::Registry, now: i64) -> pb::NodeCertsRe
     }
 }
 
+/// The `sha256:<hex>` of a CA certificate PEM; empty if it does not parse.
+fn ca_hash_of_pem(pem: &str) -> String {
+    crate::transport::first_cert_der(pem)
+        .ok()
+        .and_then(|der| membrane_crypto::ca::ca_hash_of_cert_der(&der).ok())
+        .unwrap_or_default()
+}
+
+/// What `ca status` shows, from this node's registry copy.
+pub fn ca_status(r: &membrane_consensus::Registry) -> pb::CaStatusResponse {
+    let ca_hash = r
+        .cluster()
+        .map(|c| ca_hash_of_pem(&c.ca_cert_pem))
+        .unwrap_or_default();
+    let Some(rot) = r.ca_rotation() else {
+        return pb::CaStatusResponse {
+            ca_hash,
+            ..Default::default()
+        };
+    };
+    let nodes = r
+        .nodes()
+        .map(|n| pb::CaRotationNode {
+            id: n.id,
+            name: n.name.clone(),
+            done: rot
+                .done
+                .get(&n.id)
+                .map(|p| super::rotation::phase_name(*p).to_string())
+                .unwrap_or_default(),
+            finished: rot.finished_by(n.id),
+        })
+        .collect();
+    pb::CaStatusResponse {
+        ca_hash,
+        rotating: true,
+        phase: super::rotation::phase_name(rot.phase).to_string(),
+        old_ca_hash: ca_hash_of_pem(&rot.old_ca_cert_pem),
+        new_ca_hash: ca_hash_of_pem(&rot.new_ca_cert_pem),
+        started_at_unix: rot.started_at,
+        nodes,
+    }
+}
+
 impl CaApi {
+    pub fn ca_status(&self) -> pb::CaStatusResponse {
+        self.ctx.client.local(ca_status)
+    }
+
+    /// Starts a CA rotation from this node (a voter); answers once it is committed.
+    pub async fn ca_rotate(&self) -> Result<pb::CaStatusResponse, Status> {
+        super::rotation::begin(&self.ctx)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(self.ca_status())
+    }
+
     pub fn node_certs(&self) -> pb::NodeCertsResponse {
         let now = crate::clock::unix_now();
         self.ctx.client.local(|r| node_certs(r, now))
@@ -76,7 +132,7 @@ mod tests {
     };
     use membrane_consensus::{Command, Registry, Response};
 
-    use super::node_certs;
+    use super::{ca_status, node_certs};
 
     fn bootstrapped() -> Registry {
         let mut r = Registry::default();
@@ -139,5 +195,39 @@ mod tests {
             (c.serial.as_str(), c.not_after_unix),
             ("4a0b", 50 + 30 * 86_400)
         );
+    }
+
+    #[test]
+    fn t11_ca_status_shows_the_signing_ca_and_each_nodes_progress() {
+        use membrane_consensus::registry::CaRotationPhase::Trusting;
+        use membrane_crypto::ca::ClusterCa;
+        let mut r = bootstrapped();
+        let idle = ca_status(&r);
+        assert!(!idle.rotating && idle.nodes.is_empty());
+        assert_eq!(idle.ca_hash, "", "an unparsable CA has no hash");
+        let new = ClusterCa::generate("t").unwrap();
+        let resp = r.apply(Command::BeginCaRotation {
+            new_ca_cert_pem: new.cert_pem().to_string(),
+            now: 7,
+        });
+        assert_eq!(resp, Response::Ok);
+        let s = ca_status(&r);
+        assert!(s.rotating);
+        assert_eq!((s.phase.as_str(), s.started_at_unix), ("trusting", 7));
+        assert_eq!(s.new_ca_hash, new.hash());
+        assert_eq!(s.nodes.len(), 1);
+        assert!(!s.nodes[0].finished && s.nodes[0].done.is_empty());
+        let resp = r.apply(Command::ReportCaRotation {
+            node_id: 1,
+            phase: Trusting,
+        });
+        assert_eq!(resp, Response::Ok);
+        let s = ca_status(&r);
+        assert!(s.nodes[0].finished);
+        assert_eq!(s.nodes[0].done, "trusting");
+        r.apply(Command::AdvanceCaRotation { from: Trusting })
+            .into_result()
+            .unwrap();
+        assert_eq!(ca_status(&r).ca_hash, new.hash(), "the new CA signs");
     }
 }

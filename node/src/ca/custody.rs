@@ -47,7 +47,7 @@ impl CaCustody {
         let Some(key) = self.state.ca_key()? else {
             return Ok(None);
         };
-        let (ca_pem, _) = self.state.certificates()?;
+        let ca_pem = self.signing_ca_pem()?;
         ClusterCa::from_pem(&ca_pem, &key)
             .map(Some)
             .map_err(|e| CustodyError::WrongCa {
@@ -62,7 +62,7 @@ impl CaCustody {
 
     /// Stores `key_pem` after checking that it is the key of this node's `ca.crt`.
     pub fn store(&self, key_pem: &str) -> Result<(), CustodyError> {
-        let (ca_pem, _) = self.state.certificates()?;
+        let ca_pem = self.signing_ca_pem()?;
         ClusterCa::from_pem(&ca_pem, key_pem).map_err(|e| CustodyError::WrongCa {
             reason: e.to_string(),
         })?;
@@ -80,7 +80,56 @@ impl CaCustody {
         self.state
             .certificates()
             .ok()
-            .is_some_and(|(ca_pem, _)| ClusterCa::from_pem(&ca_pem, key_pem).is_ok())
+            .and_then(|(ca_pem, _)| super::bundle::signing(&ca_pem))
+            .is_some_and(|ca_pem| ClusterCa::from_pem(&ca_pem, key_pem).is_ok())
+    }
+
+    /// The CA a rotation moves to, able to sign, if this node holds its key for
+    /// `new_ca_cert_pem` (the registry's).
+    pub fn next_ca(&self, new_ca_cert_pem: &str) -> Option<ClusterCa> {
+        let key = self.state.next_ca_key().ok()??;
+        ClusterCa::from_pem(new_ca_cert_pem, &key).ok()
+    }
+
+    /// Stores the key of the CA a rotation moves to, after checking it is the key of
+    /// `new_ca_cert_pem`.
+    pub fn store_next(&self, new_ca_cert_pem: &str, key_pem: &str) -> Result<(), CustodyError> {
+        ClusterCa::from_pem(new_ca_cert_pem, key_pem).map_err(|e| CustodyError::WrongCa {
+            reason: e.to_string(),
+        })?;
+        self.state.write_next_ca_key(key_pem)?;
+        Ok(())
+    }
+
+    /// Makes the next CA's key the signing key, once `tls/ca.crt` names the new CA first:
+    /// the old key is overwritten and deleted. Safe to repeat after a crash: the next key
+    /// file goes last.
+    pub fn promote_next(&self) -> Result<(), CustodyError> {
+        let Some(next) = self.state.next_ca_key()? else {
+            return Ok(()); // promoted already
+        };
+        let ca_pem = self.signing_ca_pem()?;
+        ClusterCa::from_pem(&ca_pem, &next).map_err(|e| CustodyError::WrongCa {
+            reason: format!("the next CA key is not the key of the first CA in tls/ca.crt: {e}"),
+        })?;
+        self.state.remove_ca_key()?;
+        self.state.write_ca_key(&next)?;
+        self.state.remove_next_ca_key()?;
+        Ok(())
+    }
+
+    /// Deletes the next CA's key; true if there was one.
+    pub fn delete_next(&self) -> Result<bool, CustodyError> {
+        Ok(self.state.remove_next_ca_key()?)
+    }
+
+    /// The CA this node signs with: the first certificate of `tls/ca.crt` (during a CA
+    /// rotation the file holds two).
+    fn signing_ca_pem(&self) -> Result<String, CustodyError> {
+        let (ca_pem, _) = self.state.certificates()?;
+        super::bundle::signing(&ca_pem).ok_or_else(|| CustodyError::WrongCa {
+            reason: "tls/ca.crt holds no complete certificate".into(),
+        })
     }
 }
 
@@ -124,6 +173,34 @@ mod tests {
         assert!(custody.delete().unwrap());
         assert!(custody.ca().is_none());
         assert!(!custody.delete().unwrap());
+    }
+
+    #[test]
+    fn t12_a_rotation_key_is_stored_apart_then_promoted() {
+        let old = ClusterCa::generate("c").unwrap();
+        let new = ClusterCa::generate("c").unwrap();
+        let (_tmp, custody) = custody_with_ca(&old);
+        custody.store(old.key_pem()).unwrap();
+        let bundle = super::super::bundle::join(&[old.cert_pem(), new.cert_pem()]);
+        custody.state.write_ca_certs(&bundle).unwrap();
+        assert_eq!(
+            custody.ca().unwrap().hash(),
+            old.hash(),
+            "the first CA signs"
+        );
+        assert!(custody.store_next(new.cert_pem(), old.key_pem()).is_err());
+        custody.store_next(new.cert_pem(), new.key_pem()).unwrap();
+        assert_eq!(custody.next_ca(new.cert_pem()).unwrap().hash(), new.hash());
+        // Not promoted while the old CA is still first.
+        assert!(custody.promote_next().is_err());
+        assert_eq!(custody.ca().unwrap().hash(), old.hash());
+        let bundle = super::super::bundle::join(&[new.cert_pem(), old.cert_pem()]);
+        custody.state.write_ca_certs(&bundle).unwrap();
+        custody.promote_next().unwrap();
+        assert_eq!(custody.ca().unwrap().hash(), new.hash());
+        assert!(custody.next_ca(new.cert_pem()).is_none());
+        custody.promote_next().unwrap();
+        assert_eq!(custody.ca().unwrap().hash(), new.hash(), "repeatable");
     }
 
     #[test]

@@ -11,14 +11,20 @@
 //! - `scrub`: finding a private key in the Raft storage files, and rewriting the database.
 //! - `run`: the custody and renewal loops, and the in-place restart that puts a renewed
 //!   certificate to use.
+//! - `bundle` (pure): `tls/ca.crt` as the list of trusted CAs, the signing one first.
+//! - `rotation_plan` (pure) and `rotation`: `membrane ca rotate`, phase by phase (see
+//!   `membrane_consensus::registry` `ca_rotation`).
 //! - `api`: `membrane node certs`, `membrane node renew-cert`.
 //!
 //! The RPCs between nodes are in `rpc/ca_service.rs`.
 
 pub mod api;
+pub mod bundle;
 pub mod custody;
 pub mod plan;
 pub mod renewal;
+pub mod rotation;
+pub mod rotation_plan;
 pub mod run;
 pub mod scrub;
 

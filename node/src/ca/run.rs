@@ -172,7 +172,7 @@ fn adopt_legacy_key(ctx: &CaContext) -> anyhow::Result<()> {
 }
 
 /// The other voters and their RPC addresses, in id order.
-fn other_voters(ctx: &CaContext) -> Vec<(u64, String)> {
+pub(super) fn other_voters(ctx: &CaContext) -> Vec<(u64, String)> {
     let metrics = ctx.client.raft().metrics().borrow().clone();
     let m = metrics.membership_config.membership();
     m.voter_ids()
@@ -181,7 +181,7 @@ fn other_voters(ctx: &CaContext) -> Vec<(u64, String)> {
         .collect()
 }
 
-fn ca_client(
+pub(super) fn ca_client(
     ctx: &CaContext,
     id: u64,
     addr: &str,
@@ -194,7 +194,7 @@ async fn fetch_from_voter(ctx: &CaContext) -> anyhow::Result<()> {
     for (id, addr) in other_voters(ctx) {
         let got = async {
             let resp = ca_client(ctx, id, &addr)?
-                .fetch_key(CaKeyRequest {})
+                .fetch_key(CaKeyRequest { next: false })
                 .await
                 .map_err(|s| anyhow!("{}", s.message()))?
                 .into_inner();

@@ -44,6 +44,9 @@ pub(super) enum Command {
     /// Nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The cluster CA: its status, and replacing it.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCmd),
@@ -305,6 +308,16 @@ pub(super) enum NodeCmd {
     Certs,
     /// Renew this node's certificate now (same key); the agent restarts itself to use it.
     RenewCert,
+}
+
+#[derive(Subcommand)]
+pub(super) enum CaCmd {
+    /// The CA that signs now (its --ca-hash) and the progress of a rotation.
+    Status,
+    /// Replace the cluster CA (run on a voter): every node trusts old and new, renews its
+    /// certificate from the new, then retires the old, one node at a time (each agent
+    /// restarts in place). Returns at the start; follow it with `membrane ca status`.
+    Rotate,
 }
 
 #[derive(Subcommand)]

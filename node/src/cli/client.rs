@@ -7,8 +7,8 @@ use membrane_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
 
 use super::args::{
-    BpfCmd, BpfListCmd, Command, EndpointCmd, GossipCmd, IdentityCmd, MonitorArgs, MonitorKind,
-    NodeCmd, PolicyCmd, TokenCmd,
+    BpfCmd, BpfListCmd, CaCmd, Command, EndpointCmd, GossipCmd, IdentityCmd, MonitorArgs,
+    MonitorKind, NodeCmd, PolicyCmd, TokenCmd,
 };
 use super::output::Output;
 
@@ -58,6 +58,13 @@ pub(super) async fn run_client(
         ),
         Command::Node(cmd) => node(&mut c, cmd, out).await?,
         Command::Token(cmd) => token(&mut c, cmd, out).await?,
+        Command::Ca(cmd) => {
+            let r = match cmd {
+                CaCmd::Status => c.ca_status(pb::Empty {}).await,
+                CaCmd::Rotate => c.ca_rotate(pb::Empty {}).await,
+            };
+            out.ca_status(&r.map_err(status_err)?.into_inner());
+        }
         Command::Identity(cmd) => identity(&mut c, cmd, out).await?,
         Command::Members { watch } => members(&mut c, watch, out).await?,
         Command::Gossip(cmd) => gossip(&mut c, cmd, out).await?,

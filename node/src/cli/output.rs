@@ -251,6 +251,50 @@ impl Output {
         );
     }
 
+    /// `ca status`, `ca rotate`.
+    pub fn ca_status(&self, r: &pb::CaStatusResponse) {
+        self.print(
+            || {
+                let nodes: Vec<Value> = r
+                    .nodes
+                    .iter()
+                    .map(|n| json!({"id": n.id, "name": n.name, "done": n.done, "finished": n.finished}))
+                    .collect();
+                json!({"ca_hash": r.ca_hash, "rotating": r.rotating, "phase": r.phase,
+                       "old_ca_hash": r.old_ca_hash, "new_ca_hash": r.new_ca_hash,
+                       "started_at": time(r.started_at_unix), "nodes": nodes})
+            },
+            || {
+                let mut o = format!("signing CA: {}\n", r.ca_hash);
+                if !r.rotating {
+                    o.push_str("no rotation under way\n");
+                    return o;
+                }
+                o.push_str(&format!(
+                    "rotation from {} to {}, phase {} (started {})\n",
+                    r.old_ca_hash,
+                    r.new_ca_hash,
+                    r.phase,
+                    time(r.started_at_unix)
+                ));
+                let rows = r
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.to_string(),
+                            n.name.clone(),
+                            if n.done.is_empty() { "-".into() } else { n.done.clone() },
+                            if n.finished { "yes".into() } else { "no".into() },
+                        ]
+                    })
+                    .collect();
+                o.push_str(&table(&["ID", "NAME", "DONE", "PHASE FINISHED"], rows));
+                o
+            },
+        );
+    }
+
     /// `node renew-cert`.
     pub fn renewed_cert(&self, c: &pb::NodeCert) {
         self.print(

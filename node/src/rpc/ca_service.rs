@@ -65,8 +65,33 @@ impl CertAuthority for CaService {
                 "node {caller} is not a voter of the current membership; only voters hold the CA key"
             )));
         }
-        let ca = self.signing_ca()?;
-        info!(caller = caller.node_id, "CA key handed to a voter");
+        let ca = if req.get_ref().next {
+            let new_pem = self
+                .client
+                .local(|r| r.ca_rotation().map(|r| r.new_ca_cert_pem.clone()))
+                .ok_or_else(|| Status::failed_precondition("no CA rotation is under way"))?;
+            // After the new CA began signing here, its key is this node's signing key.
+            let promoted = || {
+                self.custody
+                    .ca()
+                    .filter(|ca| crate::ca::bundle::same(ca.cert_pem(), &[new_pem.as_str()]))
+            };
+            self.custody
+                .next_ca(&new_pem)
+                .or_else(promoted)
+                .ok_or_else(|| {
+                    Status::failed_precondition(
+                        "this node does not hold the new CA's key (yet); ask another voter",
+                    )
+                })?
+        } else {
+            self.signing_ca()?
+        };
+        info!(
+            caller = caller.node_id,
+            next = req.get_ref().next,
+            "CA key handed to a voter"
+        );
         Ok(Response::new(CaKeyResponse {
             ca_cert_pem: ca.cert_pem().to_string(),
             ca_key_pem: ca.key_pem().to_string(),

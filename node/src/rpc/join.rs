@@ -49,13 +49,21 @@ pub async fn join(
         .map_err(|s| anyhow!("join refused by {}: {}", args.addr, s.message()))?
         .into_inner();
 
-    // The server proved the pinned CA during the handshake; check it hands back the same.
-    let ca_der = crate::transport::first_cert_der(&resp.ca_cert_pem)
-        .context("the CA certificate in the join response")?;
-    let got = ca_hash_of_cert_der(&ca_der)?;
-    if parse_ca_hash(&got)? != pin {
+    // The server proved the pinned CA during the handshake; check it hands back the same
+    // (during a CA rotation, among the two it hands back).
+    let mut got = Vec::new();
+    for pem in crate::ca::bundle::split(&resp.ca_cert_pem) {
+        let ca_der = crate::transport::first_cert_der(&pem)
+            .context("the CA certificate in the join response")?;
+        got.push(ca_hash_of_cert_der(&ca_der)?);
+    }
+    if got.is_empty() {
+        bail!("the join response holds no CA certificate");
+    }
+    if !got.iter().any(|h| parse_ca_hash(h).is_ok_and(|h| h == pin)) {
         bail!(
-            "the cluster answered with CA {got}, not the pinned {}; refusing it",
+            "the cluster answered with CA {}, not the pinned {}; refusing it",
+            got.join(" and "),
             args.ca_hash
         );
     }

@@ -357,6 +357,10 @@ impl JoinService {
                 "this node has not caught up with the cluster yet; try again",
             ))
         })?;
+        // What the new node must trust: during a CA rotation, both CAs of the phase.
+        let ca_bundle = self
+            .client
+            .local(|r| crate::ca::bundle::join(&r.trusted_ca_pems()));
         let (members, member_tls_key_sha256) = self.client.local(|r| {
             let members = r.nodes().map(|n| (n.id, n.rpc_addr.to_string())).collect();
             // The new node's join-time trust (crate::authz::join_trust).
@@ -370,7 +374,7 @@ impl JoinService {
             node_id: record.id,
             cluster_id: u32::from(config.cluster_id),
             cluster_name: config.name,
-            ca_cert_pem: config.ca_cert_pem,
+            ca_cert_pem: ca_bundle,
             node_cert_pem: cert_pem,
             pod_cidr: record.pod_cidr.to_string(),
             members,
