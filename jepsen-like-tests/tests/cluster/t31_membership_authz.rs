@@ -187,6 +187,21 @@ fn t31_a_removed_nodes_saved_certificate_is_refused_everywhere() -> anyhow::Resu
     }
     // The cluster still works without the removed node.
     c.cli(2, &["identity", "allocate", "app=after-t31"])?;
+
+    // Coming back takes a new token and gives a new id: the old identity is not revived.
+    c.lab().stop(victim as usize)?;
+    let state = c.lab().host(victim as usize).state_dir();
+    std::fs::remove_dir_all(&state)?;
+    std::fs::create_dir_all(&state)?;
+    let token = c.create_token(1)?;
+    c.join(victim as usize, &token)?;
+    wait_until(Duration::from_secs(20), Duration::from_millis(300), || {
+        let nodes = c.cli_json(1, &["node", "list"])?;
+        let back = nodes["nodes"].as_array().unwrap().iter().any(|n| {
+            n["name"] == c.lab().host(victim as usize).name() && n["id"].as_u64() > Some(victim)
+        });
+        Ok(back)
+    })?;
     Ok(())
 }
 
