@@ -10,11 +10,15 @@
 use bincode::Options;
 use serde::{de::DeserializeOwned, Serialize};
 
+/// Largest message accepted either way. tonic's default (4 MiB) is below openraft's default
+/// snapshot chunk (3 MiB) plus framing headroom and a large append batch.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Largest log entry decoded (a command is refused above half of this before it is
 /// proposed, see [`crate::registry::MAX_COMMAND_BYTES`]).
-pub const MAX_LOG_ENTRY_BYTES: u64 = crate::network::MAX_MESSAGE_BYTES as u64;
+pub const MAX_LOG_ENTRY_BYTES: u64 = MAX_MESSAGE_BYTES as u64;
 /// Largest Raft RPC payload decoded: what gRPC accepts.
-pub const MAX_RPC_PAYLOAD_BYTES: u64 = crate::network::MAX_MESSAGE_BYTES as u64;
+pub const MAX_RPC_PAYLOAD_BYTES: u64 = MAX_MESSAGE_BYTES as u64;
 /// Largest snapshot decoded. The registry at its limits (65,280 identities of 64 labels,
 /// 100,000 policies) is far larger than any real one; this bounds memory on a forged one.
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;

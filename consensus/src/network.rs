@@ -55,9 +55,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// this bound only stops a call that nothing else would.
 pub const MAX_RPC_TIME: Duration = Duration::from_secs(120);
 
-/// Largest message accepted either way. tonic's default (4 MiB) is below openraft's default
-/// snapshot chunk (3 MiB) plus framing headroom and a large append batch.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest Raft message (defined beside the other decoding limits).
+pub use crate::codec::MAX_MESSAGE_BYTES;
 
 /// Shorthand for the error types openraft's network trait uses.
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;

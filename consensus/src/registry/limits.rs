@@ -12,7 +12,7 @@ use super::{Command, LabelSet, RegistryError};
 
 /// Largest encoded command accepted as a log entry. Half the RPC limit, so that an
 /// AppendEntries carrying it (with the entry's framing) always fits in one message.
-pub const MAX_COMMAND_BYTES: u64 = crate::network::MAX_MESSAGE_BYTES as u64 / 2;
+pub const MAX_COMMAND_BYTES: u64 = crate::codec::MAX_MESSAGE_BYTES as u64 / 2;
 
 /// Most commands in one batch. The agents' batcher sends at most 512.
 pub const MAX_BATCH_ITEMS: usize = 4096;

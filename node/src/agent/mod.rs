@@ -210,7 +210,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         );
     let node_server = tokio::spawn(node_server);
 
-    let liveness = autopilot::Liveness::default();
+    let liveness = gossip::Liveness::default();
     let gossip = gossip::spawn(
         client.clone(),
         gossip::GossipSetup {

@@ -15,14 +15,14 @@
 //! Deciding is pure ([`plan`], unit-tested); acting is the loop in [`run`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use membrane_consensus::Command;
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tracing::{debug, info, warn};
 
-use crate::cluster::gossip::GossipSlot;
+use crate::cluster::gossip::{GossipSlot, Liveness};
 use crate::registry::client::RegistryClient;
 
 /// How far behind the leader's last log index a learner may be and still be promoted.
@@ -43,33 +43,6 @@ impl Default for AutopilotConfig {
             voter_down_after: Duration::from_secs(10),
             remove_after: Duration::from_secs(24 * 3600),
         }
-    }
-}
-
-/// Which nodes are down and since when, as gossip reports it. Shared between the gossip
-/// event loop (writer) and the autopilot (reader).
-#[derive(Clone, Default)]
-pub struct Liveness(Arc<RwLock<BTreeMap<u64, Instant>>>);
-
-impl Liveness {
-    pub fn set_down(&self, id: u64) {
-        self.0
-            .write()
-            .expect("liveness lock")
-            .entry(id)
-            .or_insert_with(Instant::now);
-    }
-    pub fn set_up(&self, id: u64) {
-        self.0.write().expect("liveness lock").remove(&id);
-    }
-    /// How long each down node has been down.
-    pub fn down_for(&self) -> BTreeMap<u64, Duration> {
-        self.0
-            .read()
-            .expect("liveness lock")
-            .iter()
-            .map(|(id, since)| (*id, since.elapsed()))
-            .collect()
     }
 }
 

@@ -12,17 +12,17 @@
 //! hundred ms after a first join, when Raft has caught up), so the agent's start never waits
 //! for it. Convention: a node gossips on its RPC address with the port + 1.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use membrane_consensus::registry::{GossipKeyring, NodeRecord};
 use membrane_crypto::seal::Keyring;
 use membrane_gossip::{Gossip, GossipConfig, MemberEvent, NodeMeta, NodeSecret, PeerTable, Peers};
 use tracing::{info, warn};
 
-use crate::cluster::autopilot::Liveness;
 use crate::registry::client::RegistryClient;
 use crate::state::NodeIdentity;
 
@@ -64,6 +64,33 @@ pub struct GossipSetup {
     pub secret: NodeSecret,
     /// Where the replay high-water marks are kept.
     pub replay_state: PathBuf,
+}
+
+/// Which nodes are down and since when, as gossip reports it. Shared between the gossip
+/// event loop (writer) and the autopilot (reader).
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<RwLock<BTreeMap<u64, Instant>>>);
+
+impl Liveness {
+    pub fn set_down(&self, id: u64) {
+        self.0
+            .write()
+            .expect("liveness lock")
+            .entry(id)
+            .or_insert_with(Instant::now);
+    }
+    pub fn set_up(&self, id: u64) {
+        self.0.write().expect("liveness lock").remove(&id);
+    }
+    /// How long each down node has been down.
+    pub fn down_for(&self) -> BTreeMap<u64, Duration> {
+        self.0
+            .read()
+            .expect("liveness lock")
+            .iter()
+            .map(|(id, since)| (*id, since.elapsed()))
+            .collect()
+    }
 }
 
 /// Starts gossip in the background and keeps it in step with the registry.
