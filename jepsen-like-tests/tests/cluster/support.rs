@@ -2,9 +2,11 @@
 //! would, a runtime for raw RPCs, and the Raft log position a test compares.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use membrane_crypto::ca::node_server_name;
+use hyper_util::rt::TokioIo;
+use membrane_crypto::ca::{node_server_name, NODE_SERVER_NAME};
 use membrane_jepsen::Cluster;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -80,4 +82,26 @@ pub fn settled_log_index(c: &Cluster, quiet: Duration) -> anyhow::Result<u64> {
             "the Raft log kept moving for 30 s (last index {now})"
         );
     }
+}
+
+/// A channel that verifies the server by the pinned CA but presents no certificate, as a
+/// joining node's does.
+pub async fn anonymous_channel(addr: String, pin: [u8; 32]) -> anyhow::Result<Channel> {
+    let config = Arc::new(membrane_crypto::tls::pinned_ca_client_config(pin)?);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (config, addr) = (config.clone(), addr.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let name = rustls::pki_types::ServerName::try_from(NODE_SERVER_NAME)
+                .unwrap()
+                .to_owned();
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(Endpoint::from_static("http://node")
+        .connect_with_connector(connector)
+        .await?)
 }

@@ -1,39 +1,14 @@
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use membrane_crypto::ca::{parse_ca_hash, NODE_SERVER_NAME};
+use membrane_crypto::ca::parse_ca_hash;
 use membrane_crypto::keys::NodeKeys;
 use membrane_jepsen::observe::{scrape, value};
 use membrane_jepsen::{in_netns, require_root, Cluster};
 
-use crate::support::last_log_index;
+use crate::support::{anonymous_channel, last_log_index};
 use membrane_proto::v1::join_client::JoinClient;
 use membrane_proto::v1::JoinRequest;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
-
-/// A channel that verifies the server by the pinned CA but presents no certificate, as a
-/// joining node's does.
-async fn anonymous_channel(addr: String, pin: [u8; 32]) -> anyhow::Result<Channel> {
-    let config = Arc::new(membrane_crypto::tls::pinned_ca_client_config(pin)?);
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (config, addr) = (config.clone(), addr.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let name = rustls::pki_types::ServerName::try_from(NODE_SERVER_NAME)
-                .unwrap()
-                .to_owned();
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    Ok(Endpoint::from_static("http://node")
-        .connect_with_connector(connector)
-        .await?)
-}
 
 /// A well-formed token that is not the cluster's: a random id, or (every tenth) the real
 /// id with a random secret.

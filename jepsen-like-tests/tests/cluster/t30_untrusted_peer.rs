@@ -1,7 +1,5 @@
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use membrane_crypto::ca::{parse_ca_hash, ClusterCa, NODE_SERVER_NAME};
 use membrane_crypto::keys::NodeKeys;
 use membrane_jepsen::{in_netns, require_root, Cluster};
@@ -9,28 +7,9 @@ use membrane_proto::v1::cluster_client::ClusterClient;
 use membrane_proto::v1::join_client::JoinClient;
 use membrane_proto::v1::raft_client::RaftClient;
 use membrane_proto::v1::{ForwardRequest, JoinRequest, RaftPayload};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-/// A channel that verifies the server by the pinned CA but presents no certificate.
-async fn anonymous_channel(addr: String, pin: [u8; 32]) -> anyhow::Result<Channel> {
-    let config = Arc::new(membrane_crypto::tls::pinned_ca_client_config(pin)?);
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (config, addr) = (config.clone(), addr.clone());
-        async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
-            let name = rustls::pki_types::ServerName::try_from(NODE_SERVER_NAME)
-                .unwrap()
-                .to_owned();
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    Ok(Endpoint::from_static("http://node")
-        .connect_with_connector(connector)
-        .await?)
-}
+use crate::support::anonymous_channel;
 
 /// A peer without a certificate from the cluster CA cannot call any node RPC but Join, and a
 /// peer with a certificate from another CA cannot even complete the handshake.
