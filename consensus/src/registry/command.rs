@@ -88,6 +88,17 @@ impl<B> Command<B> {
             }
             Command::AdvanceCaRotation { from } => Command::AdvanceCaRotation { from },
             Command::FinishCaRotation => Command::FinishCaRotation,
+            Command::RemoveEndpointAt {
+                node_id,
+                container_id,
+                ifname,
+                now,
+            } => Command::RemoveEndpointAt {
+                node_id,
+                container_id,
+                ifname,
+                now,
+            },
         })
     }
 
@@ -101,7 +112,8 @@ impl<B> Command<B> {
             Command::AdmitNode { now: t, .. }
             | Command::AdmitSignedNode { now: t, .. }
             | Command::PutPolicies { now: t, .. }
-            | Command::BeginCaRotation { now: t, .. } => *t = now,
+            | Command::BeginCaRotation { now: t, .. }
+            | Command::RemoveEndpointAt { now: t, .. } => *t = now,
             Command::AddEndpoint { endpoint } => endpoint.now = now,
             Command::Batch(items) => items.stamp_items(now),
             _ => {}
@@ -171,6 +183,12 @@ mod tests {
             },
             BatchItem::try_from(new_endpoint(1, "c", "eth0", "/run/netns/a", &["a=b"])).unwrap(),
             BatchItem::RemoveNode { id: 3 },
+            BatchItem::RemoveEndpointAt {
+                node_id: 1,
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+                now: 1,
+            },
         ]);
         cmd.stamp_time(42);
         let Command::Batch(items) = cmd else { panic!() };
@@ -181,6 +199,7 @@ mod tests {
         };
         assert_eq!(endpoint.now, 42);
         assert_eq!(items[3], BatchItem::RemoveNode { id: 3 });
+        assert!(matches!(items[4], BatchItem::RemoveEndpointAt { now: 42, .. }));
     }
 
     #[test]

@@ -116,6 +116,34 @@ impl EndpointTable {
     }
 }
 
+/// Addresses that removed endpoints held, with the time they were freed (the removing
+/// command's `now`), kept while they rest ([`ipam::ADDRESS_REUSE_GRACE_SECS`]). Keyed by
+/// address alone, so a pod CIDR given to another node keeps its resting addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreedAddresses {
+    by_addr: BTreeMap<Ipv4Addr, i64>,
+}
+
+impl FreedAddresses {
+    /// Address -> when it was freed.
+    pub fn as_map(&self) -> &BTreeMap<Ipv4Addr, i64> {
+        &self.by_addr
+    }
+
+    /// Records `addr` as freed at `now`, and forgets addresses whose grace has ended (the
+    /// map stays as small as the addresses freed in the last grace period).
+    fn free(&mut self, addr: Ipv4Addr, now: i64) {
+        self.by_addr.retain(|_, t| ipam::resting(*t, now));
+        self.by_addr.insert(addr, now);
+    }
+
+    /// `addr` is held again.
+    fn taken(&mut self, addr: Ipv4Addr, now: i64) {
+        self.by_addr.remove(&addr);
+        self.by_addr.retain(|_, t| ipam::resting(*t, now));
+    }
+}
+
 /// Checks a container id: non-empty, bounded, printable ASCII without spaces or slashes.
 pub fn validate_container_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
@@ -227,7 +255,13 @@ impl Registry {
                 new.ifname, new.netns, other.container_id
             )));
         }
-        let ipv4 = ipam::allocate(pod_cidr, &self.endpoints.addresses_on(new.node_id)).ok_or(
+        let ipv4 = ipam::allocate_after_grace(
+            pod_cidr,
+            &self.endpoints.addresses_on(new.node_id),
+            self.freed_addresses.as_map(),
+            new.now,
+        )
+        .ok_or(
             RegistryError::EndpointAddressesExhausted {
                 node_id: new.node_id,
                 cidr: pod_cidr.to_string(),
@@ -248,6 +282,7 @@ impl Registry {
             created_at: new.now,
         };
         self.endpoints.insert(rec.clone());
+        self.freed_addresses.taken(ipv4, new.now);
         Ok(Response::Endpoint {
             endpoint: rec,
             created: true,
@@ -263,6 +298,26 @@ impl Registry {
         let ep = self.endpoints.remove(node_id, container_id, ifname)?;
         let _ = self.identities.release(&ep.labels);
         Some(ep)
+    }
+
+    /// Removes an endpoint as [`Command::RemoveEndpointAt`]: its address rests from `now`.
+    ///
+    /// [`Command::RemoveEndpointAt`]: super::Command::RemoveEndpointAt
+    pub(super) fn remove_endpoint_at(
+        &mut self,
+        node_id: u64,
+        container_id: &str,
+        ifname: &str,
+        now: i64,
+    ) -> Option<EndpointRecord> {
+        let ep = self.remove_endpoint(node_id, container_id, ifname)?;
+        self.freed_addresses.free(ep.ipv4, now);
+        Some(ep)
+    }
+
+    /// Addresses resting after their endpoint was removed: address -> when it was freed.
+    pub fn freed_addresses(&self) -> &BTreeMap<Ipv4Addr, i64> {
+        self.freed_addresses.as_map()
     }
 }
 
@@ -361,6 +416,95 @@ mod tests {
         );
         let labels = LabelSet::parse(&["app=new"]).unwrap();
         assert!(r.identity_by_labels(&labels).is_none(), "no identity taken");
+    }
+
+    fn remove_at(r: &mut Registry, container_id: &str, now: i64) -> Response {
+        r.apply(Command::RemoveEndpointAt {
+            node_id: 1,
+            container_id: container_id.into(),
+            ifname: "eth0".into(),
+            now,
+        })
+    }
+
+    fn added_at(
+        r: &mut Registry,
+        container_id: &str,
+        labels: &[&str],
+        now: i64,
+    ) -> crate::registry::EndpointRecord {
+        let mut cmd = new_endpoint(1, container_id, "eth0", "/run/netns/x", labels);
+        let Command::AddEndpoint { endpoint } = &mut cmd else {
+            panic!()
+        };
+        endpoint.netns = format!("/run/netns/{container_id}");
+        endpoint.now = now;
+        added(r.apply(cmd)).0
+    }
+
+    #[test]
+    fn t85_a_removed_endpoints_address_rests_before_reuse() {
+        use crate::registry::ipam::ADDRESS_REUSE_GRACE_SECS as GRACE;
+        let mut r = bootstrapped();
+        let a = added_at(&mut r, "a", &["app=x"], T0);
+        let resp = remove_at(&mut r, "a", T0 + 10);
+        assert_eq!(resp, Response::EndpointRemoved(Some(a.clone())));
+        assert_eq!(r.freed_addresses().get(&a.ipv4), Some(&(T0 + 10)));
+        let b = added_at(&mut r, "b", &["app=y"], T0 + 11);
+        assert_ne!(b.ipv4, a.ipv4, "resting address skipped");
+        let c = added_at(&mut r, "c", &["app=y"], T0 + 10 + GRACE);
+        assert_eq!(c.ipv4, a.ipv4, "grace over: the lowest free again");
+        assert!(r.freed_addresses().is_empty(), "taken again: forgotten");
+        // An unknown endpoint: nothing changes, nothing is recorded.
+        let before = r.clone();
+        assert_eq!(
+            remove_at(&mut r, "nobody", T0 + 99_999),
+            Response::EndpointRemoved(None)
+        );
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn t86_a_full_pool_reuses_the_address_freed_longest_ago() {
+        let mut r = Registry::default();
+        let mut cfg = config();
+        cfg.node_prefix_len = 29; // usable .2 - .6: five endpoints
+        r.apply(Command::Bootstrap {
+            config: cfg,
+            first_node: new_node("n1"),
+            first_token: token("abcdef", HASH_A, 1),
+            gossip_key: gossip_key(1),
+        })
+        .into_result()
+        .unwrap();
+        let eps: Vec<_> = (0..5)
+            .map(|i| added_at(&mut r, &format!("c{i}"), &["app=x"], T0))
+            .collect();
+        remove_at(&mut r, "c3", T0 + 5);
+        remove_at(&mut r, "c1", T0 + 6);
+        let n = added_at(&mut r, "n1", &["app=y"], T0 + 7);
+        assert_eq!(n.ipv4, eps[3].ipv4, "the one freed longest ago");
+        let m = added_at(&mut r, "n2", &["app=y"], T0 + 8);
+        assert_eq!(m.ipv4, eps[1].ipv4);
+        refused(
+            &mut r,
+            new_endpoint(1, "n3", "eth0", "/run/netns/n3", &["app=y"]),
+            |e| matches!(e, RegistryError::EndpointAddressesExhausted { .. }),
+        );
+    }
+
+    #[test]
+    fn t87_the_old_remove_endpoint_still_applies_without_a_grace() {
+        // Logs written before RemoveEndpointAt hold RemoveEndpoint; applied as then.
+        let mut r = bootstrapped();
+        let a = added_at(&mut r, "a", &["app=x"], T0);
+        r.apply(Command::RemoveEndpoint {
+            node_id: 1,
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        });
+        assert!(r.freed_addresses().is_empty());
+        assert_eq!(added_at(&mut r, "b", &["app=y"], T0 + 1).ipv4, a.ipv4);
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub use cert::CertRecord;
 pub use cluster::ClusterConfig;
 pub use command::StampItems;
 pub use endpoint::{
-    validate_container_id, validate_ifname, validate_netns, EndpointRecord, NewEndpoint,
+    validate_container_id, validate_ifname, validate_netns, EndpointRecord, FreedAddresses,
+    NewEndpoint,
 };
 pub use error::RegistryError;
 pub use gossip_keys::{GossipKey, GossipKeyring, MAX_GOSSIP_KEYS};
@@ -216,6 +217,15 @@ pub enum Command<B = Vec<BatchItem>> {
     },
     /// Ends the rotation once every node trusts the new CA only.
     FinishCaRotation,
+    /// Removes an endpoint as [`Command::RemoveEndpoint`] does, and lets its address rest
+    /// from `now` (the leader's clock) for [`ipam::ADDRESS_REUSE_GRACE_SECS`] before IPAM
+    /// hands it out again. What agents send since issue 12.
+    RemoveEndpointAt {
+        node_id: u64,
+        container_id: String,
+        ifname: String,
+        now: i64,
+    },
 }
 
 /// What a batch inside a batch holds: nothing. Uninhabited, so a nested batch cannot be
@@ -294,6 +304,9 @@ pub struct Registry {
     /// A CA rotation under way (snapshot format 2 and later).
     #[serde(default)]
     ca_rotation: Option<CaRotation>,
+    /// Endpoint addresses resting after their endpoint was removed (snapshot format 3).
+    #[serde(default)]
+    freed_addresses: FreedAddresses,
 }
 
 /// What a [`Command::Batch`] holds, applied: a list of flat commands, or (inside a batch)
@@ -383,6 +396,17 @@ impl Registry {
             Command::ReportCaRotation { node_id, phase } => self.report_ca_rotation(node_id, phase),
             Command::AdvanceCaRotation { from } => self.advance_ca_rotation(from),
             Command::FinishCaRotation => self.finish_ca_rotation(),
+            Command::RemoveEndpointAt {
+                node_id,
+                container_id,
+                ifname,
+                now,
+            } => Ok(Response::EndpointRemoved(self.remove_endpoint_at(
+                node_id,
+                &container_id,
+                &ifname,
+                now,
+            ))),
         };
         result.unwrap_or_else(Response::Err)
     }

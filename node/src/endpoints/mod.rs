@@ -373,10 +373,12 @@ impl EndpointManager {
 
     async fn deregister(&self, record: &EndpointRecord) -> Result<(), EndpointError> {
         self.client
-            .write(Command::RemoveEndpoint {
+            // The leader re-stamps `now`; the address rests from then (ipam grace).
+            .write(Command::RemoveEndpointAt {
                 node_id: record.node_id,
                 container_id: record.container_id.clone(),
                 ifname: record.ifname.clone(),
+                now: crate::clock::unix_now(),
             })
             .await?
             .into_result()
