@@ -9,6 +9,7 @@
 //! idempotency rules (same request, same answer) simple to keep.
 
 pub mod api;
+pub mod conntrack_flush;
 pub mod plugin_service;
 pub mod validate;
 
@@ -386,6 +387,19 @@ impl EndpointManager {
         Ok(())
     }
 
+    /// Removes this node's conntrack entries naming `ip` (as source or destination).
+    fn flush_conntrack(&self, ip: Ipv4Addr) -> Result<usize, EndpointError> {
+        let addrs = [ip].into();
+        let removed = conntrack_flush::flush_addresses(&mut *self.datapath.bpf(), &addrs)
+            .map_err(|e| {
+                EndpointError::Internal(format!(
+                    "cannot remove the conntrack entries of {ip}: {e}; retry the delete"
+                ))
+            })?;
+        info!(ipv4 = %ip, removed, "conntrack entries of a deleted endpoint removed");
+        Ok(removed)
+    }
+
     /// Deletes an endpoint. Unknown endpoints are fine (returns false).
     pub async fn del(&self, container_id: &str, ifname: &str) -> Result<bool, EndpointError> {
         let ifname = ifname_or_default(ifname);
@@ -414,6 +428,9 @@ impl EndpointManager {
             let _ = bpf.remove_ipcache(host32(record.ipv4));
             let _ = bpf.detach_endpoint(&host_ifname);
         }
+        // With the veth gone nothing re-opens them: the address's flows end here, before
+        // the registry frees it for another endpoint.
+        self.flush_conntrack(record.ipv4)?;
         self.deregister(&record).await?;
         info!(endpoint = record.id, container_id = %container_id, ipv4 = %record.ipv4, "endpoint deleted");
         Ok(true)
@@ -508,6 +525,9 @@ impl EndpointManager {
                 }
                 Ok(None) => {
                     info!(endpoint = record.id, container_id = %record.container_id, netns = %record.netns, "endpoint is gone (no veth or namespace); deregistering it");
+                    if let Err(e) = self.flush_conntrack(record.ipv4) {
+                        warn!(container_id = %record.container_id, error = %e, "cannot flush a vanished endpoint's conntrack entries");
+                    }
                     if let Err(e) = self.deregister(&record).await {
                         warn!(container_id = %record.container_id, error = %e, "cannot deregister a vanished endpoint");
                     }

@@ -1,8 +1,14 @@
 //! Applies the desired ipcache ([`super::desired`]) to the map, writing only the difference.
 //! The map is reached through [`IpcacheMap`]: the BPF datapath in the agent, a `BTreeMap`
 //! in unit tests.
+//!
+//! An endpoint address whose /32 leaves the ipcache, or comes back under another identity,
+//! has changed hands: [`released_addresses`] names them and [`sync_once`] removes this
+//! node's conntrack entries for them, so a new holder of the address inherits no flow
+//! (docs/datapath.md, "Endpoint delete and address reuse").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use membrane_ebpf::{Datapath, DatapathError, IpcacheValue};
@@ -10,7 +16,9 @@ use membrane_ebpf::{Datapath, DatapathError, IpcacheValue};
 use super::desired::desired_ipcache;
 use crate::datapath::NodeDatapath;
 use crate::diff::diff;
+use crate::endpoints::conntrack_flush::flush_addresses;
 use crate::registry::RegistryClient;
+use tracing::info;
 
 /// The ipcache map: longest-prefix entries of identity and tunnel endpoint.
 pub trait IpcacheMap {
@@ -64,15 +72,51 @@ pub fn apply_ipcache(
     Ok((upserts.len(), removals.len()))
 }
 
-/// Brings the ipcache to what the registry says; returns (written, removed).
+/// The addresses of `pod_pool` whose /32 entry in `current` is missing from `desired` or
+/// has another identity there: an endpoint address that was deleted or changed hands.
+/// Node addresses and other CIDRs lie outside the pool and are never named.
+pub fn released_addresses(
+    current: &BTreeMap<Ipv4Net, IpcacheValue>,
+    desired: &BTreeMap<Ipv4Net, IpcacheValue>,
+    pod_pool: Ipv4Net,
+) -> BTreeSet<Ipv4Addr> {
+    current
+        .iter()
+        .filter(|(net, _)| net.prefix_len() == 32 && pod_pool.contains(&net.addr()))
+        .filter(|(net, cur)| desired.get(net).is_none_or(|d| d.identity != cur.identity))
+        .map(|(net, _)| net.addr())
+        .collect()
+}
+
+/// Brings the ipcache to what the registry says, and removes the conntrack entries of the
+/// endpoint addresses that left it or changed identity; returns (written, removed).
 pub fn sync_once(
     client: &RegistryClient,
     datapath: &NodeDatapath,
     me: u64,
     cidr_identities: &BTreeMap<Ipv4Net, u32>,
 ) -> anyhow::Result<(usize, usize)> {
-    let desired = client.local(|r| desired_ipcache(r, me, cidr_identities));
-    Ok(apply_ipcache(&mut *datapath.bpf(), &desired)?)
+    let (desired, pool) = client.local(|r| {
+        (
+            desired_ipcache(r, me, cidr_identities),
+            r.cluster().map(|c| c.pod_pool),
+        )
+    });
+    let mut bpf = datapath.bpf();
+    let released = match pool {
+        Some(pool) => {
+            let current: BTreeMap<Ipv4Net, IpcacheValue> = bpf.ipcache()?.into_iter().collect();
+            released_addresses(&current, &desired, pool)
+        }
+        None => BTreeSet::new(),
+    };
+    let counts = apply_ipcache(&mut *bpf, &desired)?;
+    // After the ipcache: a packet that meets no entry now meets the new identity's policy.
+    let flushed = flush_addresses(&mut *bpf, &released)?;
+    if !released.is_empty() {
+        info!(addresses = ?released, flushed, "conntrack entries of released endpoint addresses removed");
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -108,6 +152,38 @@ mod tests {
             self.writes.push(net);
             self.map.remove_ipcache(net)
         }
+    }
+
+    #[test]
+    fn released_addresses_are_pool_slash_32s_gone_or_under_another_identity() {
+        let tunnel: Ipv4Addr = "10.77.0.12".parse().unwrap();
+        let pool = net("10.128.0.0/16");
+        let current: BTreeMap<Ipv4Net, IpcacheValue> = [
+            (net("10.128.1.2/32"), IpcacheValue::remote(300, tunnel)), // deleted
+            (net("10.128.1.3/32"), IpcacheValue::remote(300, tunnel)), // reused by 301
+            (net("10.128.1.4/32"), IpcacheValue::remote(300, tunnel)), // unchanged
+            (net("10.128.0.5/32"), IpcacheValue::local(302)),          // local, deleted
+            (net("10.128.2.0/24"), IpcacheValue::remote(0, tunnel)),   // a node's CIDR
+            (net("10.77.0.12/32"), IpcacheValue::local(6)),            // a node leaving
+        ]
+        .into_iter()
+        .collect();
+        let mut key_ready = IpcacheValue::remote(300, tunnel);
+        key_ready.key_index = 1;
+        let desired: BTreeMap<Ipv4Net, IpcacheValue> = [
+            (net("10.128.1.3/32"), IpcacheValue::remote(301, tunnel)),
+            // Same identity, another field changed: the same holder.
+            (net("10.128.1.4/32"), key_ready),
+        ]
+        .into_iter()
+        .collect();
+        let got = released_addresses(&current, &desired, pool);
+        let want: BTreeSet<Ipv4Addr> = ["10.128.1.2", "10.128.1.3", "10.128.0.5"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
+        assert!(released_addresses(&current, &current, pool).is_empty());
     }
 
     #[test]
