@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::endpoint::EndpointTable;
 use super::identity::IdentityTable;
 use super::policy::PolicyTable;
-use super::{CertRecord, ClusterConfig, GossipKeyring, NodeRecord, Registry, Sha256, TokenRecord};
+use super::{
+    CaRotation, CertRecord, ClusterConfig, GossipKeyring, NodeRecord, Registry, Sha256, TokenRecord,
+};
 
 /// [`Registry`] as snapshots before issue 11 encoded it: these eight fields, in this order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,7 @@ impl From<RegistryV0> for Registry {
             revoked: BTreeMap::new(),
             api_identity_refs: BTreeMap::new(),
             ca_rotation: None,
+            encryption: Default::default(),
         }
     }
 }
@@ -79,12 +82,70 @@ impl From<RegistryV1> for Registry {
             revoked: v1.revoked,
             api_identity_refs: v1.api_identity_refs,
             ca_rotation: None,
+            encryption: Default::default(),
+        }
+    }
+}
+
+/// [`Registry`] as snapshot format 2 (CA rotation, before issue 12's encryption) encoded it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RegistryV2 {
+    pub cluster: Option<ClusterConfig>,
+    pub nodes: BTreeMap<u64, NodeRecord>,
+    pub tokens: BTreeMap<String, TokenRecord>,
+    pub identities: IdentityTable,
+    pub next_node_id: u64,
+    pub gossip_keyring: Option<GossipKeyring>,
+    pub endpoints: EndpointTable,
+    pub policies: PolicyTable,
+    pub certificates: BTreeMap<u64, CertRecord>,
+    pub revoked: BTreeMap<u64, Sha256>,
+    #[serde(with = "super::identity::refs_as_list")]
+    pub api_identity_refs: BTreeMap<(u64, u32), u32>,
+    pub ca_rotation: Option<CaRotation>,
+}
+
+impl From<RegistryV2> for Registry {
+    /// A format-2 registry has encryption off and no key epochs.
+    fn from(v2: RegistryV2) -> Registry {
+        Registry {
+            cluster: v2.cluster,
+            nodes: v2.nodes,
+            tokens: v2.tokens,
+            identities: v2.identities,
+            next_node_id: v2.next_node_id,
+            gossip_keyring: v2.gossip_keyring,
+            endpoints: v2.endpoints,
+            policies: v2.policies,
+            certificates: v2.certificates,
+            revoked: v2.revoked,
+            api_identity_refs: v2.api_identity_refs,
+            ca_rotation: v2.ca_rotation,
+            encryption: Default::default(),
         }
     }
 }
 
 #[cfg(test)]
 impl Registry {
+    /// The twelve fields of snapshot format 2.
+    pub(crate) fn to_v2(&self) -> RegistryV2 {
+        RegistryV2 {
+            cluster: self.cluster.clone(),
+            nodes: self.nodes.clone(),
+            tokens: self.tokens.clone(),
+            identities: self.identities.clone(),
+            next_node_id: self.next_node_id,
+            gossip_keyring: self.gossip_keyring.clone(),
+            endpoints: self.endpoints.clone(),
+            policies: self.policies.clone(),
+            certificates: self.certificates.clone(),
+            revoked: self.revoked.clone(),
+            api_identity_refs: self.api_identity_refs.clone(),
+            ca_rotation: self.ca_rotation.clone(),
+        }
+    }
+
     /// The eight old fields, as an old snapshot of this registry would hold them.
     pub(crate) fn to_v0(&self) -> RegistryV0 {
         RegistryV0 {

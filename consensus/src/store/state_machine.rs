@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{decode, Disk, StorageResult, StoreError};
 use crate::codec;
-use crate::registry::legacy::{RegistryV0, RegistryV1};
+use crate::registry::legacy::{RegistryV0, RegistryV1, RegistryV2};
 use crate::registry::{Registry, Response};
 use crate::{NodeId, TypeConfig};
 
@@ -57,12 +57,20 @@ struct SnapshotPayloadV1 {
     pub registry: RegistryV1,
 }
 
+/// [`SnapshotPayload`] in format 2 (CA rotation, before issue 12; the frozen registry).
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayloadV2 {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub registry: RegistryV2,
+}
+
 /// First byte of a versioned payload. An unversioned (pre-issue-11) payload begins with the
 /// `Option` tag of `last_applied`, 0 or 1, so the two cannot be confused.
 const SNAPSHOT_MAGIC: u8 = 0xFF;
 /// The payload format this code writes: magic, this number (u32 LE), the payload.
-/// 1: issue 11; 2: the registry holds a CA rotation.
-const SNAPSHOT_FORMAT: u32 = 2;
+/// 1: issue 11; 2: the registry holds a CA rotation; 3: and the encryption setting.
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Encodes a snapshot payload in the current format.
 fn encode_payload(payload: &SnapshotPayload) -> Result<Vec<u8>, bincode::Error> {
@@ -88,6 +96,11 @@ fn decode_payload(data: &[u8]) -> Result<SnapshotPayload, bincode::Error> {
             let version = u32::from_le_bytes(version.try_into().unwrap_or_default());
             match version {
                 SNAPSHOT_FORMAT => codec::decode(body, limit),
+                2 => codec::decode::<SnapshotPayloadV2>(body, limit).map(|v2| SnapshotPayload {
+                    last_applied: v2.last_applied,
+                    membership: v2.membership,
+                    registry: v2.registry.into(),
+                }),
                 1 => codec::decode::<SnapshotPayloadV1>(body, limit).map(|v1| SnapshotPayload {
                     last_applied: v1.last_applied,
                     membership: v1.membership,
@@ -506,7 +519,20 @@ mod tests {
             decode_payload(&format1).expect("decode").registry,
             payload.registry
         );
-        // Format 2 keeps a rotation under way.
+        // Format 2 (CA rotation, no encryption field) reads back with encryption off.
+        let v2 = SnapshotPayloadV2 {
+            last_applied: Some(log_id(2)),
+            membership: StoredMembership::default(),
+            registry: payload.registry.to_v2(),
+        };
+        let mut format2 = vec![SNAPSHOT_MAGIC];
+        format2.extend_from_slice(&2u32.to_le_bytes());
+        format2.extend_from_slice(&bincode::serialize(&v2).expect("encode"));
+        assert_eq!(
+            decode_payload(&format2).expect("decode").registry,
+            payload.registry
+        );
+        // The current format keeps a rotation under way.
         let mut rotating = payload.registry.clone();
         rotating.apply(Command::ForgetLegacyCaKey);
         rotating
@@ -517,6 +543,10 @@ mod tests {
             })
             .into_result()
             .expect("begin");
+        rotating
+            .apply(Command::SetEncryption { enabled: true })
+            .into_result()
+            .expect("enable");
         let bytes = encode_payload(&SnapshotPayload {
             registry: rotating.clone(),
             ..payload
@@ -524,6 +554,7 @@ mod tests {
         .expect("encode");
         let back = decode_payload(&bytes).expect("decode").registry;
         assert!(back.ca_rotation().is_some());
+        assert!(back.encryption().enabled);
         assert_eq!(back, rotating);
         // An old payload with no previous log id starts with 0, one with a log id with 1.
         let v0 = SnapshotPayloadV0 {
