@@ -50,7 +50,7 @@ pub struct TunnelEpoch {
     pub activated_at: Option<i64>,
     /// When a newer epoch superseded it: the grace period before retiring counts from here.
     pub retire_after: Option<i64>,
-    /// Nodes that held a key in this epoch and were removed from the cluster since.
+    /// Nodes that held a key in this epoch once it was activated, and were removed since.
     pub removed: BTreeSet<u64>,
 }
 
@@ -191,9 +191,11 @@ impl Registry {
     ) -> Result<Response, RegistryError> {
         self.node(node_id)
             .ok_or(RegistryError::NodeNotFound { id: node_id })?;
-        let e = self.encryption.epochs.get(&epoch).ok_or_else(|| {
-            refuse(format!("epoch {epoch} does not exist or is retired"))
-        })?;
+        let e = self
+            .encryption
+            .epochs
+            .get(&epoch)
+            .ok_or_else(|| refuse(format!("epoch {epoch} does not exist or is retired")))?;
         if !e.keys.contains_key(&node_id) {
             return Err(refuse(format!(
                 "node {node_id} has no key in epoch {epoch}; publish it first"
@@ -232,7 +234,9 @@ impl Registry {
             return Err(refuse(format!("epoch {epoch} is already activated")));
         }
         if e.keys.is_empty() {
-            return Err(refuse(format!("no node has published a key for epoch {epoch}")));
+            return Err(refuse(format!(
+                "no node has published a key for epoch {epoch}"
+            )));
         }
         let waiting = e.waiting_for();
         if !waiting.is_empty() {
@@ -255,7 +259,9 @@ impl Registry {
     pub(super) fn retire_tunnel_epoch(&mut self, epoch: u32) -> Result<Response, RegistryError> {
         let enc = &mut self.encryption;
         if !enc.epochs.contains_key(&epoch) {
-            return Err(refuse(format!("epoch {epoch} does not exist or is retired")));
+            return Err(refuse(format!(
+                "epoch {epoch} does not exist or is retired"
+            )));
         }
         match enc.active {
             Some(a) if epoch < a => {}
@@ -273,7 +279,8 @@ impl Registry {
     /// A removed node's keys and reports go from every epoch (called by `remove_node`).
     pub(super) fn forget_tunnel_node(&mut self, id: u64) {
         for e in self.encryption.epochs.values_mut() {
-            if e.keys.remove(&id).is_some() {
+            // Only a key that was in use calls for a new epoch; a pending one was never used.
+            if e.keys.remove(&id).is_some() && e.is_activated() {
                 e.removed.insert(id);
             }
             e.installed.remove(&id);

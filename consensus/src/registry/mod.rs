@@ -67,8 +67,8 @@ use serde::{Deserialize, Serialize};
 pub use ca_rotation::{CaRotation, CaRotationPhase};
 pub use cert::CertRecord;
 pub use cluster::ClusterConfig;
-pub use encryption::{Encryption, TunnelEpoch};
 pub use command::StampItems;
+pub use encryption::{Encryption, TunnelEpoch};
 pub use endpoint::{
     validate_container_id, validate_ifname, validate_netns, EndpointRecord, NewEndpoint,
 };
