@@ -1,8 +1,10 @@
-//! The encryption tunnel's control side: what the tunnel should hold (`view`, pure), what
-//! this node does next about keys (`plan`, pure), this node's epoch secrets and boot counter
-//! on disk (`keystore`), and the loop that drives them (`control`). The device (TUN, UDP
-//! socket, workers) is `device`. docs/encryption.md says how it works and how to operate it.
+//! The encryption tunnel on the agent's side: the device loop that seals and opens packets
+//! (`device`), what the tunnel should hold (`view`, pure), what this node does next about
+//! keys (`plan`, pure), this node's epoch secrets and boot counter on disk (`keystore`), and
+//! the loop that drives them (`control`). docs/encryption.md says how it works and how to
+//! operate it.
 
+pub mod device;
 pub mod keystore;
 pub mod plan;
 pub mod view;
