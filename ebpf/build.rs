@@ -6,7 +6,7 @@ use std::{
     process::Command,
 };
 
-const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_overlay"];
+const PROGRAMS: &[&str] = &["bpf_lxc", "bpf_overlay", "bpf_tunnel"];
 
 fn main() {
     let manifest =

@@ -7,6 +7,8 @@
 //! - [`token`]: join tokens `ID.SECRET` (kubeadm's shape), stored in the registry only hashed.
 //! - [`seal`], [`pairwise`], [`replay`]: sealed packets (gossip), the keys two nodes share,
 //!   and replay windows that survive restarts.
+//! - [`tunnel`]: the node-to-node encryption tunnel as pure code (header, key derivation,
+//!   RFC 6479 replay window, ChaCha20-Poly1305 via ring or RustCrypto, [`tunnel::Tunnel`]).
 //! - [`tls`]: the rustls client configuration a joining node uses to reach the cluster before
 //!   it has the CA, trusting only the pinned CA.
 //!
@@ -30,6 +32,7 @@ pub mod replay;
 pub mod seal;
 pub mod tls;
 pub mod token;
+pub mod tunnel;
 
 pub use ca::{ClusterCa, NODE_SERVER_NAME};
 pub use error::CryptoError;

@@ -29,8 +29,8 @@ use tracing::info;
 pub use abi::{
     ct_timeout, proto, CtKey, CtValue, DatapathConfig, Direction, EndpointKey, EndpointValue,
     EventKind, FlowEvent, FlowEventRecord, IpcacheKey, IpcacheValue, MetricValue, PolicyKey,
-    PolicyTable, PolicyValue, Reason, Verdict, IDENTITY_HEALTH, IDENTITY_HOST, IDENTITY_INIT,
-    IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN, IDENTITY_UNMANAGED, IDENTITY_WORLD,
+    PolicyTable, PolicyValue, Reason, Verdict, CONTROL_PORTS, IDENTITY_HEALTH, IDENTITY_HOST,
+    IDENTITY_INIT, IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN, IDENTITY_UNMANAGED, IDENTITY_WORLD,
     RESERVED_IDENTITIES,
 };
 pub use error::DatapathError;
@@ -42,6 +42,8 @@ const OVERLAY: &str = "bpf_overlay.o";
 const FROM_ENDPOINT: &str = "from_endpoint";
 const TO_ENDPOINT: &str = "to_endpoint";
 const FROM_OVERLAY: &str = "from_overlay";
+const TUNNEL: &str = "bpf_tunnel.o";
+const FROM_TUNNEL: &str = "from_tunnel";
 
 /// The loaded programs and their pinned maps.
 pub struct Datapath {
@@ -49,6 +51,7 @@ pub struct Datapath {
     links_dir: PathBuf,
     lxc: Ebpf,
     overlay: Ebpf,
+    tunnel: Ebpf,
     maps: maps::Maps,
     events: Option<EventReader>,
 }
@@ -69,12 +72,15 @@ impl Datapath {
         loader::ensure_bpffs()?;
         let links_dir = loader::create_pin_dir(pin_dir)?;
         loader::check_pinned_maps(pin_dir)?;
-        // bpf_lxc.o creates (or reopens) the pins; bpf_overlay.o then reopens the same maps.
+        // bpf_lxc.o creates (or reopens) the pins; bpf_overlay.o and bpf_tunnel.o then
+        // reopen the same maps.
         let mut lxc = loader::load_object(LXC, loader::LXC_OBJ, pin_dir)?;
         let mut overlay = loader::load_object(OVERLAY, loader::OVERLAY_OBJ, pin_dir)?;
+        let mut tunnel = loader::load_object(TUNNEL, loader::TUNNEL_OBJ, pin_dir)?;
         loader::load_program(&mut lxc, LXC, FROM_ENDPOINT)?;
         loader::load_program(&mut lxc, LXC, TO_ENDPOINT)?;
         loader::load_program(&mut overlay, OVERLAY, FROM_OVERLAY)?;
+        loader::load_program(&mut tunnel, TUNNEL, FROM_TUNNEL)?;
         let maps = maps::Maps::new(|name| lxc.take_map(name))?;
         let events = lxc
             .take_map(maps::EVENTS)
@@ -90,6 +96,7 @@ impl Datapath {
             links_dir,
             lxc,
             overlay,
+            tunnel,
             maps,
             events: Some(events),
         })
@@ -137,6 +144,27 @@ impl Datapath {
             ifname,
             Hook::Ingress,
         )
+    }
+
+    /// Attaches `from_tunnel` to tc ingress of the agent's TUN device (an L3 device: the
+    /// program reads the IPv4 header at offset 0), with the same persistence and
+    /// replacement as [`Datapath::attach_endpoint`]. The agent writes opened packets into
+    /// the TUN; from_tunnel gives them the ipcache identity of their inner source and lets
+    /// the stack route them to the endpoint's veth, where to_endpoint enforces policy.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        loader::attach_tc(
+            &mut self.tunnel,
+            FROM_TUNNEL,
+            &self.links_dir,
+            ifname,
+            Hook::Ingress,
+        )
+    }
+
+    /// Detaches `from_tunnel` (and anything else of ours) from `ifname`. Succeeds when
+    /// nothing is attached or the interface is gone.
+    pub fn detach_tunnel(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        loader::detach_all(&self.links_dir, ifname)
     }
 
     /// The ifindex of `ifname` in the calling thread's network namespace (for

@@ -48,6 +48,8 @@ pub(crate) static LXC_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_lxc.o"));
 pub(crate) static OVERLAY_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_overlay.o"));
+pub(crate) static TUNNEL_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf_tunnel.o"));
 
 /// Which tc hook of an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,7 +24,9 @@ use std::{
 use aya::programs::TcAttachType;
 use common::*;
 use ipnet::Ipv4Net;
-use membrane_ebpf::{Datapath, DatapathConfig, DatapathError, Direction, IpcacheValue, Reason};
+use membrane_ebpf::{
+    Datapath, DatapathConfig, DatapathError, Direction, IpcacheValue, Reason, IDENTITY_REMOTE_NODE,
+};
 
 #[test]
 fn a_same_node_traffic_goes_only_through_bpf() {
@@ -357,7 +359,12 @@ fn b_cross_node_over_vxlan_carries_identity() {
         .unwrap();
     dp2.upsert_ipcache(host_net(e1.addr), &IpcacheValue::remote(id1, u1_ip))
         .unwrap();
-    assert_eq!(dp1.ipcache().unwrap().len(), 3);
+    // Each node knows the other as a node: from_overlay accepts only registered senders.
+    dp1.upsert_ipcache(host_net(u2_ip), &IpcacheValue::local(IDENTITY_REMOTE_NODE))
+        .unwrap();
+    dp2.upsert_ipcache(host_net(u1_ip), &IpcacheValue::local(IDENTITY_REMOTE_NODE))
+        .unwrap();
+    assert_eq!(dp1.ipcache().unwrap().len(), 4);
 
     let capture = packet_socket(&n2, "u2");
     let to_e2 = SocketAddr::V4(SocketAddrV4::new(e2.addr, 5003));

@@ -34,7 +34,14 @@ pub struct DatapathOptions {
     pub trace: bool,
     /// `--events-per-sec`: the event budget per CPU (rate and burst).
     pub events_per_sec: u32,
+    /// This node's control ports, closed to endpoints on node addresses unless a policy
+    /// allows them explicitly: RPC, gossip, encryption (UDP), VXLAN; 0 = unused. The agent
+    /// fills them in once it knows its listen addresses.
+    pub control_ports: [u16; 4],
 }
+
+/// The default UDP port of the encryption tunnel (`--encryption-port`).
+pub const DEFAULT_ENCRYPTION_PORT: u16 = 8473;
 
 /// The nftables table the agent owns in its namespace.
 pub const NFT_TABLE: &str = "membrane";
@@ -88,9 +95,22 @@ impl NodeDatapath {
                 opts.overlay_device
             )
         })?;
-        let config = membrane_ebpf::DatapathConfig::new(overlay_ifindex, node_ip)
+        // A pool of /0 would have a zero mask, which the datapath reads as "no pool".
+        if pod_pool.prefix_len() == 0 {
+            anyhow::bail!("the cluster's pod pool {pod_pool} covers every address; it must be a real prefix (e.g. 10.128.0.0/16)");
+        }
+        // Encryption starts off: the agent turns it on with set_encryption once its TUN
+        // is up (a restarted agent keeps the previous flag until then: packets for
+        // remote pods are dropped as no-key rather than sent in clear).
+        let previous = bpf.config().unwrap_or_default();
+        let mut config = membrane_ebpf::DatapathConfig::new(overlay_ifindex, node_ip)
             .with_trace(opts.trace)
-            .with_events_per_sec(opts.events_per_sec);
+            .with_events_per_sec(opts.events_per_sec)
+            .with_pod_pool(pod_pool)
+            .with_control_ports(opts.control_ports);
+        if previous.encrypt() {
+            config = config.with_encryption(0);
+        }
         bpf.set_config(&config)
             .context("cannot write the datapath config map")?;
         netdev::ensure_masquerade(NFT_TABLE, pod_cidr, pod_pool, opts.masquerade)
@@ -103,6 +123,8 @@ impl NodeDatapath {
             masquerade = opts.masquerade,
             trace = opts.trace,
             events_per_sec = opts.events_per_sec,
+            %pod_pool,
+            control_ports = ?opts.control_ports,
             "datapath up"
         );
         Ok(NodeDatapath {
@@ -113,6 +135,40 @@ impl NodeDatapath {
             mtu,
             node_ip,
         })
+    }
+
+    /// Turns encryption on (`Some(ifindex of the TUN)`) or off (`None`) in the config map.
+    /// On, from_tunnel is attached to the TUN first, then the flag is written: from then on
+    /// remote pod traffic goes into the TUN where the ipcache says a key is ready
+    /// (key_index != 0), is dropped as `no-key` elsewhere, and plaintext VXLAN is refused
+    /// on receipt. Off, the config goes back to VXLAN and from_tunnel stays attached
+    /// (harmless: nothing is written into a TUN the agent has closed).
+    pub fn set_encryption(&self, tunnel_ifindex: Option<u32>) -> anyhow::Result<()> {
+        let mut bpf = self.bpf();
+        let config = bpf
+            .config()
+            .context("cannot read the datapath config map")?;
+        let config = match tunnel_ifindex {
+            Some(0) => {
+                anyhow::bail!("the TUN's ifindex is 0: pass the index of an existing device")
+            }
+            Some(ifindex) => {
+                let name = nix::net::if_::if_indextoname(ifindex)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|n| Ok(n.into_string()?))
+                    .with_context(|| {
+                        format!("cannot find the tunnel device with ifindex {ifindex}")
+                    })?;
+                bpf.attach_tunnel(&name)
+                    .with_context(|| format!("cannot attach the tunnel program to {name}"))?;
+                config.with_encryption(ifindex)
+            }
+            None => config.without_encryption(),
+        };
+        bpf.set_config(&config)
+            .context("cannot write the datapath config map")?;
+        info!(tunnel_ifindex = ?tunnel_ifindex, "datapath encryption set");
+        Ok(())
     }
 
     /// The BPF side, for map reads and writes. Keep the critical section short.

@@ -19,6 +19,7 @@ pub mod ipcache;
 pub mod observe;
 pub mod policy;
 pub mod rpc;
+pub mod tunnel;
 
 // What the wings share: the registry client, the node's BPF datapath and netlink, the
 // state directory, node TLS, the clock, and the desired-vs-current diff.

@@ -99,6 +99,30 @@ impl<B> Command<B> {
                 ifname,
                 now,
             },
+            Command::SetEncryption { enabled } => Command::SetEncryption { enabled },
+            Command::BeginTunnelEpoch { now } => Command::BeginTunnelEpoch { now },
+            Command::PublishTunnelKey {
+                node_id,
+                epoch,
+                public,
+            } => Command::PublishTunnelKey {
+                node_id,
+                epoch,
+                public,
+            },
+            Command::ReportTunnelEpoch {
+                node_id,
+                epoch,
+                peers,
+            } => Command::ReportTunnelEpoch {
+                node_id,
+                epoch,
+                peers,
+            },
+            Command::ActivateTunnelEpoch { epoch, now } => {
+                Command::ActivateTunnelEpoch { epoch, now }
+            }
+            Command::RetireTunnelEpoch { epoch } => Command::RetireTunnelEpoch { epoch },
         })
     }
 
@@ -113,7 +137,9 @@ impl<B> Command<B> {
             | Command::AdmitSignedNode { now: t, .. }
             | Command::PutPolicies { now: t, .. }
             | Command::BeginCaRotation { now: t, .. }
-            | Command::RemoveEndpointAt { now: t, .. } => *t = now,
+            | Command::RemoveEndpointAt { now: t, .. }
+            | Command::BeginTunnelEpoch { now: t }
+            | Command::ActivateTunnelEpoch { now: t, .. } => *t = now,
             Command::AddEndpoint { endpoint } => endpoint.now = now,
             Command::Batch(items) => items.stamp_items(now),
             _ => {}

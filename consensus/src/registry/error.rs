@@ -79,4 +79,7 @@ pub enum RegistryError {
     CommandTooLarge(String),
     #[error("CA rotation: {0}")]
     CaRotation(String),
+    // Issue 12.
+    #[error("encryption: {0}")]
+    Encryption(String),
 }

@@ -46,6 +46,7 @@ impl From<RegistryV0> for Registry {
             api_identity_refs: BTreeMap::new(),
             ca_rotation: None,
             freed_addresses: FreedAddresses::default(),
+            encryption: Default::default(),
         }
     }
 }
@@ -84,6 +85,7 @@ impl From<RegistryV1> for Registry {
             api_identity_refs: v1.api_identity_refs,
             ca_rotation: None,
             freed_addresses: FreedAddresses::default(),
+            encryption: Default::default(),
         }
     }
 }
@@ -107,7 +109,8 @@ pub(crate) struct RegistryV2 {
 }
 
 impl From<RegistryV2> for Registry {
-    /// A format-2 registry has no resting addresses: every free address may be given out.
+    /// A format-2 registry has no resting addresses (every free address may be given out),
+    /// encryption off and no key epochs.
     fn from(v2: RegistryV2) -> Registry {
         Registry {
             cluster: v2.cluster,
@@ -123,12 +126,31 @@ impl From<RegistryV2> for Registry {
             api_identity_refs: v2.api_identity_refs,
             ca_rotation: v2.ca_rotation,
             freed_addresses: FreedAddresses::default(),
+            encryption: Default::default(),
         }
     }
 }
 
 #[cfg(test)]
 impl Registry {
+    /// The twelve fields of snapshot format 2.
+    pub(crate) fn to_v2(&self) -> RegistryV2 {
+        RegistryV2 {
+            cluster: self.cluster.clone(),
+            nodes: self.nodes.clone(),
+            tokens: self.tokens.clone(),
+            identities: self.identities.clone(),
+            next_node_id: self.next_node_id,
+            gossip_keyring: self.gossip_keyring.clone(),
+            endpoints: self.endpoints.clone(),
+            policies: self.policies.clone(),
+            certificates: self.certificates.clone(),
+            revoked: self.revoked.clone(),
+            api_identity_refs: self.api_identity_refs.clone(),
+            ca_rotation: self.ca_rotation.clone(),
+        }
+    }
+
     /// The eight old fields, as an old snapshot of this registry would hold them.
     pub(crate) fn to_v0(&self) -> RegistryV0 {
         RegistryV0 {
@@ -157,24 +179,6 @@ impl Registry {
             certificates: self.certificates.clone(),
             revoked: self.revoked.clone(),
             api_identity_refs: self.api_identity_refs.clone(),
-        }
-    }
-
-    /// The twelve fields of snapshot format 2.
-    pub(crate) fn to_v2(&self) -> RegistryV2 {
-        RegistryV2 {
-            cluster: self.cluster.clone(),
-            nodes: self.nodes.clone(),
-            tokens: self.tokens.clone(),
-            identities: self.identities.clone(),
-            next_node_id: self.next_node_id,
-            gossip_keyring: self.gossip_keyring.clone(),
-            endpoints: self.endpoints.clone(),
-            policies: self.policies.clone(),
-            certificates: self.certificates.clone(),
-            revoked: self.revoked.clone(),
-            api_identity_refs: self.api_identity_refs.clone(),
-            ca_rotation: self.ca_rotation.clone(),
         }
     }
 }

@@ -29,6 +29,9 @@
 //! - `gossip_keys`: the gossip keyring and its rotation.
 //! - `ca_rotation`: replacing the cluster CA in phases (trust both, sign with the new,
 //!   retire the old), each finished by every node before the next.
+//! - `encryption`: the cluster's encryption setting and the tunnel key epochs (publish,
+//!   report installed, activate, retire), rotated without a key ever used before every node
+//!   installed it.
 //!
 //! Around the commands: `command` (batch items, re-stamping `now` with the leader's clock),
 //! `limits` ([`Command::check_limits`]: a log entry that cannot be applied is refused before
@@ -43,6 +46,7 @@ mod ca_rotation;
 mod cert;
 mod cluster;
 mod command;
+mod encryption;
 mod endpoint;
 mod error;
 mod gossip_keys;
@@ -56,7 +60,7 @@ mod pod_cidr;
 mod policy;
 mod token;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +68,7 @@ pub use ca_rotation::{CaRotation, CaRotationPhase};
 pub use cert::CertRecord;
 pub use cluster::ClusterConfig;
 pub use command::StampItems;
+pub use encryption::{Encryption, TunnelEpoch};
 pub use endpoint::{
     validate_container_id, validate_ifname, validate_netns, EndpointRecord, FreedAddresses,
     NewEndpoint,
@@ -226,6 +231,36 @@ pub enum Command<B = Vec<BatchItem>> {
         ifname: String,
         now: i64,
     },
+    // Issue 12: transparent encryption and tunnel key epochs (see `encryption`).
+    /// Turns node-to-node encryption on or off for the cluster.
+    SetEncryption {
+        enabled: bool,
+    },
+    /// Begins a new key epoch (number = last + 1); refused while one is pending.
+    BeginTunnelEpoch {
+        now: i64,
+    },
+    /// Node `node_id`'s X25519 public key for `epoch`.
+    PublishTunnelKey {
+        node_id: u64,
+        epoch: u32,
+        public: X25519Public,
+    },
+    /// The peers whose `epoch` keys node `node_id` installed receive sessions for.
+    ReportTunnelEpoch {
+        node_id: u64,
+        epoch: u32,
+        peers: BTreeSet<u64>,
+    },
+    /// Senders switch to `epoch`; refused unless every publisher installed every other.
+    ActivateTunnelEpoch {
+        epoch: u32,
+        now: i64,
+    },
+    /// Erases an epoch older than the active one.
+    RetireTunnelEpoch {
+        epoch: u32,
+    },
 }
 
 /// What a batch inside a batch holds: nothing. Uninhabited, so a nested batch cannot be
@@ -264,6 +299,8 @@ pub enum Response {
     /// One response per command of a [`Command::Batch`], in order.
     Batch(Vec<Response>),
     Err(RegistryError),
+    /// The number of the tunnel key epoch just begun.
+    TunnelEpoch(u32),
 }
 
 impl Response {
@@ -307,6 +344,9 @@ pub struct Registry {
     /// Endpoint addresses resting after their endpoint was removed (snapshot format 3).
     #[serde(default)]
     freed_addresses: FreedAddresses,
+    /// The encryption setting and tunnel key epochs (snapshot format 3 and later).
+    #[serde(default)]
+    encryption: Encryption,
 }
 
 /// What a [`Command::Batch`] holds, applied: a list of flat commands, or (inside a batch)
@@ -407,6 +447,20 @@ impl Registry {
                 &ifname,
                 now,
             ))),
+            Command::SetEncryption { enabled } => self.set_encryption(enabled),
+            Command::BeginTunnelEpoch { now } => self.begin_tunnel_epoch(now),
+            Command::PublishTunnelKey {
+                node_id,
+                epoch,
+                public,
+            } => self.publish_tunnel_key(node_id, epoch, public),
+            Command::ReportTunnelEpoch {
+                node_id,
+                epoch,
+                peers,
+            } => self.report_tunnel_epoch(node_id, epoch, peers),
+            Command::ActivateTunnelEpoch { epoch, now } => self.activate_tunnel_epoch(epoch, now),
+            Command::RetireTunnelEpoch { epoch } => self.retire_tunnel_epoch(epoch),
         };
         result.unwrap_or_else(Response::Err)
     }

@@ -171,6 +171,7 @@ impl Registry {
             let _ = self.identities.release(&ep.labels);
         }
         self.drop_api_identity_refs(id);
+        self.forget_tunnel_node(id);
         self.revoke_node(&node);
         Ok(Response::Ok)
     }

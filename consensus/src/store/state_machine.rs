@@ -69,7 +69,8 @@ struct SnapshotPayloadV2 {
 /// `Option` tag of `last_applied`, 0 or 1, so the two cannot be confused.
 const SNAPSHOT_MAGIC: u8 = 0xFF;
 /// The payload format this code writes: magic, this number (u32 LE), the payload.
-/// 1: issue 11; 2: the registry holds a CA rotation; 3: resting endpoint addresses.
+/// 1: issue 11; 2: the registry holds a CA rotation; 3: resting endpoint addresses and the
+/// encryption setting (issue 12).
 const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Encodes a snapshot payload in the current format.
@@ -519,7 +520,20 @@ mod tests {
             decode_payload(&format1).expect("decode").registry,
             payload.registry
         );
-        // Format 2 keeps a rotation under way.
+        // Format 2 (CA rotation, no encryption field) reads back with encryption off.
+        let v2 = SnapshotPayloadV2 {
+            last_applied: Some(log_id(2)),
+            membership: StoredMembership::default(),
+            registry: payload.registry.to_v2(),
+        };
+        let mut format2 = vec![SNAPSHOT_MAGIC];
+        format2.extend_from_slice(&2u32.to_le_bytes());
+        format2.extend_from_slice(&bincode::serialize(&v2).expect("encode"));
+        assert_eq!(
+            decode_payload(&format2).expect("decode").registry,
+            payload.registry
+        );
+        // The current format keeps a rotation under way.
         let mut rotating = payload.registry.clone();
         rotating.apply(Command::ForgetLegacyCaKey);
         rotating
@@ -530,6 +544,11 @@ mod tests {
             })
             .into_result()
             .expect("begin");
+        let before_encryption = rotating.clone();
+        rotating
+            .apply(Command::SetEncryption { enabled: true })
+            .into_result()
+            .expect("enable");
         let bytes = encode_payload(&SnapshotPayload {
             registry: rotating.clone(),
             ..payload
@@ -537,17 +556,22 @@ mod tests {
         .expect("encode");
         let back = decode_payload(&bytes).expect("decode").registry;
         assert!(back.ca_rotation().is_some());
+        assert!(back.encryption().enabled);
         assert_eq!(back, rotating);
-        // Format 2 (before resting addresses) reads back with the rotation and none resting.
+        // Format 2 (before resting addresses and encryption) reads back with the rotation,
+        // none resting and encryption off.
         let v2 = SnapshotPayloadV2 {
             last_applied: Some(log_id(2)),
             membership: StoredMembership::default(),
-            registry: rotating.to_v2(),
+            registry: before_encryption.to_v2(),
         };
         let mut format2 = vec![SNAPSHOT_MAGIC];
         format2.extend_from_slice(&2u32.to_le_bytes());
         format2.extend_from_slice(&bincode::serialize(&v2).expect("encode"));
-        assert_eq!(decode_payload(&format2).expect("decode").registry, rotating);
+        assert_eq!(
+            decode_payload(&format2).expect("decode").registry,
+            before_encryption
+        );
         // Format 3 keeps resting addresses.
         let mut resting = rotating.clone();
         let added = resting.apply(Command::AddEndpoint {

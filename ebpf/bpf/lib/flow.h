@@ -35,13 +35,15 @@ struct pctx {
 	__u8 policy_match;
 };
 
-/* Fills f from the IPv4 header and the start of the L4 header. Returns < 0 when the L4
+/* Fills f from the IPv4 header and the start of the L4 header (the IPv4 header at
+ * l3_off, see ipv4.h). Returns < 0 when the L4
  * header of a first fragment is cut short. Later fragments have no L4 header: their
  * ports stay 0 and has_l4 0. */
-MB_INLINE int flow_load(struct __sk_buff *skb, const struct iphdr *ip, struct flow *f)
+MB_INLINE int flow_load(struct __sk_buff *skb, __u32 l3_off, const struct iphdr *ip,
+			struct flow *f)
 {
 	/* ihl is 5..15 (ipv4_load checked >= 5): the offset is bounded for the helper. */
-	__u32 off = sizeof(struct ethhdr) + ((__u32)ip->ihl & 0xf) * 4;
+	__u32 off = l3_off + ((__u32)ip->ihl & 0xf) * 4;
 	__u8 h[14];
 
 	f->saddr = ip->saddr;

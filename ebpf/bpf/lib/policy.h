@@ -138,6 +138,19 @@ MB_INLINE enum policy_outcome policy_check(struct pctx *c, __u32 ep_flags)
 	return (ep_flags & enforced) ? POLICY_DENIED_DEFAULT : POLICY_ALLOWED_DEFAULT;
 }
 
+/* Whether an explicit allow entry matches c's (identity, proto, port) at c's endpoint and
+ * direction. Conntrack is not consulted and an unenforced direction's default allow does
+ * not count: this is for traffic the datapath refuses unless a policy names it. */
+MB_INLINE int policy_explicit_allow(struct pctx *c)
+{
+	struct policy_value *v = policy_lookup(c);
+
+	if (!v)
+		return 0;
+	c->rule_id = v->rule_id;
+	return v->verdict == POLICY_ALLOW;
+}
+
 /* The policy point of one endpoint and direction: returns 0 when the packet may go on,
  * else the drop reason. c must hold the flow, dir, endpoint_id and remote identity. */
 MB_INLINE enum reason policy_enforce(struct __sk_buff *skb, struct pctx *c, __u32 ep_flags)

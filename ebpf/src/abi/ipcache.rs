@@ -41,7 +41,9 @@ pub struct IpcacheValue {
     /// Underlay IPv4 of the owning node, network byte order; 0 when local or not reached
     /// through the overlay.
     pub tunnel_endpoint: u32,
-    /// Encryption key index, 0 for none.
+    /// Nonzero: a tunnel key to this prefix's node is ready (the agent sets it from the
+    /// tunnel view). With encryption on, from_endpoint sends the prefix's packets into the
+    /// TUN only when it is set and drops them as `no-key` otherwise.
     pub key_index: u8,
     /// Padding, 0.
     pub pad: [u8; 3],
@@ -65,6 +67,12 @@ impl IpcacheValue {
             tunnel_endpoint: ip_to_map(tunnel_endpoint),
             ..Self::default()
         }
+    }
+
+    /// The same value with `key_index` (0 = no key ready).
+    pub fn with_key_index(mut self, key_index: u8) -> Self {
+        self.key_index = key_index;
+        self
     }
 
     /// The tunnel endpoint, None when the prefix is not reached through the overlay.
@@ -105,6 +113,8 @@ mod tests {
         assert_eq!(v.tunnel_endpoint.to_ne_bytes(), [192, 168, 1, 2]);
         assert_eq!(v.tunnel_endpoint(), Some(Ipv4Addr::new(192, 168, 1, 2)));
         assert_eq!(IpcacheValue::local(7).tunnel_endpoint(), None);
+        assert_eq!(v.with_key_index(1).key_index, 1);
+        assert_eq!(v.with_key_index(1).tunnel_endpoint, v.tunnel_endpoint);
     }
 
     #[test]

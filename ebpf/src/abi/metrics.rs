@@ -30,7 +30,7 @@ pub enum Reason {
     ForwardedLocal = 1,
     /// Sent into the overlay (from_endpoint).
     ForwardedOverlay = 2,
-    /// Passed to the host stack (non-IPv4, or a destination the datapath does not own).
+    /// Passed to the host stack (ARP, or a destination the datapath does not own).
     ToStack = 3,
     /// Delivered to an endpoint (to_endpoint).
     Delivered = 4,
@@ -49,6 +49,11 @@ pub enum Reason {
     EventsRateLimited = 10,
     /// An event was not emitted: the ring buffer was full (the reader is behind).
     EventsRingbufFull = 11,
+    /// Sent into the agent's TUN for encryption (from_endpoint, encryption on).
+    ForwardedTunnel = 12,
+    /// Received from the agent's TUN (opened and authenticated by the agent), the
+    /// identity mark set, passed to the stack towards the endpoint (from_tunnel).
+    FromTunnel = 13,
     /// Dropped: the source IP is not the endpoint's behind that interface.
     DropSpoofed = 16,
     /// Dropped: an overlay packet for no local endpoint.
@@ -66,11 +71,30 @@ pub enum Reason {
     /// Dropped: a packet leaving towards an endpoint whose address is not the one
     /// registered behind that interface, so there is no policy to check.
     DropNoPolicyContext = 23,
+    /// Dropped: encryption is on and no tunnel key to the destination's node is ready
+    /// (strict mode: never sent in clear).
+    DropNoKey = 24,
+    /// Dropped: not IPv4 or ARP (IPv6, VLAN-tagged, other): the datapath is IPv4 only
+    /// and fails closed.
+    DropUnsupportedL3 = 25,
+    /// Dropped: an overlay packet whose outer source is not a registered node.
+    DropOverlaySource = 26,
+    /// Dropped: an overlay or tunnel packet whose inner source is not owned by the
+    /// sending node with the claimed identity (or has no known identity).
+    DropOverlayIdentity = 27,
+    /// Dropped: an endpoint sent to a node's control port (RPC, gossip, encryption,
+    /// VXLAN) without an explicit allow policy.
+    DropControlPort = 28,
+    /// Dropped: a packet from the host stack with a pod-pool source that did not come
+    /// from a local endpoint, the overlay or the tunnel.
+    DropPodSource = 29,
+    /// Dropped: a plaintext overlay (VXLAN) packet while encryption is on.
+    DropPlaintextOverlay = 30,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 28] = [
         Reason::ForwardedLocal,
         Reason::ForwardedOverlay,
         Reason::ToStack,
@@ -82,6 +106,8 @@ impl Reason {
         Reason::PolicyAllowed,
         Reason::EventsRateLimited,
         Reason::EventsRingbufFull,
+        Reason::ForwardedTunnel,
+        Reason::FromTunnel,
         Reason::DropSpoofed,
         Reason::DropNoEndpoint,
         Reason::DropNoOverlay,
@@ -90,6 +116,13 @@ impl Reason {
         Reason::DropPolicyDenied,
         Reason::DropPolicyDenyRule,
         Reason::DropNoPolicyContext,
+        Reason::DropNoKey,
+        Reason::DropUnsupportedL3,
+        Reason::DropOverlaySource,
+        Reason::DropOverlayIdentity,
+        Reason::DropControlPort,
+        Reason::DropPodSource,
+        Reason::DropPlaintextOverlay,
     ];
 
     /// The stable name used in logs and metrics labels.
@@ -106,6 +139,8 @@ impl Reason {
             Reason::PolicyAllowed => "policy-allowed",
             Reason::EventsRateLimited => "events-rate-limited",
             Reason::EventsRingbufFull => "events-ringbuf-full",
+            Reason::ForwardedTunnel => "forwarded-tunnel",
+            Reason::FromTunnel => "from-tunnel",
             Reason::DropSpoofed => "spoofed-source",
             Reason::DropNoEndpoint => "no-local-endpoint",
             Reason::DropNoOverlay => "overlay-not-configured",
@@ -114,6 +149,13 @@ impl Reason {
             Reason::DropPolicyDenied => "policy-denied",
             Reason::DropPolicyDenyRule => "policy-deny-rule",
             Reason::DropNoPolicyContext => "no-policy-context",
+            Reason::DropNoKey => "no-key",
+            Reason::DropUnsupportedL3 => "unsupported-l3",
+            Reason::DropOverlaySource => "overlay-source",
+            Reason::DropOverlayIdentity => "overlay-identity",
+            Reason::DropControlPort => "control-port",
+            Reason::DropPodSource => "pod-source",
+            Reason::DropPlaintextOverlay => "plaintext-overlay",
         }
     }
 
@@ -223,5 +265,19 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Reason::ALL.len());
         assert_eq!(Reason::DropPolicyDenied.as_str(), "policy-denied");
+        // Numbers and names fixed by the issue-12 contract.
+        for (r, code, name) in [
+            (Reason::ForwardedTunnel, 12, "forwarded-tunnel"),
+            (Reason::FromTunnel, 13, "from-tunnel"),
+            (Reason::DropNoKey, 24, "no-key"),
+            (Reason::DropUnsupportedL3, 25, "unsupported-l3"),
+            (Reason::DropOverlaySource, 26, "overlay-source"),
+            (Reason::DropOverlayIdentity, 27, "overlay-identity"),
+            (Reason::DropControlPort, 28, "control-port"),
+            (Reason::DropPodSource, 29, "pod-source"),
+            (Reason::DropPlaintextOverlay, 30, "plaintext-overlay"),
+        ] {
+            assert_eq!((r.code(), r.as_str()), (code, name));
+        }
     }
 }

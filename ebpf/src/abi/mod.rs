@@ -17,7 +17,7 @@ mod metrics;
 mod policy;
 
 pub use common::{proto, Direction};
-pub use config::DatapathConfig;
+pub use config::{DatapathConfig, CONTROL_PORTS};
 pub use conntrack::{ct_timeout, CtKey, CtValue};
 pub use endpoints::{EndpointKey, EndpointValue};
 pub use events::{EventKind, FlowEvent, FlowEventRecord, PolicyTable};

@@ -291,10 +291,25 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         opts.autopilot.clone(),
         gossip.clone(),
     ));
+    // The ports endpoints may not reach on node addresses without an explicit policy:
+    // RPC, gossip, the encryption tunnel, VXLAN.
+    let gossip_port = opts
+        .gossip_listen
+        .or_else(|| me.rpc_addr.parse().ok().and_then(gossip::gossip_addr_of))
+        .map_or(0, |a| a.port());
+    let datapath_opts = datapath::DatapathOptions {
+        control_ports: [
+            listen.port(),
+            gossip_port,
+            datapath::DEFAULT_ENCRYPTION_PORT,
+            opts.datapath.tunnel_port,
+        ],
+        ..opts.datapath.clone()
+    };
     let datapath_task = tokio::spawn(run_datapath(DatapathTask {
         client: client.clone(),
         me: me.clone(),
-        opts: opts.datapath.clone(),
+        opts: datapath_opts,
         plugin_socket: opts.plugin_socket.clone(),
         queue_dir: opts.cni_queue_dir.clone(),
         slot: endpoints_slot,

@@ -64,6 +64,16 @@ fn rule<B>(cmd: &Command<B>) -> (&'static str, Rule) {
         Command::AdvanceCaRotation { .. } => ("AdvanceCaRotation", Rule::Voter),
         Command::FinishCaRotation => ("FinishCaRotation", Rule::Voter),
         Command::ReportCaRotation { node_id, .. } => ("ReportCaRotation", Rule::OwnNode(*node_id)),
+        // Encryption is a cluster setting and its epochs are ordered by voters (as gossip
+        // keys are); each node publishes its own key and reports its own sessions.
+        Command::SetEncryption { .. } => ("SetEncryption", Rule::Voter),
+        Command::BeginTunnelEpoch { .. } => ("BeginTunnelEpoch", Rule::Voter),
+        Command::ActivateTunnelEpoch { .. } => ("ActivateTunnelEpoch", Rule::Voter),
+        Command::RetireTunnelEpoch { .. } => ("RetireTunnelEpoch", Rule::Voter),
+        Command::PublishTunnelKey { node_id, .. } => ("PublishTunnelKey", Rule::OwnNode(*node_id)),
+        Command::ReportTunnelEpoch { node_id, .. } => {
+            ("ReportTunnelEpoch", Rule::OwnNode(*node_id))
+        }
         // A voter records the renewals it signs; a node may record its own certificate
         // (the registry checks the key is the node's).
         Command::RecordCertificate { node_id, .. } => {
@@ -369,6 +379,45 @@ mod tests {
             },
             Command::AdvanceCaRotation { from: Trusting },
             Command::FinishCaRotation,
+        ] {
+            assert_eq!(write(&cmd, &caller(2, Role::Voter)), Ok(()));
+            assert!(
+                matches!(
+                    write(&cmd, &caller(4, Role::Learner)),
+                    Err(Denial::NeedsVoter { .. })
+                ),
+                "{cmd:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn t26_tunnel_keys_are_each_node_own_and_epochs_a_voter_matter() {
+        use membrane_consensus::registry::X25519Public;
+        let publish = |node_id| Command::PublishTunnelKey {
+            node_id,
+            epoch: 1,
+            public: X25519Public([1; 32]),
+        };
+        let report = |node_id| Command::ReportTunnelEpoch {
+            node_id,
+            epoch: 1,
+            peers: Default::default(),
+        };
+        for cmd in [publish(4), report(4)] {
+            assert_eq!(write(&cmd, &caller(4, Role::Learner)), Ok(()));
+        }
+        for cmd in [publish(1), report(1)] {
+            assert!(matches!(
+                write(&cmd, &caller(4, Role::Voter)),
+                Err(Denial::ForeignNode { named: 1, .. })
+            ));
+        }
+        for cmd in [
+            Command::SetEncryption { enabled: true },
+            Command::BeginTunnelEpoch { now: 0 },
+            Command::ActivateTunnelEpoch { epoch: 1, now: 0 },
+            Command::RetireTunnelEpoch { epoch: 1 },
         ] {
             assert_eq!(write(&cmd, &caller(2, Role::Voter)), Ok(()));
             assert!(

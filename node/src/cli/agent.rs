@@ -53,6 +53,8 @@ pub(super) fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Re
             masquerade: args.masquerade,
             trace: args.monitor_trace,
             events_per_sec: args.events_per_sec,
+            // Filled in by the agent once its listen addresses are known.
+            control_ports: [0; 4],
         },
         keep_established: args.keep_established,
         metrics_addr,

@@ -211,7 +211,7 @@ async fn configure(handle: &Handle, spec: &EndpointLinkSpec) -> Result<EndpointL
 
     // The host side has no address; IPv6 off keeps it from sending router solicitations
     // and MLD reports into the endpoint.
-    disable_ipv6(&spec.host_ifname);
+    disable_ipv6(&spec.host_ifname)?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(host_ifindex).up().build())
@@ -265,7 +265,7 @@ async fn configure_container(
     let mac = mac_of(&link);
 
     // Before up, so no router solicitation or DAD is ever sent.
-    disable_ipv6(ifname);
+    disable_ipv6(ifname)?;
 
     if let Some(lo) = get_link(h, "lo").await? {
         h.link()
@@ -338,12 +338,24 @@ async fn configure_container(
     Ok((index, mac))
 }
 
-/// Best effort: a kernel without IPv6 has no such file, and that is fine.
-fn disable_ipv6(ifname: &str) {
-    let path = format!("net/ipv6/conf/{ifname}/disable_ipv6");
-    if let Err(e) = super::set_sysctl(&path, "1") {
-        tracing::debug!(link = ifname, error = %e, "could not disable IPv6");
+/// Turns IPv6 off on `ifname` (in the calling thread's namespace). The guarantee that no
+/// IPv6 bypasses policy is the BPF datapath, which drops every non-IPv4, non-ARP frame
+/// (unsupported-l3); this keeps the interfaces from emitting IPv6 in the first place.
+/// A kernel without IPv6 (no net/ipv6 sysctls) has nothing to turn off. Where IPv6
+/// exists, a failed write fails the endpoint add: it means the sysctl tree is not what
+/// the agent expects (read-only /proc/sys, a vanished link), which an operator must see.
+fn disable_ipv6(ifname: &str) -> Result<(), NetdevError> {
+    if !std::path::Path::new("/proc/sys/net/ipv6/conf").exists() {
+        tracing::debug!(link = ifname, "no IPv6 in this kernel; nothing to disable");
+        return Ok(());
     }
+    let path = format!("net/ipv6/conf/{ifname}/disable_ipv6");
+    super::set_sysctl(&path, "1").map_err(|e| {
+        NetdevError::io(
+            format!("disabling IPv6 on {ifname} (the datapath is IPv4 only; check that /proc/sys is writable)"),
+            std::io::Error::other(e.to_string()),
+        )
+    })
 }
 
 /// Whether `ifname` exists in the namespace; also proves the path is a network namespace.
