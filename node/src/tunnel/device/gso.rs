@@ -292,6 +292,7 @@ mod tests {
         p.extend_from_slice(payload);
         let total = p.len() as u16;
         p[2..4].copy_from_slice(&total.to_be_bytes());
+        set_ipv4_checksum(&mut p[..20]);
         // The kernel's partial checksum: the pseudo header with the full L4 length,
         // folded, not complemented.
         let ps = pseudo_header_sum([10, 1, 0, 5], [10, 2, 0, 7], IPPROTO_TCP, total - 20);
