@@ -89,7 +89,7 @@ fn route_to(peer: &Node) -> PeerRoute {
     }
 }
 
-fn start(node: &Node, peer: &Node, tun: &str) -> TunnelDevice {
+fn start(node: &Node, peer: &Node, tun: &str, workers: usize) -> TunnelDevice {
     let tunnel = tunnel_state(node, peer, 1);
     let routes = Arc::new(PeerRoutes::new());
     routes.update(vec![route_to(peer)]).expect("routes");
@@ -97,7 +97,7 @@ fn start(node: &Node, peer: &Node, tun: &str) -> TunnelDevice {
         tun_name: tun.to_string(),
         listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT),
         mtu: DEFAULT_MTU,
-        workers: 2,
+        workers,
     };
     let dev = within(&node.ns, move || TunnelDevice::start(cfg, tunnel, routes)).expect("start device");
     let peer_cidr = peer.cidr.to_string();
@@ -191,31 +191,69 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn two_namespaces_talk_through_the_tunnel() {
+/// Two namespaces joined by a veth, a TunnelDevice in each, routes between the pod CIDRs.
+struct Pair {
+    a: Node,
+    b: Node,
+    tun: String,
+    vb: String,
+    dev_a: Option<TunnelDevice>,
+    dev_b: Option<TunnelDevice>,
+    // Dropped last (fields drop in order): the devices stop before their namespaces go.
+    _ga: Netns,
+    _gb: Netns,
+}
+
+impl Pair {
+    fn new(workers: usize) -> Pair {
+        let tag = format!("{:05}", std::process::id() % 100_000);
+        let a = Node { ns: format!("mtd{tag}a"), id: 1, underlay: Ipv4Addr::new(172, 31, 250, 1), pod: Ipv4Addr::new(10, 210, 1, 1), cidr: "10.210.1.0/24" };
+        let b = Node { ns: format!("mtd{tag}b"), id: 2, underlay: Ipv4Addr::new(172, 31, 250, 2), pod: Ipv4Addr::new(10, 210, 2, 1), cidr: "10.210.2.0/24" };
+        let (va, vb) = (format!("mtdv{tag}a"), format!("mtdv{tag}b"));
+        let tun = format!("mtdt{tag}");
+        run("ip", &["netns", "add", &a.ns]);
+        let ga = Netns(a.ns.clone());
+        run("ip", &["netns", "add", &b.ns]);
+        let gb = Netns(b.ns.clone());
+        run("ip", &["link", "add", &va, "netns", &a.ns, "type", "veth", "peer", "name", &vb, "netns", &b.ns]);
+        for (n, v) in [(&a, &va), (&b, &vb)] {
+            in_ns(&n.ns, &["ip", "link", "set", "lo", "up"]);
+            in_ns(&n.ns, &["ip", "addr", "add", &format!("{}/24", n.underlay), "dev", v]);
+            in_ns(&n.ns, &["ip", "link", "set", v, "up"]);
+            in_ns(&n.ns, &["ip", "addr", "add", &format!("{}/32", n.pod), "dev", "lo"]);
+            in_ns(&n.ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
+        }
+        let dev_a = start(&a, &b, &tun, workers);
+        let dev_b = start(&b, &a, &tun, workers);
+        Pair { a, b, tun, vb, dev_a: Some(dev_a), dev_b: Some(dev_b), _ga: ga, _gb: gb }
+    }
+
+    fn dev_a(&self) -> &TunnelDevice {
+        self.dev_a.as_ref().expect("device A running")
+    }
+
+    fn dev_b(&self) -> &TunnelDevice {
+        self.dev_b.as_ref().expect("device B running")
+    }
+}
+
+fn is_root() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipping: needs root (network namespaces, TUN)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn two_namespaces_talk_through_the_tunnel() {
+    if !is_root() {
         return;
     }
-    let tag = format!("{:05}", std::process::id() % 100_000);
-    let a = Node { ns: format!("mtd{tag}a"), id: 1, underlay: Ipv4Addr::new(172, 31, 250, 1), pod: Ipv4Addr::new(10, 210, 1, 1), cidr: "10.210.1.0/24" };
-    let b = Node { ns: format!("mtd{tag}b"), id: 2, underlay: Ipv4Addr::new(172, 31, 250, 2), pod: Ipv4Addr::new(10, 210, 2, 1), cidr: "10.210.2.0/24" };
-    let (va, vb) = (format!("mtdv{tag}a"), format!("mtdv{tag}b"));
-    let tun = format!("mtdt{tag}");
-    run("ip", &["netns", "add", &a.ns]);
-    let _ga = Netns(a.ns.clone());
-    run("ip", &["netns", "add", &b.ns]);
-    let _gb = Netns(b.ns.clone());
-    run("ip", &["link", "add", &va, "netns", &a.ns, "type", "veth", "peer", "name", &vb, "netns", &b.ns]);
-    for (n, v) in [(&a, &va), (&b, &vb)] {
-        in_ns(&n.ns, &["ip", "link", "set", "lo", "up"]);
-        in_ns(&n.ns, &["ip", "addr", "add", &format!("{}/24", n.underlay), "dev", v]);
-        in_ns(&n.ns, &["ip", "link", "set", v, "up"]);
-        in_ns(&n.ns, &["ip", "addr", "add", &format!("{}/32", n.pod), "dev", "lo"]);
-        in_ns(&n.ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
-    }
-    let dev_a = start(&a, &b, &tun);
-    let dev_b = start(&b, &a, &tun);
+    let mut pair = Pair::new(2);
+    let (a, b, tun, vb) = (&pair.a, &pair.b, pair.tun.clone(), pair.vb.clone());
+    let dev_a = pair.dev_a();
+    let dev_b = pair.dev_b();
     assert!(dev_a.tun_ifindex() > 0);
     eprintln!("features: {:?}", dev_a.features());
 
@@ -261,7 +299,7 @@ fn two_namespaces_talk_through_the_tunnel() {
         (back, t0.elapsed().as_secs_f64())
     });
     let (peer, n) = server.join().expect("server");
-    assert_eq!(peer.ip(), &std::net::IpAddr::V4(a.pod), "the server saw A's pod address");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(a.pod), "the server saw A's pod address");
     assert_eq!(n, data.len());
     assert!(echo == *data, "echo differs from what was sent");
     eprintln!("4 MiB echo (8 MiB through the tunnel) in {secs:.2}s (debug build)");
@@ -291,7 +329,7 @@ fn two_namespaces_talk_through_the_tunnel() {
     assert!(ca.peer(2).sent_bytes > data.len() as u64);
     assert!(cb.peer(1).received_bytes > data.len() as u64, "B delivered the stream");
     assert!(ca.peer(2).received_bytes > data.len() as u64, "A got the echo");
-    for d in [Drop::Auth, Drop::Replay, Drop::StaleEpoch, Drop::UnknownSender, Drop::InnerSource, Drop::Malformed] {
+    for d in [Drop::Auth, Drop::Replay, Drop::StaleEpoch, Drop::UnknownSender, Drop::InnerSource, Drop::Malformed, Drop::TunMalformed, Drop::Io] {
         assert_eq!(ca.drop_count(d), 0, "A {d:?}");
         assert_eq!(cb.drop_count(d), 0, "B {d:?}");
     }
@@ -338,9 +376,46 @@ fn two_namespaces_talk_through_the_tunnel() {
 
     // Stop is prompt and removes the TUN.
     let t0 = Instant::now();
-    dev_a.stop();
-    dev_b.stop();
+    pair.dev_a.take().expect("A").stop();
+    pair.dev_b.take().expect("B").stop();
     assert!(t0.elapsed() < Duration::from_secs(3), "stop took {:?}", t0.elapsed());
-    let links = in_ns(&a.ns, &["ip", "-o", "link", "show"]);
-    assert!(!links.contains(&tun), "TUN still there after stop: {links}");
+    let links = in_ns(&pair.a.ns, &["ip", "-o", "link", "show"]);
+    assert!(!links.contains(&pair.tun), "TUN still there after stop: {links}");
+}
+
+/// Throughput through the two devices with iperf3 (1 and 4 streams). Not a check: a
+/// measurement for docs/encryption.md; run it in release:
+/// `cargo test --release -p membrane --test tunnel_device -- --ignored --nocapture iperf3`
+#[test]
+#[ignore]
+fn iperf3_through_the_tunnel() {
+    if !is_root() {
+        return;
+    }
+    let workers: usize = std::env::var("TUNNEL_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let pair = Pair::new(workers);
+    eprintln!("features: {:?}, workers {workers}", pair.dev_a().features());
+    let bpod = pair.b.pod.to_string();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &pair.b.ns, "iperf3", "-s", "-B", &bpod, "-1", "-p", "5202"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    for streams in ["1", "4"] {
+        std::thread::sleep(Duration::from_millis(300));
+        if streams == "4" {
+            let _ = server.wait();
+            server = Command::new("ip")
+                .args(["netns", "exec", &pair.b.ns, "iperf3", "-s", "-B", &bpod, "-1", "-p", "5202"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("iperf3 server");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let out = in_ns(&pair.a.ns, &["iperf3", "-c", &bpod, "-B", &pair.a.pod.to_string(), "-p", "5202", "-t", "5", "-P", streams, "-f", "m"]);
+        let summary: Vec<&str> = out.lines().filter(|l| l.contains("sender") || l.contains("receiver")).collect();
+        eprintln!("iperf3 -P {streams}:\n{}", summary.join("\n"));
+    }
+    let _ = server.wait();
+    eprintln!("A: {:?}", pair.dev_a().counters());
 }

@@ -114,6 +114,13 @@ pub fn create(name: &str, queues: usize, mtu: u32) -> Result<(Vec<TunQueue>, Off
         unsafe { libc::ioctl(first, libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
         Offloads { tso4: false }
     };
+    // The datapath sends only IPv4 into the TUN; without this the kernel's own IPv6
+    // link-local chatter (router solicitations, MLD) would show up as drops. Best effort:
+    // anything non-IPv4 read from the TUN is dropped and counted either way.
+    let sysctl = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    if let Err(e) = std::fs::write(&sysctl, "1") {
+        tracing::debug!(tun = name, error = %e, "could not disable IPv6 on the TUN");
+    }
     let ctl = control_socket().map_err(|e| DeviceError::io(ctx("control socket"), e))?;
     let mut mreq = IfReqInt { name: name_bytes(name), value: mtu as libc::c_int, _pad: [0; 20] };
     // SAFETY: SIOCSIFMTU reads ifr_mtu (an int after the name).
