@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use membrane::tunnel::device::{DeviceConfig, Drop, PeerRoute, PeerRoutes, TunnelDevice, DEFAULT_MTU};
+use membrane::tunnel::device::{
+    DeviceConfig, Drop, PeerRoute, PeerRoutes, TunnelDevice, DEFAULT_MTU,
+};
 use membrane_crypto::tunnel::{CipherKind, EpochSecret, Tunnel};
 
 const PORT: u16 = 8473;
@@ -76,7 +78,11 @@ fn secret(id: u64) -> EpochSecret {
 fn tunnel_state(me: &Node, peer: &Node, boot: u32) -> Arc<Tunnel> {
     let t = Tunnel::new(CLUSTER, me.id, boot, CipherKind::Ring);
     t.set_local_secret(EPOCH, secret(me.id));
-    t.set_peer(peer.id, BTreeMap::from([(EPOCH, secret(peer.id).public())]), Some(EPOCH));
+    t.set_peer(
+        peer.id,
+        BTreeMap::from([(EPOCH, secret(peer.id).public())]),
+        Some(EPOCH),
+    );
     Arc::new(t)
 }
 
@@ -99,16 +105,25 @@ fn start(node: &Node, peer: &Node, tun: &str, workers: usize) -> TunnelDevice {
         mtu: DEFAULT_MTU,
         workers,
     };
-    let dev = within(&node.ns, move || TunnelDevice::start(cfg, tunnel, routes)).expect("start device");
+    let dev =
+        within(&node.ns, move || TunnelDevice::start(cfg, tunnel, routes)).expect("start device");
     let peer_cidr = peer.cidr.to_string();
     let src = node.pod.to_string();
-    in_ns(&node.ns, &["ip", "route", "add", &peer_cidr, "dev", tun, "src", &src]);
+    in_ns(
+        &node.ns,
+        &["ip", "route", "add", &peer_cidr, "dev", tun, "src", &src],
+    );
     dev
 }
 
 /// Captures frames on an interface (AF_PACKET) until `stop`, returning the UDP payloads
 /// to `port` (IPv4 only; Ethernet header skipped).
-fn capture(ns: &str, ifname: &str, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+fn capture(
+    ns: &str,
+    ifname: &str,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
     let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("open netns");
     let ifname = ifname.to_string();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -117,7 +132,11 @@ fn capture(ns: &str, ifname: &str, port: u16, stop: Arc<AtomicBool>) -> std::thr
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2); the fd is closed at the end of the thread.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         let cname = std::ffi::CString::new(ifname).expect("name");
         // SAFETY: sockaddr_ll bound to the interface; timeouts so the loop sees `stop`.
         unsafe {
@@ -127,10 +146,23 @@ fn capture(ns: &str, ifname: &str, port: u16, stop: Arc<AtomicBool>) -> std::thr
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_protocol = proto;
             sll.sll_ifindex = idx as i32;
-            let r = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
+            let r = libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
             assert_eq!(r, 0, "bind AF_PACKET");
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
         }
         ready_tx.send(()).expect("ready");
         let mut out = Vec::new();
@@ -207,25 +239,58 @@ struct Pair {
 impl Pair {
     fn new(workers: usize) -> Pair {
         let tag = format!("{:05}", std::process::id() % 100_000);
-        let a = Node { ns: format!("mtd{tag}a"), id: 1, underlay: Ipv4Addr::new(172, 31, 250, 1), pod: Ipv4Addr::new(10, 210, 1, 1), cidr: "10.210.1.0/24" };
-        let b = Node { ns: format!("mtd{tag}b"), id: 2, underlay: Ipv4Addr::new(172, 31, 250, 2), pod: Ipv4Addr::new(10, 210, 2, 1), cidr: "10.210.2.0/24" };
+        let a = Node {
+            ns: format!("mtd{tag}a"),
+            id: 1,
+            underlay: Ipv4Addr::new(172, 31, 250, 1),
+            pod: Ipv4Addr::new(10, 210, 1, 1),
+            cidr: "10.210.1.0/24",
+        };
+        let b = Node {
+            ns: format!("mtd{tag}b"),
+            id: 2,
+            underlay: Ipv4Addr::new(172, 31, 250, 2),
+            pod: Ipv4Addr::new(10, 210, 2, 1),
+            cidr: "10.210.2.0/24",
+        };
         let (va, vb) = (format!("mtdv{tag}a"), format!("mtdv{tag}b"));
         let tun = format!("mtdt{tag}");
         run("ip", &["netns", "add", &a.ns]);
         let ga = Netns(a.ns.clone());
         run("ip", &["netns", "add", &b.ns]);
         let gb = Netns(b.ns.clone());
-        run("ip", &["link", "add", &va, "netns", &a.ns, "type", "veth", "peer", "name", &vb, "netns", &b.ns]);
+        run(
+            "ip",
+            &[
+                "link", "add", &va, "netns", &a.ns, "type", "veth", "peer", "name", &vb, "netns",
+                &b.ns,
+            ],
+        );
         for (n, v) in [(&a, &va), (&b, &vb)] {
             in_ns(&n.ns, &["ip", "link", "set", "lo", "up"]);
-            in_ns(&n.ns, &["ip", "addr", "add", &format!("{}/24", n.underlay), "dev", v]);
+            in_ns(
+                &n.ns,
+                &["ip", "addr", "add", &format!("{}/24", n.underlay), "dev", v],
+            );
             in_ns(&n.ns, &["ip", "link", "set", v, "up"]);
-            in_ns(&n.ns, &["ip", "addr", "add", &format!("{}/32", n.pod), "dev", "lo"]);
+            in_ns(
+                &n.ns,
+                &["ip", "addr", "add", &format!("{}/32", n.pod), "dev", "lo"],
+            );
             in_ns(&n.ns, &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"]);
         }
         let dev_a = start(&a, &b, &tun, workers);
         let dev_b = start(&b, &a, &tun, workers);
-        Pair { a, b, tun, vb, dev_a: Some(dev_a), dev_b: Some(dev_b), _ga: ga, _gb: gb }
+        Pair {
+            a,
+            b,
+            tun,
+            vb,
+            dev_a: Some(dev_a),
+            dev_b: Some(dev_b),
+            _ga: ga,
+            _gb: gb,
+        }
     }
 
     fn dev_a(&self) -> &TunnelDevice {
@@ -261,8 +326,25 @@ fn two_namespaces_talk_through_the_tunnel() {
     let cap = capture(&b.ns, &vb, PORT, stop.clone());
 
     // Ping across (the first may be lost to ARP on the veth; -c 3 with a deadline).
-    let out = in_ns(&a.ns, &["ping", "-c", "3", "-i", "0.2", "-w", "5", "-I", &a.pod.to_string(), &b.pod.to_string()]);
-    assert!(out.contains(" 0% packet loss") || out.contains("3 received"), "ping: {out}");
+    let out = in_ns(
+        &a.ns,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-w",
+            "5",
+            "-I",
+            &a.pod.to_string(),
+            &b.pod.to_string(),
+        ],
+    );
+    assert!(
+        out.contains(" 0% packet loss") || out.contains("3 received"),
+        "ping: {out}"
+    );
 
     // A TCP echo of 4 MiB carrying the marker, checked byte for byte.
     let data: Arc<Vec<u8>> = Arc::new(
@@ -278,10 +360,13 @@ fn two_namespaces_talk_through_the_tunnel() {
             .collect(),
     );
     let bpod = b.pod;
-    let listener = within(&b.ns, move || TcpListener::bind(SocketAddrV4::new(bpod, 5201)).expect("listen"));
+    let listener = within(&b.ns, move || {
+        TcpListener::bind(SocketAddrV4::new(bpod, 5201)).expect("listen")
+    });
     let server = std::thread::spawn(move || {
         let (mut s, peer) = listener.accept().expect("accept");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         let mut got = Vec::new();
         s.read_to_end(&mut got).expect("server read");
         s.write_all(&got).expect("server write");
@@ -291,7 +376,8 @@ fn two_namespaces_talk_through_the_tunnel() {
     let (echo, secs) = within(&a.ns, move || {
         let t0 = Instant::now();
         let mut c = TcpStream::connect(SocketAddrV4::new(bpod, 5201)).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         c.write_all(&sent).expect("client write");
         c.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let mut back = Vec::new();
@@ -299,7 +385,11 @@ fn two_namespaces_talk_through_the_tunnel() {
         (back, t0.elapsed().as_secs_f64())
     });
     let (peer, n) = server.join().expect("server");
-    assert_eq!(peer.ip(), std::net::IpAddr::V4(a.pod), "the server saw A's pod address");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(a.pod),
+        "the server saw A's pod address"
+    );
     assert_eq!(n, data.len());
     assert!(echo == *data, "echo differs from what was sent");
     eprintln!("4 MiB echo (8 MiB through the tunnel) in {secs:.2}s (debug build)");
@@ -308,34 +398,94 @@ fn two_namespaces_talk_through_the_tunnel() {
     let captured = cap.join().expect("capture");
     // Enough tunnel datagrams to have carried the stream, none with the marker in clear.
     let bytes: usize = captured.iter().map(|d| d.len()).sum();
-    assert!(bytes > data.len(), "captured only {bytes} bytes of tunnel UDP");
-    assert!(!captured.iter().any(|d| contains(d, MARKER)), "the marker crossed the veth in clear");
+    assert!(
+        bytes > data.len(),
+        "captured only {bytes} bytes of tunnel UDP"
+    );
+    assert!(
+        !captured.iter().any(|d| contains(d, MARKER)),
+        "the marker crossed the veth in clear"
+    );
     // The capture can see a marker: a plain datagram to the same port does show it.
     let stop2 = Arc::new(AtomicBool::new(false));
     let cap2 = capture(&b.ns, &vb, PORT + 1, stop2.clone());
     let bu = b.underlay;
     within(&a.ns, move || {
         let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.send_to(MARKER, SocketAddrV4::new(bu, PORT + 1)).expect("send");
+        s.send_to(MARKER, SocketAddrV4::new(bu, PORT + 1))
+            .expect("send");
     });
     std::thread::sleep(Duration::from_millis(300));
     stop2.store(true, Ordering::Relaxed);
-    assert!(cap2.join().expect("capture").iter().any(|d| contains(d, MARKER)), "the capture cannot see plaintext");
+    assert!(
+        cap2.join()
+            .expect("capture")
+            .iter()
+            .any(|d| contains(d, MARKER)),
+        "the capture cannot see plaintext"
+    );
 
     let ca = dev_a.counters();
     let cb = dev_b.counters();
     eprintln!("A: {ca:?}\nB: {cb:?}");
-    assert!(ca.peer(2).sent_packets >= 3 + data.len() as u64 / DEFAULT_MTU as u64, "A sealed the stream");
+    assert!(
+        ca.peer(2).sent_packets >= 3 + data.len() as u64 / DEFAULT_MTU as u64,
+        "A sealed the stream"
+    );
     assert!(ca.peer(2).sent_bytes > data.len() as u64);
-    assert!(cb.peer(1).received_bytes > data.len() as u64, "B delivered the stream");
-    assert!(ca.peer(2).received_bytes > data.len() as u64, "A got the echo");
-    for d in [Drop::Auth, Drop::Replay, Drop::StaleEpoch, Drop::UnknownSender, Drop::InnerSource, Drop::Malformed, Drop::TunMalformed, Drop::Io] {
+    assert!(
+        cb.peer(1).received_bytes > data.len() as u64,
+        "B delivered the stream"
+    );
+    assert!(
+        ca.peer(2).received_bytes > data.len() as u64,
+        "A got the echo"
+    );
+    // The offloads at work: TSO super-packets (fewer reads than segments) and UDP GSO runs
+    // (fewer send messages than datagrams), where the kernel took them.
+    let f = dev_a.features();
+    if f.tun_tso4 {
+        assert!(
+            ca.tun_reads * 2 < ca.peer(2).sent_packets,
+            "no super-packets: {} reads",
+            ca.tun_reads
+        );
+    }
+    if f.udp_gso {
+        assert!(
+            ca.send_messages * 2 < ca.datagrams_sent,
+            "no GSO runs: {} messages",
+            ca.send_messages
+        );
+    }
+    for d in [
+        Drop::Auth,
+        Drop::Replay,
+        Drop::StaleEpoch,
+        Drop::UnknownSender,
+        Drop::InnerSource,
+        Drop::Malformed,
+        Drop::TunMalformed,
+        Drop::Io,
+    ] {
         assert_eq!(ca.drop_count(d), 0, "A {d:?}");
         assert_eq!(cb.drop_count(d), 0, "B {d:?}");
     }
 
     // No peer owns 10.210.9.0/24: packets routed into the TUN for it are no-key drops.
-    in_ns(&a.ns, &["ip", "route", "add", "10.210.9.0/24", "dev", &tun, "src", &a.pod.to_string()]);
+    in_ns(
+        &a.ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.210.9.0/24",
+            "dev",
+            &tun,
+            "src",
+            &a.pod.to_string(),
+        ],
+    );
     let before = dev_a.counters().drop_count(Drop::NoKey);
     within(&a.ns, || {
         let s = UdpSocket::bind("10.210.1.1:0").expect("bind");
@@ -343,7 +493,9 @@ fn two_namespaces_talk_through_the_tunnel() {
             s.send_to(b"nobody", "10.210.9.9:9").expect("send");
         }
     });
-    wait_for("no-key drops", Duration::from_secs(5), || dev_a.counters().drop_count(Drop::NoKey) >= before + 3);
+    wait_for("no-key drops", Duration::from_secs(5), || {
+        dev_a.counters().drop_count(Drop::NoKey) >= before + 3
+    });
 
     // A forger holding B's real key (a later boot of node 2): an inner source in another
     // node's pod CIDR is dropped as inner-source; its own pod address gets through.
@@ -351,7 +503,8 @@ fn two_namespaces_talk_through_the_tunnel() {
     let au = a.underlay;
     let sink = within(&a.ns, move || {
         let s = UdpSocket::bind(SocketAddrV4::new(apod, 6000)).expect("bind sink");
-        s.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .expect("timeout");
         s
     });
     let forger = tunnel_state(&b, &a, 2);
@@ -364,23 +517,34 @@ fn two_namespaces_talk_through_the_tunnel() {
     let before = dev_a.counters().drop_count(Drop::InnerSource);
     within(&b.ns, move || {
         let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.send_to(&sealed_spoofed, SocketAddrV4::new(au, PORT)).expect("send");
-        s.send_to(&sealed_honest, SocketAddrV4::new(au, PORT)).expect("send");
+        s.send_to(&sealed_spoofed, SocketAddrV4::new(au, PORT))
+            .expect("send");
+        s.send_to(&sealed_honest, SocketAddrV4::new(au, PORT))
+            .expect("send");
     });
     let mut buf = [0u8; 64];
     let (n, from) = sink.recv_from(&mut buf).expect("the honest packet arrives");
     assert_eq!(&buf[..n], b"honest");
     assert_eq!(from.ip(), std::net::IpAddr::V4(bpod));
     assert!(sink.recv_from(&mut buf).is_err(), "nothing else arrives");
-    wait_for("inner-source drop", Duration::from_secs(3), || dev_a.counters().drop_count(Drop::InnerSource) == before + 1);
+    wait_for("inner-source drop", Duration::from_secs(3), || {
+        dev_a.counters().drop_count(Drop::InnerSource) == before + 1
+    });
 
     // Stop is prompt and removes the TUN.
     let t0 = Instant::now();
     pair.dev_a.take().expect("A").stop();
     pair.dev_b.take().expect("B").stop();
-    assert!(t0.elapsed() < Duration::from_secs(3), "stop took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        t0.elapsed()
+    );
     let links = in_ns(&pair.a.ns, &["ip", "-o", "link", "show"]);
-    assert!(!links.contains(&pair.tun), "TUN still there after stop: {links}");
+    assert!(
+        !links.contains(&pair.tun),
+        "TUN still there after stop: {links}"
+    );
 }
 
 /// Throughput through the two devices with iperf3 (1 and 4 streams). Not a check: a
@@ -392,12 +556,17 @@ fn iperf3_through_the_tunnel() {
     if !is_root() {
         return;
     }
-    let workers: usize = std::env::var("TUNNEL_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+    let workers: usize = std::env::var("TUNNEL_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(2);
     let pair = Pair::new(workers);
     eprintln!("features: {:?}, workers {workers}", pair.dev_a().features());
     let bpod = pair.b.pod.to_string();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &pair.b.ns, "iperf3", "-s", "-B", &bpod, "-1", "-p", "5202"])
+        .args([
+            "netns", "exec", &pair.b.ns, "iperf3", "-s", "-B", &bpod, "-1", "-p", "5202",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("iperf3 server");
@@ -406,14 +575,36 @@ fn iperf3_through_the_tunnel() {
         if streams == "4" {
             let _ = server.wait();
             server = Command::new("ip")
-                .args(["netns", "exec", &pair.b.ns, "iperf3", "-s", "-B", &bpod, "-1", "-p", "5202"])
+                .args([
+                    "netns", "exec", &pair.b.ns, "iperf3", "-s", "-B", &bpod, "-1", "-p", "5202",
+                ])
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("iperf3 server");
             std::thread::sleep(Duration::from_millis(300));
         }
-        let out = in_ns(&pair.a.ns, &["iperf3", "-c", &bpod, "-B", &pair.a.pod.to_string(), "-p", "5202", "-t", "5", "-P", streams, "-f", "m"]);
-        let summary: Vec<&str> = out.lines().filter(|l| l.contains("sender") || l.contains("receiver")).collect();
+        let out = in_ns(
+            &pair.a.ns,
+            &[
+                "iperf3",
+                "-c",
+                &bpod,
+                "-B",
+                &pair.a.pod.to_string(),
+                "-p",
+                "5202",
+                "-t",
+                "5",
+                "-P",
+                streams,
+                "-f",
+                "m",
+            ],
+        );
+        let summary: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("sender") || l.contains("receiver"))
+            .collect();
         eprintln!("iperf3 -P {streams}:\n{}", summary.join("\n"));
     }
     let _ = server.wait();
