@@ -164,13 +164,16 @@ pub fn run(opts: &Args) -> anyhow::Result<()> {
 
     let mut failed: BTreeMap<Leg, String> = BTreeMap::new();
     let cluster = if opts.baseline_only {
+        for leg in [Leg::MembraneVxlan, Leg::MembraneEncrypted] {
+            failed.insert(leg, "not run (--baseline-only)".into());
+        }
         None
     } else {
         eprintln!("starting a 2-node Membrane cluster with an endpoint on each node...");
         match Cluster::start("bench-tun", 2) {
             Ok(c) => Some(Box::new(c)),
             Err(e) => {
-                let why = format!("cluster did not start: {e:#}");
+                let why = one_line(&format!("cluster did not start: {e:#}"));
                 failed.insert(Leg::MembraneVxlan, why.clone());
                 failed.insert(Leg::MembraneEncrypted, why);
                 None
@@ -212,7 +215,7 @@ pub fn run(opts: &Args) -> anyhow::Result<()> {
             procs
         }
         Err(e) => {
-            failed.insert(Leg::Boringtun, format!("{e:#}"));
+            failed.insert(Leg::Boringtun, one_line(&format!("{e:#}")));
             Vec::new()
         }
     };
@@ -258,8 +261,9 @@ pub fn run(opts: &Args) -> anyhow::Result<()> {
                         samples.entry((regime, p.leg)).or_default().push(s);
                     }
                     Err(e) => {
-                        eprintln!("run {run} {} {}: FAILED: {e:#}", regime.label(), p.leg.label());
-                        failed.insert(p.leg, format!("{e:#}"));
+                        let why = one_line(&format!("{e:#}"));
+                        eprintln!("run {run} {} {}: FAILED: {why}", regime.label(), p.leg.label());
+                        failed.insert(p.leg, why);
                     }
                 }
             }
@@ -497,6 +501,7 @@ fn boringtun_path(lab: &Lab, bin: &std::path::Path, mtu: u32) -> anyhow::Result<
         let public = run_stdin("wg", &["pubkey"], &private)?;
         keys.push((private.trim().to_string(), public.trim().to_string()));
     }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut procs = Vec::new();
     let mut pids = Vec::new();
     let mut endpoints = Vec::new();
@@ -507,6 +512,8 @@ fn boringtun_path(lab: &Lab, bin: &std::path::Path, mtu: u32) -> anyhow::Result<
         let child = nsenter(&hns)
             .arg(bin)
             .args(["--foreground", "--disable-drop-privileges", "--log", "/dev/null"])
+            // As many workers as cores, like the agent's --tunnel-workers default.
+            .args(["--threads", &threads.to_string()])
             .arg(&dev)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -587,6 +594,11 @@ fn run_stdin(program: &str, args: &[&str], input: &str) -> anyhow::Result<String
         bail!("{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An error as one table cell: whitespace runs (clap's multi-line usage) become one space.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn med(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
