@@ -74,7 +74,8 @@ pub(super) enum Command {
     Monitor(MonitorArgs),
     /// Benchmarks against plain kernel paths (runs membrane-lab, built beside this binary).
     Bench {
-        /// What to measure: datapath, registry or gossip.
+        /// What to measure: datapath, registry, gossip, tunnel, or cipher (ChaCha20-Poly1305
+        /// on one core, in this process: ring, RustCrypto and openssl side by side).
         what: String,
         /// Passed through to membrane-lab.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

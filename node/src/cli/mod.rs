@@ -3,6 +3,7 @@
 
 mod agent;
 mod args;
+mod bench;
 mod client;
 mod flow;
 mod output;
@@ -26,6 +27,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => agent::run_agent(*args, &cli.socket),
         Command::Init(args) => run_init(args, &out),
+        Command::Bench { what, args } if what == "cipher" => bench::run_cipher(&args),
         Command::Bench { what, args } => run_bench(&what, &args),
         Command::Policy(PolicyCmd::Validate { file }) => run_validate(&file, &out),
         other => runtime().and_then(|rt| rt.block_on(client::run_client(other, &cli.socket, &out))),
