@@ -507,7 +507,7 @@ fn two_namespaces_talk_through_the_tunnel() {
             .expect("timeout");
         s
     });
-    let forger = tunnel_state(&b, &a, 2);
+    let forger = tunnel_state(b, a, 2);
     let spoofed = udp_packet(Ipv4Addr::new(10, 210, 3, 5), apod, 6000, b"spoofed");
     let honest = udp_packet(bpod, apod, 6000, b"honest");
     let mut sealed_spoofed = Vec::new();

@@ -361,14 +361,14 @@ impl UdpSock {
             return Err(e);
         }
         let r = r as usize;
-        for k in 0..r {
-            let h = &hdrs[k].msg_hdr;
+        for (k, m) in hdrs.iter().enumerate().take(r) {
+            let h = &m.msg_hdr;
             // A truncated message cannot authenticate; give it length 0 so it is dropped
             // as malformed.
             b.lens[k] = if h.msg_flags & libc::MSG_TRUNC != 0 {
                 0
             } else {
-                hdrs[k].msg_len as usize
+                m.msg_len as usize
             };
             b.from[k] = from_sockaddr(&b.addrs[k]);
             b.gso[k] = 0;
