@@ -86,6 +86,8 @@ pub struct DeviceCounters {
     /// sendmmsg (a UDP GSO run counts once): the batching at work, datagrams per message.
     pub tun_reads: u64,
     pub send_messages: u64,
+    /// Packets written to the TUN (a GRO run counts once).
+    pub tun_writes: u64,
 }
 
 impl DeviceCounters {
@@ -107,6 +109,7 @@ pub(crate) struct Tally {
     datagrams_received: u64,
     tun_reads: u64,
     send_messages: u64,
+    tun_writes: u64,
     dirty: bool,
 }
 
@@ -140,6 +143,11 @@ impl Tally {
         self.dirty = true;
     }
 
+    pub fn tun_writes(&mut self, n: usize) {
+        self.tun_writes += n as u64;
+        self.dirty = true;
+    }
+
     pub fn send_messages(&mut self, n: usize) {
         self.send_messages += n as u64;
         self.dirty = true;
@@ -163,6 +171,7 @@ struct Inner {
     datagrams_received: u64,
     tun_reads: u64,
     send_messages: u64,
+    tun_writes: u64,
 }
 
 impl Totals {
@@ -186,6 +195,7 @@ impl Totals {
         g.datagrams_received += std::mem::take(&mut t.datagrams_received);
         g.tun_reads += std::mem::take(&mut t.tun_reads);
         g.send_messages += std::mem::take(&mut t.send_messages);
+        g.tun_writes += std::mem::take(&mut t.tun_writes);
         t.dirty = false;
     }
 
@@ -201,6 +211,7 @@ impl Totals {
             datagrams_received: g.datagrams_received,
             tun_reads: g.tun_reads,
             send_messages: g.send_messages,
+            tun_writes: g.tun_writes,
         }
     }
 }

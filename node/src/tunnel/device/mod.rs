@@ -5,7 +5,8 @@
 //!
 //! Layout (docs/encryption.md, "The device loop"):
 //! - `tun.rs`: the TUN, one queue per worker, virtio-net header, TSO/checksum offload;
-//! - `gso.rs`: pure splitting of TSO super-packets into segments, checksum completion;
+//! - `gso.rs`: pure splitting of TSO super-packets into segments, checksum completion,
+//!   and receive-side GRO (runs of one TCP flow coalesced into one TUN write);
 //! - `udp.rs`: sendmmsg/recvmmsg, UDP GSO/GRO, big buffers, one SO_REUSEPORT socket per worker;
 //! - `routes.rs`: peer table (destination -> peer, peer -> allowed inner sources);
 //! - `counters.rs`: drops by reason, per-peer traffic;
