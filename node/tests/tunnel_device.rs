@@ -392,7 +392,7 @@ fn two_namespaces_talk_through_the_tunnel() {
     );
     assert_eq!(n, data.len());
     assert!(echo == *data, "echo differs from what was sent");
-    eprintln!("4 MiB echo (8 MiB through the tunnel) in {secs:.2}s (debug build)");
+    eprintln!("4 MiB echo (8 MiB through the tunnel) in {secs:.2}s");
 
     stop.store(true, Ordering::Relaxed);
     let captured = cap.join().expect("capture");
