@@ -11,3 +11,4 @@ pub mod policy;
 pub mod registry;
 pub mod stats;
 mod system;
+pub mod tunnel;

@@ -6,12 +6,14 @@
 //!   kernel bridge and VXLAN paths.
 //! - `membrane-lab bench policy [...]`: connection rate and latency under 10-10,000 policy
 //!   rules against equivalent iptables chains.
+//! - `membrane-lab bench tunnel [...]`: encrypted throughput, latency and CPU per GB vs
+//!   plain VXLAN and boringtun, with the raw cipher rate as the limit.
 //! - `membrane-lab idle-check HOSTS MINUTES`: a cluster left alone must see no false downs.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use membrane_jepsen::bench::{datapath, policy, registry};
+use membrane_jepsen::bench::{datapath, policy, registry, tunnel};
 
 /// Runs Membrane clusters in network namespaces on this machine (as root).
 #[derive(Parser)]
@@ -49,6 +51,8 @@ enum Bench {
     Datapath(datapath::Args),
     /// Connection rate and latency under N-rule policies vs equivalent iptables chains.
     Policy(policy::Args),
+    /// Encrypted node-to-node throughput, latency and CPU vs plain VXLAN and boringtun.
+    Tunnel(tunnel::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Registry(args)) => registry::run(&args),
         Command::Bench(Bench::Datapath(args)) => datapath::run(&args),
         Command::Bench(Bench::Policy(args)) => policy::run(&args),
+        Command::Bench(Bench::Tunnel(args)) => tunnel::run(&args),
         Command::IdleCheck { hosts, minutes } => membrane_jepsen::idle::run(hosts, minutes),
     };
     match result {

@@ -82,6 +82,12 @@ pub struct DeviceCounters {
     /// UDP datagrams sent / received on the underlay (after GSO splitting on receive).
     pub datagrams_sent: u64,
     pub datagrams_received: u64,
+    /// Packets read from the TUN (a TSO super-packet counts once) and messages handed to
+    /// sendmmsg (a UDP GSO run counts once): the batching at work, datagrams per message.
+    pub tun_reads: u64,
+    pub send_messages: u64,
+    /// Packets written to the TUN (a GRO run counts once).
+    pub tun_writes: u64,
 }
 
 impl DeviceCounters {
@@ -101,6 +107,9 @@ pub(crate) struct Tally {
     peers: BTreeMap<u64, PeerTraffic>,
     datagrams_sent: u64,
     datagrams_received: u64,
+    tun_reads: u64,
+    send_messages: u64,
+    tun_writes: u64,
     dirty: bool,
 }
 
@@ -129,6 +138,21 @@ impl Tally {
         self.dirty = true;
     }
 
+    pub fn tun_read(&mut self) {
+        self.tun_reads += 1;
+        self.dirty = true;
+    }
+
+    pub fn tun_writes(&mut self, n: usize) {
+        self.tun_writes += n as u64;
+        self.dirty = true;
+    }
+
+    pub fn send_messages(&mut self, n: usize) {
+        self.send_messages += n as u64;
+        self.dirty = true;
+    }
+
     pub fn datagrams_received(&mut self, n: usize) {
         self.datagrams_received += n as u64;
         self.dirty = true;
@@ -145,6 +169,9 @@ struct Inner {
     peers: BTreeMap<u64, PeerTraffic>,
     datagrams_sent: u64,
     datagrams_received: u64,
+    tun_reads: u64,
+    send_messages: u64,
+    tun_writes: u64,
 }
 
 impl Totals {
@@ -166,6 +193,9 @@ impl Totals {
         }
         g.datagrams_sent += std::mem::take(&mut t.datagrams_sent);
         g.datagrams_received += std::mem::take(&mut t.datagrams_received);
+        g.tun_reads += std::mem::take(&mut t.tun_reads);
+        g.send_messages += std::mem::take(&mut t.send_messages);
+        g.tun_writes += std::mem::take(&mut t.tun_writes);
         t.dirty = false;
     }
 
@@ -179,6 +209,9 @@ impl Totals {
             peers: g.peers.clone(),
             datagrams_sent: g.datagrams_sent,
             datagrams_received: g.datagrams_received,
+            tun_reads: g.tun_reads,
+            send_messages: g.send_messages,
+            tun_writes: g.tun_writes,
         }
     }
 }
@@ -208,7 +241,12 @@ mod tests {
         assert_eq!(c.drops.len(), Drop::ALL.len());
         assert_eq!(
             c.peer(7),
-            PeerTraffic { sent_packets: 2, sent_bytes: 110, received_packets: 1, received_bytes: 50 }
+            PeerTraffic {
+                sent_packets: 2,
+                sent_bytes: 110,
+                received_packets: 1,
+                received_bytes: 50
+            }
         );
         assert_eq!(c.datagrams_sent, 1);
     }

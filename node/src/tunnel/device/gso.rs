@@ -122,7 +122,11 @@ pub fn set_ipv4_checksum(ip: &mut [u8]) {
 
 /// Completes a partial checksum (`NEEDS_CSUM`): the field at `csum_start + csum_offset`
 /// holds the pseudo-header sum; the checksum over everything from `csum_start` replaces it.
-pub fn complete_checksum(pkt: &mut [u8], csum_start: u16, csum_offset: u16) -> Result<(), GsoError> {
+pub fn complete_checksum(
+    pkt: &mut [u8],
+    csum_start: u16,
+    csum_offset: u16,
+) -> Result<(), GsoError> {
     let start = csum_start as usize;
     let field = start + csum_offset as usize;
     if field + 2 > pkt.len() {
@@ -134,7 +138,11 @@ pub fn complete_checksum(pkt: &mut [u8], csum_start: u16, csum_offset: u16) -> R
     }
     let c = fold(sum16(&pkt[start..], 0));
     // A UDP checksum that computes to 0 is sent as 0xffff (0 means "none").
-    let c = if c == 0 && csum_offset == 6 { 0xffff } else { c };
+    let c = if c == 0 && csum_offset == 6 {
+        0xffff
+    } else {
+        c
+    };
     pkt[field..field + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
@@ -234,7 +242,10 @@ fn finish_tcp(seg: &mut [u8], ihl: usize, total: usize) {
     let l4_len = (total - ihl) as u16;
     seg[ihl + 16] = 0;
     seg[ihl + 17] = 0;
-    let c = fold(sum16(&seg[ihl..total], pseudo_header_sum(src, dst, IPPROTO_TCP, l4_len)));
+    let c = fold(sum16(
+        &seg[ihl..total],
+        pseudo_header_sum(src, dst, IPPROTO_TCP, l4_len),
+    ));
     seg[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -262,7 +273,155 @@ pub fn checksums_valid(pkt: &[u8]) -> bool {
     if proto == IPPROTO_UDP && l4.len() >= 8 && l4[6] == 0 && l4[7] == 0 {
         return true;
     }
-    fold(sum16(l4, pseudo_header_sum(src, dst, proto, l4.len() as u16))) == 0
+    fold(sum16(
+        l4,
+        pseudo_header_sum(src, dst, proto, l4.len() as u16),
+    )) == 0
+}
+
+/// Largest coalesced packet (the IPv4 total length field).
+const GRO_MAX_LEN: usize = 65_535;
+/// Segments per coalesced packet at most (the kernel's GSO segment cap).
+const GRO_MAX_SEGS: usize = 64;
+
+/// Receive-side coalescing: consecutive in-order TCP/IPv4 segments of one flow, opened in
+/// one batch, become one super-packet written to the TUN with a TCPv4 GSO header, so the
+/// stack takes one trip instead of one per segment (GRO done in user space). Only the
+/// current flow is tracked: any other packet flushes it first, so order is kept exactly.
+/// A segment joins only if its checksums are valid (the super-packet goes up with a partial
+/// checksum the stack will not verify), its headers match the run's but for the sequence
+/// number, it follows the run without a gap, and the run's segments so far are all full.
+#[derive(Debug, Default)]
+pub struct Gro {
+    pkt: Vec<u8>,
+    segs: usize,
+    mss: usize,
+    last_len: usize,
+    next_seq: u32,
+    closed: bool,
+}
+
+impl Gro {
+    /// Offers an opened packet. Returns it back (`Err`) when it cannot join the current run
+    /// and cannot start one: the caller flushes and writes it as is. When it cannot join
+    /// but can start a run, the current run is emitted through `flush` first.
+    pub fn push<'p>(
+        &mut self,
+        p: &'p [u8],
+        mut flush: impl FnMut(&VnetHdr, &[u8]),
+    ) -> Result<(), &'p [u8]> {
+        let Some(payload) = coalescable(p) else {
+            self.flush(&mut flush);
+            return Err(p);
+        };
+        if self.segs > 0 && self.joins(p, payload) {
+            self.pkt.extend_from_slice(&p[p.len() - payload..]);
+            self.segs += 1;
+            self.last_len = payload;
+            self.next_seq = self.next_seq.wrapping_add(payload as u32);
+            // PSH ends a run (the sender wants it delivered now).
+            if p[33] & TCP_PSH != 0 {
+                self.pkt[33] |= TCP_PSH;
+                self.closed = true;
+            }
+            return Ok(());
+        }
+        self.flush(&mut flush);
+        self.pkt.clear();
+        self.pkt.extend_from_slice(p);
+        self.segs = 1;
+        self.mss = payload;
+        self.last_len = payload;
+        self.next_seq = tcp_seq(p).wrapping_add(payload as u32);
+        self.closed = p[33] & TCP_PSH != 0;
+        Ok(())
+    }
+
+    fn joins(&self, p: &[u8], payload: usize) -> bool {
+        let hlen = p.len() - payload;
+        let run_hlen = self.pkt.len() - (self.mss * (self.segs - 1) + self.last_len);
+        !self.closed
+            && self.last_len == self.mss
+            && payload <= self.mss
+            && self.segs < GRO_MAX_SEGS
+            && self.pkt.len() + payload <= GRO_MAX_LEN
+            && hlen == run_hlen
+            && tcp_seq(p) == self.next_seq
+            // Same TOS, TTL, protocol, addresses (bytes 1, 8..20 of IPv4; id and length
+            // differ by design), same ports, ack, data offset and window, same options
+            // (flags are ACK, or ACK|PSH which closes the run: `coalescable`).
+            && p[1] == self.pkt[1]
+            && p[8..10] == self.pkt[8..10]
+            && p[12..20] == self.pkt[12..20]
+            && p[20..24] == self.pkt[20..24]
+            && p[28..33] == self.pkt[28..33]
+            && p[34..36] == self.pkt[34..36]
+            && p[40..hlen] == self.pkt[40..hlen]
+    }
+
+    /// Emits the current run, if any: one segment as a plain packet, more as a GSO packet.
+    pub fn flush(&mut self, mut out: impl FnMut(&VnetHdr, &[u8])) {
+        if self.segs == 0 {
+            return;
+        }
+        if self.segs == 1 {
+            out(&VnetHdr::default(), &self.pkt);
+        } else {
+            let total = self.pkt.len();
+            let thl = ((self.pkt[32] >> 4) as usize) * 4;
+            self.pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            set_ipv4_checksum(&mut self.pkt[..20]);
+            // Partial checksum: the pseudo header only, as the kernel's own GRO leaves it.
+            let src = [self.pkt[12], self.pkt[13], self.pkt[14], self.pkt[15]];
+            let dst = [self.pkt[16], self.pkt[17], self.pkt[18], self.pkt[19]];
+            let partial = !fold(pseudo_header_sum(
+                src,
+                dst,
+                IPPROTO_TCP,
+                (total - 20) as u16,
+            ));
+            self.pkt[36..38].copy_from_slice(&partial.to_be_bytes());
+            let hdr = VnetHdr {
+                flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+                gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+                hdr_len: (20 + thl) as u16,
+                gso_size: self.mss as u16,
+                csum_start: 20,
+                csum_offset: 16,
+            };
+            out(&hdr, &self.pkt);
+        }
+        self.segs = 0;
+        self.pkt.clear();
+        self.closed = false;
+    }
+}
+
+fn tcp_seq(p: &[u8]) -> u32 {
+    u32::from_be_bytes([p[24], p[25], p[26], p[27]])
+}
+
+/// The TCP payload length if `p` may be coalesced: IPv4 without options, not a fragment,
+/// TCP with only ACK (and maybe PSH) set, a payload, valid checksums.
+fn coalescable(p: &[u8]) -> Option<usize> {
+    if p.len() < 40 || p[0] != 0x45 || p[9] != IPPROTO_TCP {
+        return None;
+    }
+    // MF set or a fragment offset: not a whole segment.
+    if u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let thl = ((p[32] >> 4) as usize) * 4;
+    if thl < 20 || p.len() <= 20 + thl || u16::from_be_bytes([p[2], p[3]]) as usize != p.len() {
+        return None;
+    }
+    if p[33] & !TCP_PSH != 0x10 {
+        return None;
+    }
+    if !checksums_valid(p) {
+        return None;
+    }
+    Some(p.len() - 20 - thl)
 }
 
 #[cfg(test)]
@@ -292,6 +451,7 @@ mod tests {
         p.extend_from_slice(payload);
         let total = p.len() as u16;
         p[2..4].copy_from_slice(&total.to_be_bytes());
+        set_ipv4_checksum(&mut p[..20]);
         // The kernel's partial checksum: the pseudo header with the full L4 length,
         // folded, not complemented.
         let ps = pseudo_header_sum([10, 1, 0, 5], [10, 2, 0, 7], IPPROTO_TCP, total - 20);
@@ -324,14 +484,20 @@ mod tests {
         let mut b = [0u8; VNET_HDR_LEN];
         h.encode(&mut b);
         assert_eq!(VnetHdr::decode(&b), Ok(h));
-        assert_eq!(VnetHdr::decode(&b[..9]), Err(GsoError::Short("virtio-net header")));
+        assert_eq!(
+            VnetHdr::decode(&b[..9]),
+            Err(GsoError::Short("virtio-net header"))
+        );
     }
 
     #[test]
     fn super_packet_splits_like_the_kernel() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let flags = TCP_PSH | TCP_FIN | TCP_CWR | 0x10; // ACK too
-        let segs = split(&tso_hdr(1388), super_packet(&payload, flags, 0xffff_f000, 0xfffe));
+        let segs = split(
+            &tso_hdr(1388),
+            super_packet(&payload, flags, 0xffff_f000, 0xfffe),
+        );
         assert_eq!(segs.len(), 8); // 7 * 1388 = 9716, then 284
         let mut joined = Vec::new();
         for (i, s) in segs.iter().enumerate() {
@@ -340,12 +506,19 @@ mod tests {
             assert_eq!(s.len(), 52 + len);
             assert_eq!(u16::from_be_bytes([s[2], s[3]]) as usize, s.len());
             // The IP id advances by one per segment, wrapping.
-            assert_eq!(u16::from_be_bytes([s[4], s[5]]), 0xfffeu16.wrapping_add(i as u16));
+            assert_eq!(
+                u16::from_be_bytes([s[4], s[5]]),
+                0xfffeu16.wrapping_add(i as u16)
+            );
             let seq = u32::from_be_bytes([s[24], s[25], s[26], s[27]]);
             assert_eq!(seq, 0xffff_f000u32.wrapping_add(i as u32 * 1388));
             let f = s[33];
             assert_eq!(f & 0x10, 0x10, "ACK on every segment");
-            assert_eq!(f & (TCP_FIN | TCP_PSH) != 0, i == 7, "FIN/PSH only on the last");
+            assert_eq!(
+                f & (TCP_FIN | TCP_PSH) != 0,
+                i == 7,
+                "FIN/PSH only on the last"
+            );
             assert_eq!(f & TCP_CWR != 0, i == 0, "CWR only on the first");
             // Options copied unchanged.
             assert_eq!(&s[40..52], &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
@@ -417,7 +590,10 @@ mod tests {
         );
         let mut zero = tso_hdr(0);
         zero.gso_size = 0;
-        assert_eq!(segment(&zero, &mut pkt, &mut scratch, |_| {}), Err(GsoError::ZeroGsoSize));
+        assert_eq!(
+            segment(&zero, &mut pkt, &mut scratch, |_| {}),
+            Err(GsoError::ZeroGsoSize)
+        );
         let bad = VnetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
             csum_start: 60_000,
@@ -432,7 +608,9 @@ mod tests {
         assert!(segment(&tso_hdr(1000), &mut truncated, &mut scratch, |_| {}).is_err());
         // Nothing emitted for any bad packet.
         let mut emitted = 0;
-        let _ = segment(&tso_hdr(1000), &mut truncated, &mut scratch, |_| emitted += 1);
+        let _ = segment(&tso_hdr(1000), &mut truncated, &mut scratch, |_| {
+            emitted += 1
+        });
         assert_eq!(emitted, 0);
     }
 
@@ -441,5 +619,110 @@ mod tests {
         // RFC 1071's example words sum to 0xddf2.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum16(&data, 0)), !0xddf2);
+    }
+
+    /// Segments as the peer's stack would send them: split a super-packet.
+    fn segments(payload: &[u8], mss: u16, flags: u8) -> Vec<Vec<u8>> {
+        split(&tso_hdr(mss), super_packet(payload, flags, 1000, 1))
+    }
+
+    fn gro_all(pkts: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+        let mut g = Gro::default();
+        let mut out = Vec::new();
+        for p in pkts {
+            if let Err(p) = g.push(p, |h, b| out.push((*h, b.to_vec()))) {
+                out.push((VnetHdr::default(), p.to_vec()));
+            }
+        }
+        g.flush(|h, b| out.push((*h, b.to_vec())));
+        out
+    }
+
+    #[test]
+    fn gro_coalesces_a_run_and_resplits_to_the_same_segments() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
+        let segs = segments(&payload, 1000, 0x18); // ACK|PSH: PSH only on the last
+        assert_eq!(segs.len(), 5);
+        let out = gro_all(&segs);
+        assert_eq!(out.len(), 1);
+        let (h, mut big) = out.into_iter().next().expect("one");
+        assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_TCPV4);
+        assert_eq!(h.gso_size, 1000);
+        assert_eq!(h.hdr_len, 52);
+        assert_eq!(big.len(), 52 + 5000);
+        assert_eq!(big[33], 0x18, "the run ends with PSH");
+        // What the kernel does with it: split it again; the segments are the originals
+        // (same bytes but for IP ids, which restart from the first).
+        let mut scratch = Vec::new();
+        let mut again = Vec::new();
+        segment(&h, &mut big, &mut scratch, |s| again.push(s.to_vec())).expect("split");
+        assert_eq!(again.len(), 5);
+        for (a, b) in again.iter().zip(&segs) {
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn gro_keeps_order_and_breaks_runs() {
+        let payload = vec![7u8; 3000];
+        let mut segs = segments(&payload, 1000, 0x10);
+        // A gap: the third segment is missing, so the fourth cannot join.
+        let tail = segments(&[9u8; 1000], 1000, 0x10)
+            .into_iter()
+            .map(|mut s| {
+                s[24..28].copy_from_slice(&(1000u32 + 4000).to_be_bytes());
+                let total = s.len();
+                finish_tcp(&mut s, 20, total);
+                s
+            })
+            .collect::<Vec<_>>();
+        segs.truncate(2);
+        segs.extend(tail);
+        // A non-TCP packet between runs is passed through in place.
+        let mut udp = vec![0u8; 28];
+        udp[0] = 0x45;
+        udp[2..4].copy_from_slice(&28u16.to_be_bytes());
+        udp[9] = IPPROTO_UDP;
+        segs.insert(1, udp.clone());
+        let out = gro_all(&segs);
+        let kinds: Vec<(u8, usize)> = out.iter().map(|(h, b)| (h.gso_type, b.len())).collect();
+        assert_eq!(kinds, vec![(0, 1052), (0, 28), (0, 1052), (0, 1052)]);
+        assert_eq!(out[1].1, udp);
+        // Two in order after the UDP packet do join.
+        let mut segs = segments(&payload, 1000, 0x10);
+        segs.insert(0, udp);
+        let out = gro_all(&segs);
+        let kinds: Vec<(u8, usize)> = out.iter().map(|(h, b)| (h.gso_type, b.len())).collect();
+        assert_eq!(kinds, vec![(0, 28), (VIRTIO_NET_HDR_GSO_TCPV4, 3052)]);
+    }
+
+    #[test]
+    fn gro_refuses_bad_checksums_short_middles_and_other_flows() {
+        let payload = vec![1u8; 3000];
+        let mut segs = segments(&payload, 1000, 0x10);
+        segs[1][60] ^= 0xff; // corrupt a payload byte: checksum now wrong
+        let out = gro_all(&segs);
+        assert_eq!(out.len(), 3, "the bad one stands alone, passed as is");
+        assert_eq!(out[1].1, segs[1]);
+        // A short segment ends the run: the next full one starts a new one.
+        let a = segments(&[2u8; 1500], 1000, 0x10); // 1000 + 500
+        let out = gro_all(&a);
+        assert_eq!(out.len(), 1, "a short last segment joins");
+        let mut b = a.clone();
+        let mut c = segments(&[3u8; 1000], 1000, 0x10);
+        c[0][24..28].copy_from_slice(&2500u32.to_be_bytes());
+        let total = c[0].len();
+        finish_tcp(&mut c[0], 20, total);
+        b.extend(c);
+        assert_eq!(gro_all(&b).len(), 2, "nothing joins after a short segment");
+        // Another flow (other port) never joins.
+        let mut d = segments(&[4u8; 2000], 1000, 0x10);
+        d[1][20..22].copy_from_slice(&40001u16.to_be_bytes());
+        let total = d[1].len();
+        finish_tcp(&mut d[1], 20, total);
+        assert_eq!(gro_all(&d).len(), 2);
+        // SYN/FIN segments are never coalesced.
+        let e = segments(&[5u8; 2000], 1000, 0x11);
+        assert_eq!(gro_all(&e).len(), 2);
     }
 }
