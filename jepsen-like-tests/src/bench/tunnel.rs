@@ -191,21 +191,32 @@ pub fn run(opts: &Args) -> anyhow::Result<()> {
     let mut paths = Vec::new();
     let mut mtu = DEFAULT_MTU;
     if let Some(c) = &cluster {
-        let a = c.add_endpoint(1, "ta", &["app=bench-a"])?;
-        let b = c.add_endpoint(2, "tb", &["app=bench-b"])?;
-        mtu = link_mtu(&a.netns, "eth0")?;
-        let pids: Vec<u32> = [1, 2]
-            .iter()
-            .filter_map(|&i| lab.pid(i).ok().flatten())
-            .collect();
-        for leg in [Leg::MembraneVxlan, Leg::MembraneEncrypted] {
-            paths.push(Path {
-                leg,
-                client_ns: a.netns.clone(),
-                server_ns: b.netns.clone(),
-                server_ip: b.ip,
-                pids: pids.clone(),
-            });
+        let endpoints = c
+            .add_endpoint(1, "ta", &["app=bench-a"])
+            .and_then(|a| Ok((c.add_endpoint(2, "tb", &["app=bench-b"])?, a)))
+            .and_then(|(b, a)| Ok((link_mtu(&a.netns, "eth0")?, a, b)));
+        match endpoints {
+            Ok((m, a, b)) => {
+                mtu = m;
+                let pids: Vec<u32> = [1, 2]
+                    .iter()
+                    .filter_map(|&i| lab.pid(i).ok().flatten())
+                    .collect();
+                for leg in [Leg::MembraneVxlan, Leg::MembraneEncrypted] {
+                    paths.push(Path {
+                        leg,
+                        client_ns: a.netns.clone(),
+                        server_ns: b.netns.clone(),
+                        server_ip: b.ip,
+                        pids: pids.clone(),
+                    });
+                }
+            }
+            Err(e) => {
+                let why = one_line(&format!("endpoints not added: {e:#}"));
+                failed.insert(Leg::MembraneVxlan, why.clone());
+                failed.insert(Leg::MembraneEncrypted, why);
+            }
         }
     }
     paths.insert(0, kernel_vxlan(lab, mtu)?);
