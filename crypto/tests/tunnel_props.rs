@@ -41,7 +41,10 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::Set { at, value }),
         any::<usize>().prop_map(|len| Mutation::Truncate { len }),
         proptest::collection::vec(any::<u8>(), 1..40).prop_map(|bytes| Mutation::Extend { bytes }),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..40))
+        (
+            any::<usize>(),
+            proptest::collection::vec(any::<u8>(), 1..40)
+        )
             .prop_map(|(at, bytes)| Mutation::Splice { at, bytes }),
     ]
 }

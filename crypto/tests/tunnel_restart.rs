@@ -64,7 +64,8 @@ fn restarted_sender_never_repeats_a_key_nonce_pair() {
     for (receiver, pkt) in &packets {
         let h = Header::parse(pkt).unwrap();
         let r_secret = receivers.iter().find(|(id, _)| id == receiver).unwrap().1;
-        let shared = StaticSecret::from(r_secret).diffie_hellman(&PublicKey::from(public(&a_secret)));
+        let shared =
+            StaticSecret::from(r_secret).diffie_hellman(&PublicKey::from(public(&a_secret)));
         let key = derive_key(
             shared.as_bytes(),
             &KeyContext {

@@ -73,13 +73,13 @@ pub mod cipher;
 pub mod derive;
 pub mod header;
 pub mod replay;
-mod tunnel;
+mod session;
 
 pub use cipher::{AeadError, Cipher, CipherKind, RingCipher, RustCryptoCipher};
 pub use derive::{derive_key, EpochSecret, KeyContext};
 pub use header::{Header, HEADER_LEN, NONCE_LEN, OVERHEAD, TAG_LEN};
 pub use replay::{ReplayWindow, WINDOW_SIZE};
-pub use tunnel::{Opened, PeerCounters, Tunnel, REJECT_AFTER_MESSAGES};
+pub use session::{Opened, PeerCounters, Tunnel, REJECT_AFTER_MESSAGES};
 
 /// Why a packet was not sealed or not opened. The caller counts drops by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, thiserror::Error)]

@@ -191,21 +191,32 @@ pub fn run(opts: &Args) -> anyhow::Result<()> {
     let mut paths = Vec::new();
     let mut mtu = DEFAULT_MTU;
     if let Some(c) = &cluster {
-        let a = c.add_endpoint(1, "ta", &["app=bench-a"])?;
-        let b = c.add_endpoint(2, "tb", &["app=bench-b"])?;
-        mtu = link_mtu(&a.netns, "eth0")?;
-        let pids: Vec<u32> = [1, 2]
-            .iter()
-            .filter_map(|&i| lab.pid(i).ok().flatten())
-            .collect();
-        for leg in [Leg::MembraneVxlan, Leg::MembraneEncrypted] {
-            paths.push(Path {
-                leg,
-                client_ns: a.netns.clone(),
-                server_ns: b.netns.clone(),
-                server_ip: b.ip,
-                pids: pids.clone(),
-            });
+        let endpoints = c
+            .add_endpoint(1, "ta", &["app=bench-a"])
+            .and_then(|a| Ok((c.add_endpoint(2, "tb", &["app=bench-b"])?, a)))
+            .and_then(|(b, a)| Ok((link_mtu(&a.netns, "eth0")?, a, b)));
+        match endpoints {
+            Ok((m, a, b)) => {
+                mtu = m;
+                let pids: Vec<u32> = [1, 2]
+                    .iter()
+                    .filter_map(|&i| lab.pid(i).ok().flatten())
+                    .collect();
+                for leg in [Leg::MembraneVxlan, Leg::MembraneEncrypted] {
+                    paths.push(Path {
+                        leg,
+                        client_ns: a.netns.clone(),
+                        server_ns: b.netns.clone(),
+                        server_ip: b.ip,
+                        pids: pids.clone(),
+                    });
+                }
+            }
+            Err(e) => {
+                let why = one_line(&format!("endpoints not added: {e:#}"));
+                failed.insert(Leg::MembraneVxlan, why.clone());
+                failed.insert(Leg::MembraneEncrypted, why);
+            }
         }
     }
     paths.insert(0, kernel_vxlan(lab, mtu)?);
@@ -262,7 +273,11 @@ pub fn run(opts: &Args) -> anyhow::Result<()> {
                     }
                     Err(e) => {
                         let why = one_line(&format!("{e:#}"));
-                        eprintln!("run {run} {} {}: FAILED: {why}", regime.label(), p.leg.label());
+                        eprintln!(
+                            "run {run} {} {}: FAILED: {why}",
+                            regime.label(),
+                            p.leg.label()
+                        );
                         failed.insert(p.leg, why);
                     }
                 }
@@ -461,19 +476,44 @@ fn kernel_vxlan(lab: &Lab, mtu: u32) -> anyhow::Result<Path> {
     let mut names = Vec::new();
     for (i, other, addr) in [(1, 2, "10.214.0.2/24"), (2, 1, "10.214.0.3/24")] {
         let hns = lab.host(i).netns().to_string();
-        let (local, remote) = (lab.host(i).ip().to_string(), lab.host(other).ip().to_string());
+        let (local, remote) = (
+            lab.host(i).ip().to_string(),
+            lab.host(other).ip().to_string(),
+        );
         add_bridge(&hns, "tnbr1")?;
         ip_in(
             &hns,
             &[
-                "link", "add", "tnvx1", "type", "vxlan", "id", "4243", "local", &local, "dstport",
-                "4790", "dev", "eth0", "nolearning",
+                "link",
+                "add",
+                "tnvx1",
+                "type",
+                "vxlan",
+                "id",
+                "4243",
+                "local",
+                &local,
+                "dstport",
+                "4790",
+                "dev",
+                "eth0",
+                "nolearning",
             ],
         )?;
         ip_in(&hns, &["link", "set", "tnvx1", "master", "tnbr1", "up"])?;
         crate::cmd::run(
             "bridge",
-            &["-n", &hns, "fdb", "append", "00:00:00:00:00:00", "dev", "tnvx1", "dst", &remote],
+            &[
+                "-n",
+                &hns,
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                "tnvx1",
+                "dst",
+                &remote,
+            ],
         )?;
         let ns = lab.add_endpoint_netns(i, if i == 1 { "kva" } else { "kvb" })?;
         attach(&hns, "tnvc", "tnbr1", &ns, addr, mtu)?;
@@ -492,7 +532,9 @@ fn kernel_vxlan(lab: &Lab, mtu: u32) -> anyhow::Result<Path> {
 /// behind each host on a routed veth (10.215.i.2/24), keys from `wg genkey`, peers set with
 /// `wg set` over boringtun's UAPI socket. Returns the path and the boringtun processes.
 fn boringtun_path(lab: &Lab, bin: &std::path::Path, mtu: u32) -> anyhow::Result<(Path, Vec<Reap>)> {
-    which("wg").context("wg is not installed (Debian's wireguard-tools): run scripts/deps.sh wireguard-tools")?;
+    which("wg").context(
+        "wg is not installed (Debian's wireguard-tools): run scripts/deps.sh wireguard-tools",
+    )?;
     let tag = std::process::id() % 100_000;
     let ifname = |i: usize| format!("mbt{tag}-{i}");
     let mut keys = Vec::new();
@@ -511,7 +553,12 @@ fn boringtun_path(lab: &Lab, bin: &std::path::Path, mtu: u32) -> anyhow::Result<
         let dev = ifname(i);
         let child = nsenter(&hns)
             .arg(bin)
-            .args(["--foreground", "--disable-drop-privileges", "--log", "/dev/null"])
+            .args([
+                "--foreground",
+                "--disable-drop-privileges",
+                "--log",
+                "/dev/null",
+            ])
             // As many workers as cores, like the agent's --tunnel-workers default.
             .args(["--threads", &threads.to_string()])
             .arg(&dev)
@@ -537,30 +584,66 @@ fn boringtun_path(lab: &Lab, bin: &std::path::Path, mtu: u32) -> anyhow::Result<
         let out = nsenter(&hns)
             .args(["wg", "set", &dev, "private-key"])
             .arg(&keyfile)
-            .args(["listen-port", &WG_PORT.to_string(), "peer", &keys[other - 1].1])
+            .args([
+                "listen-port",
+                &WG_PORT.to_string(),
+                "peer",
+                &keys[other - 1].1,
+            ])
             .args(["allowed-ips", &allowed, "endpoint", &peer_ep])
             .output()
             .context("cannot run wg set")?;
         if !out.status.success() {
-            bail!("wg set {dev} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "wg set {dev} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         // The WireGuard MTU is the endpoint MTU: the inner packets are the same size as in
         // the other legs, the outer ones 60 bytes larger (the underlay has room).
         ip_in(&hns, &["link", "set", &dev, "mtu", &mtu.to_string(), "up"])?;
-        ip_in(&hns, &["addr", "add", &format!("10.215.0.{i}/24"), "dev", &dev])?;
-        ip_in(&hns, &["route", "add", &format!("10.215.{other}.0/24"), "dev", &dev])?;
-        crate::cmd::run("ip", &["netns", "exec", &hns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        ip_in(
+            &hns,
+            &["addr", "add", &format!("10.215.0.{i}/24"), "dev", &dev],
+        )?;
+        ip_in(
+            &hns,
+            &["route", "add", &format!("10.215.{other}.0/24"), "dev", &dev],
+        )?;
+        crate::cmd::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &hns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
         let ns = lab.add_endpoint_netns(i, if i == 1 { "bta" } else { "btb" })?;
         let m = mtu.to_string();
         ip_in(
             &hns,
-            &["link", "add", "tnbt", "mtu", &m, "type", "veth", "peer", "name", "eth0", "mtu", &m, "netns", &ns],
+            &[
+                "link", "add", "tnbt", "mtu", &m, "type", "veth", "peer", "name", "eth0", "mtu",
+                &m, "netns", &ns,
+            ],
         )?;
-        ip_in(&hns, &["addr", "add", &format!("10.215.{i}.1/24"), "dev", "tnbt"])?;
+        ip_in(
+            &hns,
+            &["addr", "add", &format!("10.215.{i}.1/24"), "dev", "tnbt"],
+        )?;
         ip_in(&hns, &["link", "set", "tnbt", "up"])?;
-        ip_in(&ns, &["addr", "add", &format!("10.215.{i}.2/24"), "dev", "eth0"])?;
+        ip_in(
+            &ns,
+            &["addr", "add", &format!("10.215.{i}.2/24"), "dev", "eth0"],
+        )?;
         ip_in(&ns, &["link", "set", "eth0", "up"])?;
-        ip_in(&ns, &["route", "add", "default", "via", &format!("10.215.{i}.1")])?;
+        ip_in(
+            &ns,
+            &["route", "add", "default", "via", &format!("10.215.{i}.1")],
+        )?;
         endpoints.push(ns);
     }
     Ok((
@@ -591,7 +674,10 @@ fn run_stdin(program: &str, args: &[&str], input: &str) -> anyhow::Result<String
         .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -611,7 +697,12 @@ fn print_tables(
     limits: &BTreeMap<Regime, Vec<f64>>,
     failed: &BTreeMap<Leg, String>,
 ) {
-    let legs = [Leg::KernelVxlan, Leg::MembraneVxlan, Leg::MembraneEncrypted, Leg::Boringtun];
+    let legs = [
+        Leg::KernelVxlan,
+        Leg::MembraneVxlan,
+        Leg::MembraneEncrypted,
+        Leg::Boringtun,
+    ];
     println!("\n| regime | leg | 1-stream TCP | 4-stream TCP | p50 RTT | p99 RTT | CPU s/GB |");
     println!("|---|---|---|---|---|---|---|");
     let mut m: BTreeMap<(Regime, Leg), Sample> = BTreeMap::new();
@@ -642,7 +733,10 @@ fn print_tables(
                     "| {} | {} | failed: {} | | | | |",
                     r.label(),
                     leg.label(),
-                    failed.get(&leg).map(String::as_str).unwrap_or("not measured")
+                    failed
+                        .get(&leg)
+                        .map(String::as_str)
+                        .unwrap_or("not measured")
                 ),
             }
         }

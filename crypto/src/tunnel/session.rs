@@ -1,4 +1,4 @@
-//! [`Tunnel`]: one node's send and receive sessions with every peer. See the module doc of
+//! [`Tunnel`] (the sessions): one node's send and receive sessions with every peer. See the module doc of
 //! [`super`] for the nonce argument and the thread model.
 
 use std::collections::BTreeMap;
