@@ -165,6 +165,13 @@ fn g_control_ports_need_an_explicit_allow() {
     );
     assert!(wait_metric_in(&dp, Direction::Egress, Reason::DropControlPort, 4) >= 4);
 
+    // An allow for any identity (entity all) is not one that names the node.
+    let any = PolicyKey::new(ep_id(a), Direction::Egress, 0, proto::UDP, 7700, 16).unwrap();
+    dp.upsert_policy(&any, &PolicyValue::allow(41)).unwrap();
+    udp.send_to(b"rpc via all", (node_ip, 7700)).unwrap();
+    assert!(wait_metric_in(&dp, Direction::Egress, Reason::DropControlPort, 5) >= 5);
+    assert_eq!(metric_in(&dp, Direction::Egress, Reason::ToStack), 1);
+
     // An explicit allow for (host, UDP, 7700) opens exactly that.
     let key = PolicyKey::new(
         ep_id(a),
