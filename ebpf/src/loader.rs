@@ -161,6 +161,18 @@ pub(crate) fn check_pinned_maps(pin_dir: &Path) -> Result<(), DatapathError> {
                 diffs.push(format!("{what} {got}, expected {want}"));
             }
         }
+        if !diffs.is_empty() && spec.name == crate::maps::CONFIG {
+            // The config map holds nothing the agent does not rewrite at start (it grew
+            // in issue 12): an old layout is replaced rather than refused. Programs
+            // still attached keep the old map until their links are updated.
+            warn!(path = %path.display(), detail = %diffs.join(", "), "replacing the pinned config map of an older layout");
+            fs::remove_file(&path).map_err(|source| DatapathError::PinDir {
+                what: "removing",
+                path: path.clone(),
+                source,
+            })?;
+            continue;
+        }
         if !diffs.is_empty() {
             return Err(DatapathError::IncompatiblePinnedMap {
                 path,

@@ -18,7 +18,7 @@ use ipnet::Ipv4Net;
 use membrane_ebpf::{
     ct_timeout, ktime_now_ns, proto, CtKey, CtValue, Datapath, DatapathConfig, Direction,
     EventKind, EventReader, IpcacheValue, PolicyKey, PolicyTable, PolicyValue, Reason,
-    IDENTITY_HOST, IDENTITY_WORLD,
+    IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD,
 };
 
 /// How long a connection attempt that policy drops is given before it counts as refused.
@@ -545,10 +545,25 @@ fn p6_cross_node_policy_uses_the_identity_in_the_vni() {
         .unwrap();
     dp1.upsert_ipcache(host_net(e2.addr), &IpcacheValue::remote(id2, nodes.u2_ip))
         .unwrap();
-    // n2 knows n1's pods only as a CIDR of unknown identity: policy can only match on the
-    // identity the VNI carries.
+    // n2 knows n1 as a node and its endpoints by identity, as the agent's ipcache does:
+    // from_overlay accepts the VNI only when it is the ipcache identity of the inner
+    // source (docs/datapath.md, "Trust rules"), and policy matches on it.
     dp2.upsert_ipcache(cidr1, &IpcacheValue::remote(0, nodes.u1_ip))
         .unwrap();
+    for (ep, id) in [(&e1, id1), (&e3, id3)] {
+        dp2.upsert_ipcache(host_net(ep.addr), &IpcacheValue::remote(id, nodes.u1_ip))
+            .unwrap();
+    }
+    dp2.upsert_ipcache(
+        host_net(nodes.u1_ip),
+        &IpcacheValue::local(IDENTITY_REMOTE_NODE),
+    )
+    .unwrap();
+    dp1.upsert_ipcache(
+        host_net(nodes.u2_ip),
+        &IpcacheValue::local(IDENTITY_REMOTE_NODE),
+    )
+    .unwrap();
     enforce(&mut dp2, &e2, id2, true, false);
     allow(
         &mut dp2,

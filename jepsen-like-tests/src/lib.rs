@@ -37,6 +37,7 @@ mod lab;
 mod netns;
 pub mod observe;
 mod process;
+pub mod rawpkt;
 pub mod traffic;
 mod util;
 

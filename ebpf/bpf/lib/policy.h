@@ -138,14 +138,20 @@ MB_INLINE enum policy_outcome policy_check(struct pctx *c, __u32 ep_flags)
 	return (ep_flags & enforced) ? POLICY_DENIED_DEFAULT : POLICY_ALLOWED_DEFAULT;
 }
 
-/* Whether an explicit allow entry matches c's (identity, proto, port) at c's endpoint and
- * direction. Conntrack is not consulted and an unenforced direction's default allow does
- * not count: this is for traffic the datapath refuses unless a policy names it. */
+/* Whether policy explicitly allows c's (identity, proto, port) at c's endpoint and
+ * direction: the deciding entry is an allow in one of the identity's own tables ((I,P)
+ * or (I,any)), so a rule named the peer (entity host, remote-node or cluster). Conntrack
+ * is not consulted; an unenforced direction's default allow and wildcard-identity allows
+ * (entity all, world CIDRs) do not count: this is for traffic the datapath refuses
+ * unless a policy names it. */
 MB_INLINE int policy_explicit_allow(struct pctx *c)
 {
-	struct policy_value *v = policy_lookup(c);
+	struct policy_value *v;
 
-	if (!v)
+	if (!c->remote_identity)
+		return 0;
+	v = policy_lookup(c);
+	if (!v || c->policy_match > 2)
 		return 0;
 	c->rule_id = v->rule_id;
 	return v->verdict == POLICY_ALLOW;

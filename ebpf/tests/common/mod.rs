@@ -503,3 +503,108 @@ pub fn two_nodes() -> (TwoNodes, Datapath, Datapath) {
         dp2,
     )
 }
+
+/// An AF_PACKET socket bound to `ifname` in `ns` (all protocols): sends raw frames out of
+/// that interface and receives what crosses it.
+pub fn raw_socket(ns: &str, ifname: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    in_netns(ns, || {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2)/bind(2) calls with a zeroed, filled sockaddr_ll.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+            assert!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = Datapath::ifindex(ifname).expect("ifindex") as i32;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0, "bind packet socket: {}", io::Error::last_os_error());
+            fd
+        }
+    })
+}
+
+/// Sends one raw frame on a socket from [`raw_socket`].
+pub fn send_frame(sock: &std::os::fd::OwnedFd, frame: &[u8]) {
+    try_send_frame(sock, frame).expect("send frame");
+}
+
+/// Sends one raw frame; a frame that tc egress drops fails with ENOBUFS (NET_XMIT_DROP).
+pub fn try_send_frame(sock: &std::os::fd::OwnedFd, frame: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: frame is valid for frame.len() bytes; the fd is a bound packet socket.
+    let n = unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    if n == frame.len() as isize {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An Ethernet frame: dst, src, EtherType, payload.
+pub fn eth_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv4/UDP packet (header checksum set, UDP checksum 0 = none), TTL 64.
+pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let sum = ipv4_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// The Internet checksum of an IPv4 header whose checksum field is 0.
+pub fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A UDP socket bound in `ns` with a short read timeout, for "did anything arrive".
+pub fn udp_listener(ns: &str, addr: SocketAddr) -> std::net::UdpSocket {
+    let s = in_netns(ns, || std::net::UdpSocket::bind(addr)).expect("bind UDP listener");
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("read timeout");
+    s
+}
+
+/// Every datagram that arrives on `s` within `within` (payloads).
+pub fn received(s: &std::net::UdpSocket, within: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = s.recv_from(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+    }
+    out
+}
