@@ -70,8 +70,13 @@ pub fn sync_once(
     datapath: &NodeDatapath,
     me: u64,
     cidr_identities: &BTreeMap<Ipv4Net, u32>,
+    keys_ready: &std::collections::BTreeSet<u64>,
 ) -> anyhow::Result<(usize, usize)> {
-    let desired = client.local(|r| desired_ipcache(r, me, cidr_identities));
+    let desired = client.local(|r| {
+        let mut d = desired_ipcache(r, me, cidr_identities);
+        super::desired::mark_keys_ready(&mut d, r, keys_ready);
+        d
+    });
     Ok(apply_ipcache(&mut *datapath.bpf(), &desired)?)
 }
 

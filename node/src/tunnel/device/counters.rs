@@ -208,7 +208,12 @@ mod tests {
         assert_eq!(c.drops.len(), Drop::ALL.len());
         assert_eq!(
             c.peer(7),
-            PeerTraffic { sent_packets: 2, sent_bytes: 110, received_packets: 1, received_bytes: 50 }
+            PeerTraffic {
+                sent_packets: 2,
+                sent_bytes: 110,
+                received_packets: 1,
+                received_bytes: 50
+            }
         );
         assert_eq!(c.datagrams_sent, 1);
     }

@@ -122,7 +122,11 @@ pub fn set_ipv4_checksum(ip: &mut [u8]) {
 
 /// Completes a partial checksum (`NEEDS_CSUM`): the field at `csum_start + csum_offset`
 /// holds the pseudo-header sum; the checksum over everything from `csum_start` replaces it.
-pub fn complete_checksum(pkt: &mut [u8], csum_start: u16, csum_offset: u16) -> Result<(), GsoError> {
+pub fn complete_checksum(
+    pkt: &mut [u8],
+    csum_start: u16,
+    csum_offset: u16,
+) -> Result<(), GsoError> {
     let start = csum_start as usize;
     let field = start + csum_offset as usize;
     if field + 2 > pkt.len() {
@@ -134,7 +138,11 @@ pub fn complete_checksum(pkt: &mut [u8], csum_start: u16, csum_offset: u16) -> R
     }
     let c = fold(sum16(&pkt[start..], 0));
     // A UDP checksum that computes to 0 is sent as 0xffff (0 means "none").
-    let c = if c == 0 && csum_offset == 6 { 0xffff } else { c };
+    let c = if c == 0 && csum_offset == 6 {
+        0xffff
+    } else {
+        c
+    };
     pkt[field..field + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
@@ -234,7 +242,10 @@ fn finish_tcp(seg: &mut [u8], ihl: usize, total: usize) {
     let l4_len = (total - ihl) as u16;
     seg[ihl + 16] = 0;
     seg[ihl + 17] = 0;
-    let c = fold(sum16(&seg[ihl..total], pseudo_header_sum(src, dst, IPPROTO_TCP, l4_len)));
+    let c = fold(sum16(
+        &seg[ihl..total],
+        pseudo_header_sum(src, dst, IPPROTO_TCP, l4_len),
+    ));
     seg[ihl + 16..ihl + 18].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -262,7 +273,10 @@ pub fn checksums_valid(pkt: &[u8]) -> bool {
     if proto == IPPROTO_UDP && l4.len() >= 8 && l4[6] == 0 && l4[7] == 0 {
         return true;
     }
-    fold(sum16(l4, pseudo_header_sum(src, dst, proto, l4.len() as u16))) == 0
+    fold(sum16(
+        l4,
+        pseudo_header_sum(src, dst, proto, l4.len() as u16),
+    )) == 0
 }
 
 #[cfg(test)]
@@ -324,14 +338,20 @@ mod tests {
         let mut b = [0u8; VNET_HDR_LEN];
         h.encode(&mut b);
         assert_eq!(VnetHdr::decode(&b), Ok(h));
-        assert_eq!(VnetHdr::decode(&b[..9]), Err(GsoError::Short("virtio-net header")));
+        assert_eq!(
+            VnetHdr::decode(&b[..9]),
+            Err(GsoError::Short("virtio-net header"))
+        );
     }
 
     #[test]
     fn super_packet_splits_like_the_kernel() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let flags = TCP_PSH | TCP_FIN | TCP_CWR | 0x10; // ACK too
-        let segs = split(&tso_hdr(1388), super_packet(&payload, flags, 0xffff_f000, 0xfffe));
+        let segs = split(
+            &tso_hdr(1388),
+            super_packet(&payload, flags, 0xffff_f000, 0xfffe),
+        );
         assert_eq!(segs.len(), 8); // 7 * 1388 = 9716, then 284
         let mut joined = Vec::new();
         for (i, s) in segs.iter().enumerate() {
@@ -340,12 +360,19 @@ mod tests {
             assert_eq!(s.len(), 52 + len);
             assert_eq!(u16::from_be_bytes([s[2], s[3]]) as usize, s.len());
             // The IP id advances by one per segment, wrapping.
-            assert_eq!(u16::from_be_bytes([s[4], s[5]]), 0xfffeu16.wrapping_add(i as u16));
+            assert_eq!(
+                u16::from_be_bytes([s[4], s[5]]),
+                0xfffeu16.wrapping_add(i as u16)
+            );
             let seq = u32::from_be_bytes([s[24], s[25], s[26], s[27]]);
             assert_eq!(seq, 0xffff_f000u32.wrapping_add(i as u32 * 1388));
             let f = s[33];
             assert_eq!(f & 0x10, 0x10, "ACK on every segment");
-            assert_eq!(f & (TCP_FIN | TCP_PSH) != 0, i == 7, "FIN/PSH only on the last");
+            assert_eq!(
+                f & (TCP_FIN | TCP_PSH) != 0,
+                i == 7,
+                "FIN/PSH only on the last"
+            );
             assert_eq!(f & TCP_CWR != 0, i == 0, "CWR only on the first");
             // Options copied unchanged.
             assert_eq!(&s[40..52], &[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
@@ -417,7 +444,10 @@ mod tests {
         );
         let mut zero = tso_hdr(0);
         zero.gso_size = 0;
-        assert_eq!(segment(&zero, &mut pkt, &mut scratch, |_| {}), Err(GsoError::ZeroGsoSize));
+        assert_eq!(
+            segment(&zero, &mut pkt, &mut scratch, |_| {}),
+            Err(GsoError::ZeroGsoSize)
+        );
         let bad = VnetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
             csum_start: 60_000,
@@ -432,7 +462,9 @@ mod tests {
         assert!(segment(&tso_hdr(1000), &mut truncated, &mut scratch, |_| {}).is_err());
         // Nothing emitted for any bad packet.
         let mut emitted = 0;
-        let _ = segment(&tso_hdr(1000), &mut truncated, &mut scratch, |_| emitted += 1);
+        let _ = segment(&tso_hdr(1000), &mut truncated, &mut scratch, |_| {
+            emitted += 1
+        });
         assert_eq!(emitted, 0);
     }
 

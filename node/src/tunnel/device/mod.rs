@@ -95,7 +95,10 @@ pub enum DeviceError {
 
 impl DeviceError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        DeviceError::Io { context: context.into(), source }
+        DeviceError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -131,7 +134,11 @@ impl std::fmt::Debug for TunnelDevice {
 impl TunnelDevice {
     /// Creates the TUN and the sockets in the calling thread's network namespace and starts
     /// the workers. Nothing is left behind on error.
-    pub fn start(cfg: DeviceConfig, tunnel: Arc<Tunnel>, routes: Arc<PeerRoutes>) -> Result<TunnelDevice, DeviceError> {
+    pub fn start(
+        cfg: DeviceConfig,
+        tunnel: Arc<Tunnel>,
+        routes: Arc<PeerRoutes>,
+    ) -> Result<TunnelDevice, DeviceError> {
         cfg.validate()?;
         let (queues, offloads, ifindex) = tun::create(&cfg.tun_name, cfg.workers, cfg.mtu)?;
         let mut socks = Vec::with_capacity(cfg.workers);
@@ -144,20 +151,38 @@ impl TunnelDevice {
             udp_gro: socks.iter().all(|s| s.gro()),
         };
         if !features.udp_gso || !features.udp_gro {
-            tracing::warn!(gso = features.udp_gso, gro = features.udp_gro, "UDP segmentation offload not fully available; the tunnel works, slower");
+            tracing::warn!(
+                gso = features.udp_gso,
+                gro = features.udp_gro,
+                "UDP segmentation offload not fully available; the tunnel works, slower"
+            );
         }
         // SAFETY: plain eventfd(2).
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
-            return Err(DeviceError::io("creating the tunnel stop eventfd", std::io::Error::last_os_error()));
+            return Err(DeviceError::io(
+                "creating the tunnel stop eventfd",
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: just created, owned here.
         let stop_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
         let totals = Arc::new(counters::Totals::default());
         let mut workers = Vec::with_capacity(cfg.workers);
         for (k, (q, s)) in queues.into_iter().zip(socks).enumerate() {
-            let w = worker::Worker::new(k, q, s, tunnel.clone(), routes.clone(), totals.clone(), stop_fd.clone(), cfg.mtu);
-            let spawned = std::thread::Builder::new().name(format!("membrane-tun-{k}")).spawn(move || w.run());
+            let w = worker::Worker::new(
+                k,
+                q,
+                s,
+                tunnel.clone(),
+                routes.clone(),
+                totals.clone(),
+                stop_fd.clone(),
+                cfg.mtu,
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("membrane-tun-{k}"))
+                .spawn(move || w.run());
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
@@ -171,7 +196,14 @@ impl TunnelDevice {
         }
         tracing::info!(tun = %cfg.tun_name, ifindex, listen = %cfg.listen, workers = cfg.workers, mtu = cfg.mtu,
             tso4 = features.tun_tso4, udp_gso = features.udp_gso, udp_gro = features.udp_gro, "tunnel device started");
-        Ok(TunnelDevice { ifindex, name: cfg.tun_name, stop_fd, workers, totals, features })
+        Ok(TunnelDevice {
+            ifindex,
+            name: cfg.tun_name,
+            stop_fd,
+            workers,
+            totals,
+            features,
+        })
     }
 
     /// The TUN's ifindex, for `DatapathConfig::with_encryption`.

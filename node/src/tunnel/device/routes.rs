@@ -39,7 +39,11 @@ pub enum RoutesError {
         pb: u64,
     },
     #[error("peer {peer}: node IP {ip} is inside another peer's pod CIDR {cidr}")]
-    NodeIpInPodCidr { peer: u64, ip: Ipv4Addr, cidr: Ipv4Net },
+    NodeIpInPodCidr {
+        peer: u64,
+        ip: Ipv4Addr,
+        cidr: Ipv4Net,
+    },
     #[error("peer {peer}: underlay port 0 is not a listening port")]
     ZeroPort { peer: u64 },
 }
@@ -157,30 +161,60 @@ mod tests {
         ])
         .expect("valid");
         let s = r.snapshot();
-        assert_eq!(s.by_destination([10, 200, 3, 9].into()).map(|p| p.peer), Some(3));
-        assert_eq!(s.by_destination([192, 0, 2, 2].into()).map(|p| p.peer), Some(2));
+        assert_eq!(
+            s.by_destination([10, 200, 3, 9].into()).map(|p| p.peer),
+            Some(3)
+        );
+        assert_eq!(
+            s.by_destination([192, 0, 2, 2].into()).map(|p| p.peer),
+            Some(2)
+        );
         assert_eq!(s.by_destination([10, 200, 4, 1].into()), None);
         assert!(s.source_allowed(2, [10, 200, 2, 7].into()));
         assert!(s.source_allowed(2, [192, 0, 2, 2].into()));
         assert!(!s.source_allowed(2, [10, 200, 3, 7].into()), "peer 3's pod");
-        assert!(!s.source_allowed(2, [192, 0, 2, 3].into()), "peer 3's node IP");
+        assert!(
+            !s.source_allowed(2, [192, 0, 2, 3].into()),
+            "peer 3's node IP"
+        );
         assert!(!s.source_allowed(9, [10, 200, 2, 7].into()), "unknown peer");
     }
 
     #[test]
     fn bad_tables_change_nothing() {
         let r = PeerRoutes::new();
-        r.update(vec![route(2, "10.200.2.0/24", [192, 0, 2, 2])]).expect("valid");
-        let dup = vec![route(2, "10.200.2.0/24", [192, 0, 2, 2]), route(2, "10.200.5.0/24", [192, 0, 2, 5])];
+        r.update(vec![route(2, "10.200.2.0/24", [192, 0, 2, 2])])
+            .expect("valid");
+        let dup = vec![
+            route(2, "10.200.2.0/24", [192, 0, 2, 2]),
+            route(2, "10.200.5.0/24", [192, 0, 2, 5]),
+        ];
         assert_eq!(r.update(dup), Err(RoutesError::DuplicatePeer(2)));
-        let overlap = vec![route(2, "10.200.0.0/16", [192, 0, 2, 2]), route(3, "10.200.3.0/24", [192, 0, 2, 3])];
-        assert!(matches!(r.update(overlap), Err(RoutesError::Overlap { .. })));
-        let ip_in = vec![route(2, "10.200.2.0/24", [10, 200, 3, 1]), route(3, "10.200.3.0/24", [192, 0, 2, 3])];
-        assert!(matches!(r.update(ip_in), Err(RoutesError::NodeIpInPodCidr { peer: 2, .. })));
+        let overlap = vec![
+            route(2, "10.200.0.0/16", [192, 0, 2, 2]),
+            route(3, "10.200.3.0/24", [192, 0, 2, 3]),
+        ];
+        assert!(matches!(
+            r.update(overlap),
+            Err(RoutesError::Overlap { .. })
+        ));
+        let ip_in = vec![
+            route(2, "10.200.2.0/24", [10, 200, 3, 1]),
+            route(3, "10.200.3.0/24", [192, 0, 2, 3]),
+        ];
+        assert!(matches!(
+            r.update(ip_in),
+            Err(RoutesError::NodeIpInPodCidr { peer: 2, .. })
+        ));
         let mut zero = route(4, "10.200.4.0/24", [192, 0, 2, 4]);
         zero.underlay.set_port(0);
         assert_eq!(r.update(vec![zero]), Err(RoutesError::ZeroPort { peer: 4 }));
         assert_eq!(r.len(), 1);
-        assert_eq!(r.snapshot().by_destination([10, 200, 2, 1].into()).map(|p| p.peer), Some(2));
+        assert_eq!(
+            r.snapshot()
+                .by_destination([10, 200, 2, 1].into())
+                .map(|p| p.peer),
+            Some(2)
+        );
     }
 }

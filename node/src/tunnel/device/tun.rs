@@ -66,14 +66,23 @@ pub struct TunQueue {
 
 /// Creates the TUN named `name` with `queues` queues, sets offloads, MTU and brings it up.
 /// Returns the queues, the offloads in force and the ifindex.
-pub fn create(name: &str, queues: usize, mtu: u32) -> Result<(Vec<TunQueue>, Offloads, u32), DeviceError> {
+pub fn create(
+    name: &str,
+    queues: usize,
+    mtu: u32,
+) -> Result<(Vec<TunQueue>, Offloads, u32), DeviceError> {
     validate_name(name)?;
     let ctx = |what: &str| format!("TUN {name}: {what}");
     let mut out = Vec::with_capacity(queues);
     for _ in 0..queues.max(1) {
         let path = CString::new("/dev/net/tun").map_err(|e| DeviceError::Config(e.to_string()))?;
         // SAFETY: a valid C string, flags only.
-        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             return Err(DeviceError::io(
                 ctx("opening /dev/net/tun (is the tun module loaded, are we root?)"),
@@ -84,7 +93,8 @@ pub fn create(name: &str, queues: usize, mtu: u32) -> Result<(Vec<TunQueue>, Off
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut req = IfReqFlags {
             name: name_bytes(name),
-            flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as libc::c_short,
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE)
+                as libc::c_short,
             _pad: [0; 22],
         };
         // SAFETY: TUNSETIFF reads and writes a struct ifreq, which IfReqFlags lays out.
@@ -101,11 +111,15 @@ pub fn create(name: &str, queues: usize, mtu: u32) -> Result<(Vec<TunQueue>, Off
     let hdr_sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
     if unsafe { libc::ioctl(first, libc::TUNSETVNETHDRSZ, &hdr_sz) } < 0 {
-        return Err(DeviceError::io(ctx("TUNSETVNETHDRSZ"), io::Error::last_os_error()));
+        return Err(DeviceError::io(
+            ctx("TUNSETVNETHDRSZ"),
+            io::Error::last_os_error(),
+        ));
     }
     let want = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
     // SAFETY: TUNSETOFFLOAD takes the flags by value.
-    let offloads = if unsafe { libc::ioctl(first, libc::TUNSETOFFLOAD, want as libc::c_ulong) } == 0 {
+    let offloads = if unsafe { libc::ioctl(first, libc::TUNSETOFFLOAD, want as libc::c_ulong) } == 0
+    {
         Offloads { tso4: true }
     } else {
         let e = io::Error::last_os_error();
@@ -115,27 +129,47 @@ pub fn create(name: &str, queues: usize, mtu: u32) -> Result<(Vec<TunQueue>, Off
         Offloads { tso4: false }
     };
     let ctl = control_socket().map_err(|e| DeviceError::io(ctx("control socket"), e))?;
-    let mut mreq = IfReqInt { name: name_bytes(name), value: mtu as libc::c_int, _pad: [0; 20] };
+    let mut mreq = IfReqInt {
+        name: name_bytes(name),
+        value: mtu as libc::c_int,
+        _pad: [0; 20],
+    };
     // SAFETY: SIOCSIFMTU reads ifr_mtu (an int after the name).
     if unsafe { libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFMTU, &mut mreq) } < 0 {
-        return Err(DeviceError::io(ctx(&format!("setting MTU {mtu}")), io::Error::last_os_error()));
+        return Err(DeviceError::io(
+            ctx(&format!("setting MTU {mtu}")),
+            io::Error::last_os_error(),
+        ));
     }
-    let mut freq = IfReqFlags { name: name_bytes(name), flags: 0, _pad: [0; 22] };
+    let mut freq = IfReqFlags {
+        name: name_bytes(name),
+        flags: 0,
+        _pad: [0; 22],
+    };
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write ifr_flags.
     unsafe {
         if libc::ioctl(ctl.as_raw_fd(), libc::SIOCGIFFLAGS, &mut freq) < 0 {
-            return Err(DeviceError::io(ctx("reading flags"), io::Error::last_os_error()));
+            return Err(DeviceError::io(
+                ctx("reading flags"),
+                io::Error::last_os_error(),
+            ));
         }
         freq.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(ctl.as_raw_fd(), libc::SIOCSIFFLAGS, &mut freq) < 0 {
-            return Err(DeviceError::io(ctx("bringing it up"), io::Error::last_os_error()));
+            return Err(DeviceError::io(
+                ctx("bringing it up"),
+                io::Error::last_os_error(),
+            ));
         }
     }
     let cname = CString::new(name).map_err(|e| DeviceError::Config(e.to_string()))?;
     // SAFETY: a valid C string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if ifindex == 0 {
-        return Err(DeviceError::io(ctx("looking up its ifindex"), io::Error::last_os_error()));
+        return Err(DeviceError::io(
+            ctx("looking up its ifindex"),
+            io::Error::last_os_error(),
+        ));
     }
     Ok((out, offloads, ifindex))
 }
@@ -172,8 +206,14 @@ impl TunQueue {
     /// Writes one packet behind the given vnet header (gathered, no copy).
     pub fn write(&self, hdr: &[u8; VNET_HDR_LEN], pkt: &[u8]) -> io::Result<()> {
         let iov = [
-            libc::iovec { iov_base: hdr.as_ptr() as *mut _, iov_len: hdr.len() },
-            libc::iovec { iov_base: pkt.as_ptr() as *mut _, iov_len: pkt.len() },
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut _,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: pkt.as_ptr() as *mut _,
+                iov_len: pkt.len(),
+            },
         ];
         // SAFETY: both iovecs point at live buffers of the given lengths.
         let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };

@@ -36,10 +36,21 @@ pub struct UdpSock {
     gro: bool,
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: an int option by pointer and size.
     let r = unsafe {
-        libc::setsockopt(fd, level, opt, (&v as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -57,7 +68,10 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)), u16::from_be(s.sin_port))
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
+        u16::from_be(s.sin_port),
+    )
 }
 
 impl UdpSock {
@@ -66,7 +80,11 @@ impl UdpSock {
         let ctx = |what: &str| format!("UDP {listen}: {what}");
         // SAFETY: plain socket(2).
         let fd = unsafe {
-            libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
         };
         if fd < 0 {
             return Err(DeviceError::io(ctx("socket"), io::Error::last_os_error()));
@@ -90,7 +108,11 @@ impl UdpSock {
         let sa = sockaddr(listen);
         // SAFETY: a sockaddr_in of its own size.
         let r = unsafe {
-            libc::bind(raw, (&sa as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32)
+            libc::bind(
+                raw,
+                (&sa as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            )
         };
         if r < 0 {
             return Err(DeviceError::io(
@@ -103,7 +125,13 @@ impl UdpSock {
         let mut l = size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: getsockopt into an int; success means the kernel knows UDP_SEGMENT.
         let gso = unsafe {
-            libc::getsockopt(raw, libc::SOL_UDP, libc::UDP_SEGMENT, (&mut v as *mut libc::c_int).cast(), &mut l)
+            libc::getsockopt(
+                raw,
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut l,
+            )
         } == 0;
         Ok(Self { fd, gso, gro })
     }
@@ -122,7 +150,11 @@ impl UdpSock {
 
     /// Waits up to `ms` for room in the send buffer.
     fn wait_writable(&self, ms: i32) {
-        let mut p = libc::pollfd { fd: self.raw(), events: libc::POLLOUT, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: self.raw(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
         // SAFETY: one pollfd.
         unsafe { libc::poll(&mut p, 1, ms) };
     }
@@ -154,7 +186,10 @@ impl UdpSock {
                     }
                     self.wait_writable(20);
                 }
-                Err(e) if pending[i].seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+                Err(e)
+                    if pending[i].seg > 0
+                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+                {
                     tracing::warn!(error = %e, "the kernel refused UDP GSO on the tunnel socket; sending datagrams one by one");
                     self.gso = false;
                     let rest = split_all(&pending[i..]);
@@ -176,7 +211,10 @@ impl UdpSock {
         let mut addrs: Vec<libc::sockaddr_in> = batch.iter().map(|m| sockaddr(m.dst)).collect();
         let mut iovs: Vec<libc::iovec> = batch
             .iter()
-            .map(|m| libc::iovec { iov_base: arena[m.start..].as_ptr() as *mut _, iov_len: m.len })
+            .map(|m| libc::iovec {
+                iov_base: arena[m.start..].as_ptr() as *mut _,
+                iov_len: m.len,
+            })
             .collect();
         // 32 bytes per message: CMSG_SPACE(sizeof(u16)) is 24 on 64-bit, kept 8-aligned.
         let mut cmsgs: Vec<[u64; 4]> = vec![[0u64; 4]; n];
@@ -229,7 +267,12 @@ fn split_all(msgs: &[OutMsg]) -> Vec<OutMsg> {
         let mut off = 0;
         while off < m.len {
             let len = (m.seg as usize).min(m.len - off);
-            out.push(OutMsg { dst: m.dst, start: m.start + off, len, seg: 0 });
+            out.push(OutMsg {
+                dst: m.dst,
+                start: m.start + off,
+                len,
+                seg: 0,
+            });
             off += len;
         }
     }
@@ -283,7 +326,10 @@ impl UdpSock {
         let mut iovs: Vec<libc::iovec> = b
             .bufs
             .iter_mut()
-            .map(|v| libc::iovec { iov_base: v.as_mut_ptr().cast(), iov_len: v.len() })
+            .map(|v| libc::iovec {
+                iov_base: v.as_mut_ptr().cast(),
+                iov_len: v.len(),
+            })
             .collect();
         // SAFETY: zeroed mmsghdrs are valid; pointers set below outlive the call.
         let mut hdrs: Vec<libc::mmsghdr> = (0..count).map(|_| unsafe { zeroed() }).collect();
@@ -298,7 +344,13 @@ impl UdpSock {
         }
         // SAFETY: count initialised headers; MSG_DONTWAIT on a non-blocking socket.
         let r = unsafe {
-            libc::recvmmsg(self.raw(), hdrs.as_mut_ptr(), count as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                self.raw(),
+                hdrs.as_mut_ptr(),
+                count as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -313,7 +365,11 @@ impl UdpSock {
             let h = &hdrs[k].msg_hdr;
             // A truncated message cannot authenticate; give it length 0 so it is dropped
             // as malformed.
-            b.lens[k] = if h.msg_flags & libc::MSG_TRUNC != 0 { 0 } else { hdrs[k].msg_len as usize };
+            b.lens[k] = if h.msg_flags & libc::MSG_TRUNC != 0 {
+                0
+            } else {
+                hdrs[k].msg_len as usize
+            };
             b.from[k] = from_sockaddr(&b.addrs[k]);
             b.gso[k] = 0;
             // SAFETY: walking the control buffer the kernel filled, within msg_controllen.
@@ -347,13 +403,31 @@ mod tests {
     fn split_all_keeps_bytes_and_order() {
         let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
         let m = [
-            OutMsg { dst, start: 0, len: 250, seg: 100 },
-            OutMsg { dst, start: 250, len: 40, seg: 0 },
-            OutMsg { dst, start: 290, len: 100, seg: 100 },
+            OutMsg {
+                dst,
+                start: 0,
+                len: 250,
+                seg: 100,
+            },
+            OutMsg {
+                dst,
+                start: 250,
+                len: 40,
+                seg: 0,
+            },
+            OutMsg {
+                dst,
+                start: 290,
+                len: 100,
+                seg: 100,
+            },
         ];
         let s = split_all(&m);
         let spans: Vec<(usize, usize)> = s.iter().map(|m| (m.start, m.len)).collect();
-        assert_eq!(spans, vec![(0, 100), (100, 100), (200, 50), (250, 40), (290, 100)]);
+        assert_eq!(
+            spans,
+            vec![(0, 100), (100, 100), (200, 50), (250, 40), (290, 100)]
+        );
         assert!(s.iter().all(|m| m.seg == 0));
         assert_eq!(m.iter().map(datagrams).sum::<usize>(), 5);
     }
@@ -384,7 +458,12 @@ mod tests {
         let mut tx = UdpSock::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).expect("bind tx");
         let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let arena: Vec<u8> = (0..(3 * 1000 + 500)).map(|i| (i % 251) as u8).collect();
-        let msgs = [OutMsg { dst, start: 0, len: arena.len(), seg: 1000 }];
+        let msgs = [OutMsg {
+            dst,
+            start: 0,
+            len: arena.len(),
+            seg: 1000,
+        }];
         assert_eq!(tx.send(&arena, &msgs), 0);
         let mut got = Vec::new();
         let mut b = RecvBatch::new(4);

@@ -87,8 +87,17 @@ impl SendBatch {
                 }
             }
         }
-        let seg = if gso && len <= u16::MAX as usize { len as u16 } else { 0 };
-        self.msgs.push(OutMsg { dst, start, len, seg });
+        let seg = if gso && len <= u16::MAX as usize {
+            len as u16
+        } else {
+            0
+        };
+        self.msgs.push(OutMsg {
+            dst,
+            start,
+            len,
+            seg,
+        });
     }
 
     fn full(&self) -> bool {
@@ -98,7 +107,13 @@ impl SendBatch {
     fn datagrams(&self) -> usize {
         self.msgs
             .iter()
-            .map(|m| if m.seg == 0 { 1 } else { m.len.div_ceil(m.seg as usize) })
+            .map(|m| {
+                if m.seg == 0 {
+                    1
+                } else {
+                    m.len.div_ceil(m.seg as usize)
+                }
+            })
             .sum()
     }
 
@@ -120,7 +135,16 @@ impl Worker {
         stop: Arc<OwnedFd>,
         mtu: u32,
     ) -> Self {
-        Self { id, tun, sock, tunnel, routes, totals, stop, mtu }
+        Self {
+            id,
+            tun,
+            sock,
+            tunnel,
+            routes,
+            totals,
+            stop,
+            mtu,
+        }
     }
 
     pub fn run(mut self) {
@@ -133,9 +157,21 @@ impl Worker {
         let mut logged_errors = false;
         loop {
             let mut fds = [
-                libc::pollfd { fd: self.tun.raw(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.sock.raw(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: self.tun.raw(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.sock.raw(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             // SAFETY: three pollfds. The timeout only bounds how stale merged counters get.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, 500) };
@@ -154,7 +190,14 @@ impl Worker {
                 let snap = self.routes.snapshot();
                 for _ in 0..TUN_BATCH {
                     match self.tun.read(&mut rbuf) {
-                        Ok(Some(n)) => self.outbound(&mut rbuf[..n], &snap, &mut scratch, &mut sealed, &mut batch, &mut tally),
+                        Ok(Some(n)) => self.outbound(
+                            &mut rbuf[..n],
+                            &snap,
+                            &mut scratch,
+                            &mut sealed,
+                            &mut batch,
+                            &mut tally,
+                        ),
                         Ok(None) => break,
                         Err(e) => {
                             if !logged_errors {
@@ -170,7 +213,10 @@ impl Worker {
                 }
                 self.flush(&mut batch, &mut tally);
             } else if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-                tracing::error!(worker = self.id, "the TUN queue was closed under the worker; stopping it");
+                tracing::error!(
+                    worker = self.id,
+                    "the TUN queue was closed under the worker; stopping it"
+                );
                 break;
             }
             if fds[1].revents & libc::POLLIN != 0 {
@@ -259,7 +305,13 @@ impl Worker {
 }
 
 /// Opens one datagram and delivers its inner packet, or counts why not.
-fn inbound(tunnel: &Tunnel, tun: &TunQueue, d: &mut [u8], snap: &RoutesSnapshot, tally: &mut Tally) {
+fn inbound(
+    tunnel: &Tunnel,
+    tun: &TunQueue,
+    d: &mut [u8],
+    snap: &RoutesSnapshot,
+    tally: &mut Tally,
+) {
     tally.datagrams_received(1);
     let opened = match tunnel.open(d) {
         Ok(o) => o,
@@ -313,10 +365,19 @@ mod tests {
         s.push(a, &[4; 100], true);
         s.push(b, &[5; 100], true);
         s.push(b, &[6; 120], true); // longer than the run's size: new message
-        let spans: Vec<(SocketAddrV4, usize, usize, u16)> = s.msgs.iter().map(|m| (m.dst, m.start, m.len, m.seg)).collect();
+        let spans: Vec<(SocketAddrV4, usize, usize, u16)> = s
+            .msgs
+            .iter()
+            .map(|m| (m.dst, m.start, m.len, m.seg))
+            .collect();
         assert_eq!(
             spans,
-            vec![(a, 0, 260, 100), (a, 260, 100, 100), (b, 360, 100, 100), (b, 460, 120, 120)]
+            vec![
+                (a, 0, 260, 100),
+                (a, 260, 100, 100),
+                (b, 360, 100, 100),
+                (b, 460, 120, 120)
+            ]
         );
         assert_eq!(s.datagrams(), 6);
         assert_eq!(s.arena.len(), 580);
