@@ -246,6 +246,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 monitor: telemetry.monitor.clone(),
                 enforced_revision: telemetry.enforced_revision.clone(),
                 join: join_counters.clone(),
+                tunnel: tunnel_shared.clone(),
             },
         ));
     }
