@@ -41,3 +41,6 @@ mod t82_policy_cidr_entities;
 mod t83_policy_established_connections;
 mod t84_policy_revision_wait_and_bad_input;
 mod t85_policy_drop_observed;
+mod t90_encryption_capture;
+mod t91_encryption_rotation;
+mod t92_tunnel_forgery;
