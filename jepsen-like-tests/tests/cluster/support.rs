@@ -236,7 +236,16 @@ pub fn wait_keys_ready(
         let mut ok = true;
         for i in nodes {
             let s = encrypt_status(c, *i)?;
-            let peers = s["peers"].as_array().cloned().unwrap_or_default();
+            // Only the peers among `nodes` (hosts are named h<i>): a node that is down
+            // keeps its older send epoch.
+            let names: Vec<String> = nodes.iter().map(|j| format!("h{j}")).collect();
+            let peers: Vec<serde_json::Value> = s["peers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| names.iter().any(|n| p["name"] == n.as_str()))
+                .collect();
             let ready = s["device_up"] == true
                 && peers.len() + 1 >= nodes.len()
                 && peers
