@@ -118,6 +118,9 @@ pub struct ControlContext {
     pub shared: Arc<TunnelShared>,
 }
 
+/// A peer's keys as handed to the tunnel: accepted epochs and the send epoch.
+type PeerKeys = (BTreeMap<u32, [u8; 32]>, Option<u32>);
+
 /// The loop's own state between rounds.
 struct Loop {
     ctx: ControlContext,
@@ -126,7 +129,7 @@ struct Loop {
     routes: Arc<PeerRoutes>,
     secrets: BTreeMap<u32, EpochSecret>,
     /// What was last handed to the tunnel, per peer.
-    applied: BTreeMap<u64, (BTreeMap<u32, [u8; 32]>, Option<u32>)>,
+    applied: BTreeMap<u64, PeerKeys>,
     /// Host routes to remote pod CIDRs via the TUN, as installed.
     host_routes: BTreeSet<Ipv4Net>,
     /// The datapath's encryption flag as last set (None: not yet this run).
