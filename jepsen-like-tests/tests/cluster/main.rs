@@ -44,3 +44,6 @@ mod t85_policy_drop_observed;
 mod t87_fail_closed_l3;
 mod t88_overlay_spoofing;
 mod t89_control_ports;
+mod t90_encryption_capture;
+mod t91_encryption_rotation;
+mod t92_tunnel_forgery;

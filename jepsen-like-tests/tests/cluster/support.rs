@@ -105,3 +105,168 @@ pub async fn anonymous_channel(addr: String, pin: [u8; 32]) -> anyhow::Result<Ch
         .connect_with_connector(connector)
         .await?)
 }
+
+/// Frames seen on the lab's underlay (an AF_PACKET socket in the underlay namespace, every
+/// interface: the bridge and its ports), scanned for byte markers; the UDP payloads sent to
+/// `keep_udp_port` are kept (sealed tunnel datagrams, for replay tests). Stops when dropped.
+pub struct UnderlayCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    state: std::sync::Arc<std::sync::Mutex<CaptureState>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+pub struct CaptureState {
+    pub markers: Vec<(Vec<u8>, u64)>,
+    pub udp: Vec<Vec<u8>>,
+    pub frames: u64,
+}
+
+impl UnderlayCapture {
+    pub fn start(ns: &str, keep_udp_port: u16) -> anyhow::Result<UnderlayCapture> {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+        let fd = membrane_jepsen::in_netns(ns, || {
+            socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::SOCK_NONBLOCK,
+                SockProtocol::EthAll,
+            )
+        })??;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = std::sync::Arc::new(std::sync::Mutex::new(CaptureState::default()));
+        let (s2, st2) = (stop.clone(), state.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 70_000];
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                match nix::sys::socket::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::empty(),
+                ) {
+                    Ok(n) => {
+                        let frame = &buf[..n];
+                        let mut st = st2.lock().unwrap_or_else(|p| p.into_inner());
+                        st.frames += 1;
+                        for (m, count) in st.markers.iter_mut() {
+                            if frame.windows(m.len()).any(|w| w == m.as_slice()) {
+                                *count += 1;
+                            }
+                        }
+                        if let Some(p) = udp_payload_to(frame, keep_udp_port) {
+                            if st.udp.len() < 10_000 {
+                                st.udp.push(p.to_vec());
+                            }
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(UnderlayCapture {
+            stop,
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts counting frames that contain `marker`.
+    pub fn watch(&self, marker: &[u8]) {
+        self.lock().markers.push((marker.to_vec(), 0));
+    }
+
+    /// How many frames contained `marker` so far.
+    pub fn seen(&self, marker: &[u8]) -> u64 {
+        self.lock()
+            .markers
+            .iter()
+            .find(|(m, _)| m == marker)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, CaptureState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for UnderlayCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The UDP payload of an Ethernet/IPv4/UDP frame to `port` (unfragmented), if it is one.
+pub fn udp_payload_to(frame: &[u8], port: u16) -> Option<&[u8]> {
+    if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[9] != 17 || ip.len() < ihl + 8 || (u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff) != 0 {
+        return None;
+    }
+    let udp = &ip[ihl..];
+    if u16::from_be_bytes([udp[2], udp[3]]) != port {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    udp.get(8..len.max(8))
+}
+
+/// `membrane encrypt status` of node `i`, as JSON.
+pub fn encrypt_status(c: &Cluster, i: usize) -> anyhow::Result<serde_json::Value> {
+    c.cli_json(i, &["encrypt", "status"])
+}
+
+/// Waits until every node of `nodes` has a send epoch for every other (and, if `min_epoch`,
+/// at least that one).
+pub fn wait_keys_ready(
+    c: &Cluster,
+    nodes: &[usize],
+    min_epoch: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let mut last = String::new();
+        let mut ok = true;
+        for i in nodes {
+            let s = encrypt_status(c, *i)?;
+            // Only the peers among `nodes` (hosts are named h<i>): a node that is down
+            // keeps its older send epoch.
+            let names: Vec<String> = nodes.iter().map(|j| format!("h{j}")).collect();
+            let peers: Vec<serde_json::Value> = s["peers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| names.iter().any(|n| p["name"] == n.as_str()))
+                .collect();
+            let ready = s["device_up"] == true
+                && peers.len() + 1 >= nodes.len()
+                && peers
+                    .iter()
+                    .all(|p| p["send_epoch"].as_u64().is_some_and(|e| e >= min_epoch));
+            if !ready {
+                ok = false;
+                last = format!("h{i}: {s}");
+            }
+        }
+        if ok {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("keys not ready after {timeout:?}: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Drops by reason on node `i`'s tunnel.
+pub fn tunnel_drop(c: &Cluster, i: usize, reason: &str) -> anyhow::Result<u64> {
+    Ok(encrypt_status(c, i)?["drops"][reason].as_u64().unwrap_or(0))
+}

@@ -26,6 +26,8 @@ pub struct AgentApi {
     pub policy: PolicyApi,
     /// Node certificates: list, renew.
     pub ca: crate::ca::api::CaApi,
+    /// Encryption: enable, disable, rotate, status.
+    pub encryption: crate::tunnel::api::EncryptionApi,
 }
 
 #[tonic::async_trait]
@@ -60,6 +62,30 @@ impl Agent for AgentApi {
         _: Request<pb::Empty>,
     ) -> Result<Response<pb::CaStatusResponse>, Status> {
         self.ca.ca_rotate().await.map(Response::new)
+    }
+
+    async fn encryption_set(
+        &self,
+        req: Request<pb::EncryptionSetRequest>,
+    ) -> Result<Response<pb::EncryptionStatusResponse>, Status> {
+        self.encryption
+            .set(req.into_inner().enabled)
+            .await
+            .map(Response::new)
+    }
+
+    async fn encryption_rotate(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::EncryptionStatusResponse>, Status> {
+        self.encryption.rotate().await.map(Response::new)
+    }
+
+    async fn encryption_status(
+        &self,
+        _: Request<pb::Empty>,
+    ) -> Result<Response<pb::EncryptionStatusResponse>, Status> {
+        Ok(Response::new(self.encryption.status()))
     }
 
     async fn ca_status(

@@ -70,6 +70,8 @@ pub struct AgentOptions {
     pub socket_group: Option<String>,
     /// How this node admits others (rate limit of failed joins, advertised address rule).
     pub join_policy: join_service::JoinPolicy,
+    /// The encryption tunnel's flags.
+    pub tunnel: crate::tunnel::control::TunnelOptions,
 }
 
 /// Where a node pins its BPF maps by default.
@@ -224,6 +226,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
     // Local API on the Unix socket.
     let unix = socket::bind(&opts.socket, socket_access)?;
+    let tunnel_shared = Arc::new(crate::tunnel::control::TunnelShared::default());
     let endpoints_slot: EndpointsSlot = Arc::default();
     let policy_slot: PolicySlot = Arc::default();
     // monitor-metrics: event stream, rule names and enforced revision (see Telemetry).
@@ -243,6 +246,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 monitor: telemetry.monitor.clone(),
                 enforced_revision: telemetry.enforced_revision.clone(),
                 join: join_counters.clone(),
+                tunnel: tunnel_shared.clone(),
             },
         ));
     }
@@ -271,6 +275,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             sync: policy_slot.clone(),
         },
         ca: crate::ca::api::CaApi { ctx: ca.clone() },
+        encryption: crate::tunnel::api::EncryptionApi {
+            client: client.clone(),
+            shared: tunnel_shared.clone(),
+            me: me.node_id,
+            port: opts.tunnel.port,
+        },
     };
     let api_server = tonic::transport::Server::builder()
         .add_service(AgentServer::new(api))
@@ -301,7 +311,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         control_ports: [
             listen.port(),
             gossip_port,
-            datapath::DEFAULT_ENCRYPTION_PORT,
+            opts.tunnel.port,
             opts.datapath.tunnel_port,
         ],
         ..opts.datapath.clone()
@@ -318,6 +328,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         keep_established: opts.keep_established,
         telemetry: telemetry.clone(),
         socket_access,
+        liveness: liveness.clone(),
+        tunnel_opts: opts.tunnel.clone(),
+        tunnel_shared: tunnel_shared.clone(),
+        tunnel_dir: state.root().join("tunnel"),
     }));
 
     let mut restart_for = None;
@@ -385,6 +399,10 @@ struct DatapathTask {
     keep_established: bool,
     telemetry: Telemetry,
     socket_access: socket::Access,
+    liveness: gossip::Liveness,
+    tunnel_opts: crate::tunnel::control::TunnelOptions,
+    tunnel_shared: Arc<crate::tunnel::control::TunnelShared>,
+    tunnel_dir: PathBuf,
 }
 
 /// Brings up the datapath once this node's registry copy knows its pod CIDR, restores the
@@ -402,6 +420,10 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         keep_established,
         telemetry,
         socket_access,
+        liveness,
+        tunnel_opts,
+        tunnel_shared,
+        tunnel_dir,
     } = task;
     let node_ip = me
         .rpc_addr
@@ -458,7 +480,27 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         me.clone(),
         policy.clone(),
     ));
-    if let Err(e) = crate::ipcache::sync_once(&client, &dp, me.node_id, &policy.cidr_identities()) {
+    // The tunnel before the first ipcache sync: with encryption on, the datapath must know
+    // the TUN before remote entries exist (until then they are dropped as no-key).
+    tokio::spawn(crate::tunnel::control::run(
+        crate::tunnel::control::ControlContext {
+            client: client.clone(),
+            datapath: dp.clone(),
+            me: me.node_id,
+            node_ip,
+            tunnel_dir,
+            liveness,
+            opts: tunnel_opts,
+            shared: tunnel_shared.clone(),
+        },
+    ));
+    if let Err(e) = crate::ipcache::sync_once(
+        &client,
+        &dp,
+        me.node_id,
+        &policy.cidr_identities(),
+        &tunnel_shared.keys_ready(),
+    ) {
         warn!(error = %format!("{e:#}"), "first ipcache sync failed; the sync loop retries");
     }
     manager.restore().await;
@@ -487,6 +529,7 @@ async fn run_datapath(task: DatapathTask) -> anyhow::Result<()> {
         manager.clone(),
         policy.clone(),
         gossip,
+        tunnel_shared,
     ));
     tokio::spawn(manager.clone().run_queue(queue_dir));
     let unix = socket::bind(&plugin_socket, socket_access)?;

@@ -1,6 +1,7 @@
 //! The agent's one reconcile loop: whenever the registry's applied index or the local
 //! endpoints change (and every few seconds regardless) it brings the ipcache and then the
-//! policy side of the datapath to what the registry says; it publishes the enforced policy
+//! policy side of the datapath to what the registry says (the ipcache's key index from the
+//! tunnel's ready keys); it publishes the enforced policy
 //! revision in gossip and collects expired conntrack entries.
 //!
 //! Deciding is pure ([`plan`], unit-tested); acting is the loop in [`run`]. Within one tick
@@ -19,6 +20,7 @@ use crate::endpoints::EndpointManager;
 use crate::ipcache::sync_once;
 use crate::policy::apply::PolicySync;
 use crate::registry::RegistryClient;
+use crate::tunnel::control::TunnelShared;
 
 /// How often the maps are checked even when the registry did not change.
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
@@ -102,9 +104,10 @@ fn sync_all(
     me: u64,
     endpoints: &EndpointManager,
     policy: &PolicySync,
+    tunnel: &TunnelShared,
 ) -> anyhow::Result<()> {
     let cidrs = policy.cidr_identities();
-    let (written, removed) = sync_once(client, datapath, me, &cidrs)?;
+    let (written, removed) = sync_once(client, datapath, me, &cidrs, &tunnel.keys_ready())?;
     if written + removed > 0 {
         debug!(written, removed, "ipcache synced with the registry");
     }
@@ -122,11 +125,17 @@ pub async fn run(
     endpoints: Arc<EndpointManager>,
     policy: Arc<PolicySync>,
     gossip: GossipSlot,
+    tunnel: Arc<TunnelShared>,
 ) {
     let mut state = State::new(Instant::now());
     loop {
         let now = Instant::now();
-        state.seen = (client.applied_index(), endpoints.generation());
+        // The tunnel's ready keys change the ipcache too (key index): a change of either
+        // generation (both only grow) changes the sum.
+        state.seen = (
+            client.applied_index(),
+            endpoints.generation().wrapping_add(tunnel.generation()),
+        );
         state.synced_this_tick = false;
         loop {
             state.enforced = policy.enforced_revision.load(Ordering::SeqCst);
@@ -138,7 +147,7 @@ pub async fn run(
             for step in steps {
                 match step {
                     Step::SyncIpcacheAndPolicy => {
-                        match sync_all(&client, &datapath, me, &endpoints, &policy) {
+                        match sync_all(&client, &datapath, me, &endpoints, &policy, &tunnel) {
                             Ok(()) => state.synced = Some(state.seen),
                             Err(e) => {
                                 warn!(error = %format!("{e:#}"), "cannot sync the datapath with the registry")

@@ -59,6 +59,15 @@ pub(super) fn run_agent(args: AgentArgs, socket: &std::path::Path) -> anyhow::Re
         keep_established: args.keep_established,
         metrics_addr,
         socket_group: args.socket_group,
+        tunnel: crate::tunnel::control::TunnelOptions {
+            port: args.encryption_port,
+            device: args.encryption_device,
+            rotation_interval_secs: args.key_rotation_interval,
+            workers: args
+                .tunnel_workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            mtu: crate::tunnel::device::DEFAULT_MTU,
+        },
         join_policy: crate::rpc::join_service::JoinPolicy {
             allow_any_addr: args.join_allow_any_addr,
             limits: crate::rpc::rate_limit::Limits {

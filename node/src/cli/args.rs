@@ -61,6 +61,9 @@ pub(super) enum Command {
     /// The gossip keyring.
     #[command(subcommand)]
     Gossip(GossipCmd),
+    /// Transparent encryption between nodes (a cluster setting) and its key epochs.
+    #[command(subcommand)]
+    Encrypt(EncryptCmd),
     /// Endpoints (containers and processes joined to the datapath).
     #[command(subcommand)]
     Endpoint(EndpointCmd),
@@ -251,6 +254,18 @@ pub(super) struct AgentArgs {
     /// Name of the VXLAN overlay device.
     #[arg(long, default_value = "membrane_vx")]
     pub(super) overlay_device: String,
+    /// UDP port of the encryption tunnel (sealed node-to-node traffic).
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_ENCRYPTION_PORT)]
+    pub(super) encryption_port: u16,
+    /// Name of the encryption tunnel's TUN device.
+    #[arg(long, default_value = "membrane_tun")]
+    pub(super) encryption_device: String,
+    /// Seconds between tunnel key rotations (the leader begins a new epoch).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(10..))]
+    pub(super) key_rotation_interval: i64,
+    /// Tunnel worker threads (default: the number of CPUs).
+    #[arg(long)]
+    pub(super) tunnel_workers: Option<usize>,
     /// Endpoint MTU (default: the underlay MTU minus 50 for VXLAN).
     #[arg(long, value_parser = clap::value_parser!(u32).range(576..=65535))]
     pub(super) mtu: Option<u32>,
@@ -309,6 +324,32 @@ pub(super) enum NodeCmd {
     Certs,
     /// Renew this node's certificate now (same key); the agent restarts itself to use it.
     RenewCert,
+}
+
+#[derive(Subcommand)]
+pub(super) enum EncryptCmd {
+    /// Turn encryption on for the whole cluster (run on a voter); waits until a key epoch
+    /// is active.
+    Enable {
+        /// Return once the setting is committed.
+        #[arg(long)]
+        no_wait: bool,
+        /// Seconds to wait for an active epoch.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Turn encryption off (traffic goes as plaintext VXLAN again).
+    Disable,
+    /// Rotate the tunnel keys now (run on a voter); waits until the new epoch is active.
+    Rotate {
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// This node's tunnel: epochs, and per peer the send and accepted epochs, packets and
+    /// bytes, and drops by reason.
+    Status,
 }
 
 #[derive(Subcommand)]

@@ -12,7 +12,7 @@ use super::args::{
 };
 use super::output::Output;
 
-type Client = AgentClient<Channel>;
+pub(super) type Client = AgentClient<Channel>;
 
 async fn connect(socket: &std::path::Path) -> anyhow::Result<Client> {
     let channel = crate::transport::unix_channel(socket)
@@ -26,7 +26,7 @@ async fn connect(socket: &std::path::Path) -> anyhow::Result<Client> {
     Ok(AgentClient::new(channel))
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(super) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow!("{}", s.message())
 }
 
@@ -68,6 +68,7 @@ pub(super) async fn run_client(
         Command::Identity(cmd) => identity(&mut c, cmd, out).await?,
         Command::Members { watch } => members(&mut c, watch, out).await?,
         Command::Gossip(cmd) => gossip(&mut c, cmd, out).await?,
+        Command::Encrypt(cmd) => super::encrypt::run(&mut c, cmd, out).await?,
         Command::Endpoint(cmd) => endpoint(&mut c, cmd, out).await?,
         Command::Bpf(cmd) => bpf(&mut c, cmd, out).await?,
         Command::Monitor(args) => monitor(&mut c, args, out).await?,

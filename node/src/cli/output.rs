@@ -11,7 +11,7 @@ pub struct Output {
 }
 
 /// Lays rows out as columns padded to the widest cell, one line each.
-fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -35,7 +35,7 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn time(unix: i64) -> String {
+pub(super) fn time(unix: i64) -> String {
     // RFC 3339 in UTC without pulling a date crate into the CLI.
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
@@ -252,6 +252,13 @@ impl Output {
     }
 
     /// `ca status`, `ca rotate`.
+    pub fn encryption_status(&self, r: &pb::EncryptionStatusResponse) {
+        self.print(
+            || super::encrypt::status_json(r),
+            || super::encrypt::status_text(r),
+        );
+    }
+
     pub fn ca_status(&self, r: &pb::CaStatusResponse) {
         self.print(
             || {

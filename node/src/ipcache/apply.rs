@@ -95,12 +95,12 @@ pub fn sync_once(
     datapath: &NodeDatapath,
     me: u64,
     cidr_identities: &BTreeMap<Ipv4Net, u32>,
+    keys_ready: &std::collections::BTreeSet<u64>,
 ) -> anyhow::Result<(usize, usize)> {
     let (desired, pool) = client.local(|r| {
-        (
-            desired_ipcache(r, me, cidr_identities),
-            r.cluster().map(|c| c.pod_pool),
-        )
+        let mut d = desired_ipcache(r, me, cidr_identities);
+        super::desired::mark_keys_ready(&mut d, r, keys_ready);
+        (d, r.cluster().map(|c| c.pod_pool))
     });
     let mut bpf = datapath.bpf();
     let released = match pool {

@@ -1,7 +1,7 @@
 //! What the ipcache of a node must hold, computed from the registry's local copy without IO
 //! (docs/datapath.md, "What the agent keeps in the maps").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
@@ -72,6 +72,29 @@ pub fn desired_ipcache(
         );
     }
     out
+}
+
+/// Marks the prefixes of the nodes in `keys_ready` (those this node holds a tunnel send
+/// key for) with key index 1. With encryption on, the datapath tunnels a remote prefix only
+/// when it is marked and drops its packets as `no-key` otherwise; with it off the index is
+/// not read.
+pub fn mark_keys_ready(
+    desired: &mut BTreeMap<Ipv4Net, IpcacheValue>,
+    reg: &Registry,
+    keys_ready: &BTreeSet<u64>,
+) {
+    let ready_ips: BTreeSet<Ipv4Addr> = keys_ready
+        .iter()
+        .filter_map(|id| reg.node(*id).and_then(|n| node_ip(n.rpc_addr)))
+        .collect();
+    for value in desired.values_mut() {
+        if value
+            .tunnel_endpoint()
+            .is_some_and(|ip| ready_ips.contains(&ip))
+        {
+            *value = value.with_key_index(1);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +224,25 @@ mod tests {
             !d2.contains_key(&net("10.128.1.0/24")),
             "own pod CIDR is local"
         );
+    }
+
+    #[test]
+    fn only_prefixes_of_nodes_with_a_ready_key_are_marked() {
+        let r = registry();
+        let mut d = desired_ipcache(&r, 1, &BTreeMap::new());
+        let before = d.clone();
+        mark_keys_ready(&mut d, &r, &BTreeSet::new());
+        assert_eq!(d, before);
+        mark_keys_ready(&mut d, &r, &[2].into_iter().collect());
+        let id_c2 = r.endpoints_on(2).next().unwrap().identity;
+        assert_eq!(
+            d[&net("10.128.1.2/32")],
+            IpcacheValue::remote(id_c2, ip("10.77.0.12")).with_key_index(1)
+        );
+        assert_eq!(d[&net("10.128.1.0/24")].key_index, 1);
+        // Local entries and the peer's node address (not tunnelled) stay unmarked.
+        assert_eq!(d[&net("10.77.0.12/32")].key_index, 0);
+        assert_eq!(d[&net("10.128.0.2/32")].key_index, 0);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! the loop that drives them (`control`). docs/encryption.md says how it works and how to
 //! operate it.
 
+pub mod api;
+pub mod control;
 pub mod device;
 pub mod keystore;
 pub mod plan;

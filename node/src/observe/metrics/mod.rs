@@ -67,6 +67,8 @@ pub struct Sources {
     pub enforced_revision: Arc<AtomicU64>,
     /// Refused joins, counted by the join service.
     pub join: Arc<crate::rpc::join_service::JoinCounters>,
+    /// The encryption tunnel (its keys and device).
+    pub tunnel: Arc<crate::tunnel::control::TunnelShared>,
 }
 
 /// Raft's view of this node.
@@ -95,6 +97,18 @@ pub struct Snapshot {
     pub events_lost: Vec<(&'static str, u64)>,
     /// `(reason, joins)`; empty: not counted.
     pub join_refused: Vec<(&'static str, u64)>,
+    /// The encryption tunnel; None while its device does not run.
+    pub tunnel: Option<TunnelSnapshot>,
+}
+
+/// The tunnel's counters: drops by reason, and per peer what was sealed and opened.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelSnapshot {
+    /// `(reason, packets)`.
+    pub drops: Vec<(&'static str, u64)>,
+    /// `(peer, sealed packets, sealed bytes, opened packets, opened bytes)`.
+    pub peers: Vec<(u64, u64, u64, u64, u64)>,
+    pub active_epoch: u64,
 }
 
 /// Reads every source once.
@@ -177,7 +191,35 @@ pub async fn snapshot(src: &Sources) -> Snapshot {
         policy_enforced_revision: src.enforced_revision.load(Ordering::Relaxed),
         events_lost,
         join_refused: src.join.refused(),
+        tunnel: tunnel_snapshot(src),
     }
+}
+
+fn tunnel_snapshot(src: &Sources) -> Option<TunnelSnapshot> {
+    let (_, counters) = src.tunnel.device()?;
+    let tunnel = src.tunnel.tunnel()?;
+    let drops = crate::tunnel::device::Drop::ALL
+        .iter()
+        .map(|d| (d.as_str(), counters.drop_count(*d)))
+        .collect();
+    let peers = tunnel
+        .peers()
+        .map(|p| {
+            let c = tunnel.stats(p);
+            (
+                p,
+                c.sealed_packets,
+                c.sealed_bytes,
+                c.opened_packets,
+                c.opened_bytes,
+            )
+        })
+        .collect();
+    Some(TunnelSnapshot {
+        drops,
+        peers,
+        active_epoch: u64::from(src.client.local(|r| r.encryption().active.unwrap_or(0))),
+    })
 }
 
 /// Encodes a snapshot at scrape time.
@@ -337,6 +379,53 @@ impl Collector for SnapshotCollector {
                 .map(|(why, v)| (vec![("why", why.to_string())], ConstCounter::new(*v)))
                 .collect(),
         )?;
+        if let Some(t) = &s.tunnel {
+            family(
+                &mut e,
+                "membrane_tunnel_drops",
+                "Packets the encryption tunnel dropped, by reason (auth, replay, stale-epoch, unknown-sender, no-key, ...; docs/encryption.md)",
+                t.drops
+                    .iter()
+                    .map(|(why, v)| (vec![("reason", why.to_string())], ConstCounter::new(*v)))
+                    .collect(),
+            )?;
+            let per_peer = |pick: fn(&(u64, u64, u64, u64, u64)) -> u64| {
+                t.peers
+                    .iter()
+                    .map(|p| (vec![("peer", p.0.to_string())], ConstCounter::new(pick(p))))
+                    .collect::<Vec<_>>()
+            };
+            family(
+                &mut e,
+                "membrane_tunnel_sealed_packets",
+                "Packets sealed to a peer node",
+                per_peer(|p| p.1),
+            )?;
+            family(
+                &mut e,
+                "membrane_tunnel_sealed_bytes",
+                "Inner bytes sealed to a peer node",
+                per_peer(|p| p.2),
+            )?;
+            family(
+                &mut e,
+                "membrane_tunnel_opened_packets",
+                "Packets from a peer node that authenticated and passed the replay window",
+                per_peer(|p| p.3),
+            )?;
+            family(
+                &mut e,
+                "membrane_tunnel_opened_bytes",
+                "Inner bytes opened from a peer node",
+                per_peer(|p| p.4),
+            )?;
+            one(
+                "membrane_tunnel_active_epoch",
+                "The cluster's active tunnel key epoch (0: none)",
+                t.active_epoch,
+                &mut e,
+            )?;
+        }
         family(
             &mut e,
             "membrane_join_refused",
@@ -392,6 +481,11 @@ mod tests {
             policy_enforced_revision: 6,
             events_lost: vec![("rate_limited", 4), ("subscriber_lagged", 0)],
             join_refused: vec![("token", 3), ("rate_limited", 0)],
+            tunnel: Some(TunnelSnapshot {
+                drops: vec![("auth", 2), ("no-key", 0)],
+                peers: vec![(2, 10, 1000, 9, 900)],
+                active_epoch: 3,
+            }),
         }
     }
 
@@ -443,6 +537,12 @@ mod tests {
             "membrane_policy_enforced_revision",
             "membrane_events_lost_total",
             "membrane_join_refused_total",
+            "membrane_tunnel_drops_total",
+            "membrane_tunnel_sealed_packets_total",
+            "membrane_tunnel_sealed_bytes_total",
+            "membrane_tunnel_opened_packets_total",
+            "membrane_tunnel_opened_bytes_total",
+            "membrane_tunnel_active_epoch",
         ]
         .into();
         let got: BTreeSet<&str> = fams.keys().map(String::as_str).collect();
@@ -471,6 +571,11 @@ mod tests {
             10.0
         );
         assert_eq!(value(r#"membrane_join_refused_total{reason="token"}"#), 3.0);
+        assert_eq!(value(r#"membrane_tunnel_drops_total{reason="auth"}"#), 2.0);
+        assert_eq!(
+            value(r#"membrane_tunnel_opened_bytes_total{peer="2"}"#),
+            900.0
+        );
         assert_eq!(
             value(r#"membrane_datapath_bytes_total{direction="ingress",reason="delivered"}"#),
             900.0
