@@ -199,7 +199,10 @@ mod tests {
         };
         assert_eq!(endpoint.now, 42);
         assert_eq!(items[3], BatchItem::RemoveNode { id: 3 });
-        assert!(matches!(items[4], BatchItem::RemoveEndpointAt { now: 42, .. }));
+        assert!(matches!(
+            items[4],
+            BatchItem::RemoveEndpointAt { now: 42, .. }
+        ));
     }
 
     #[test]

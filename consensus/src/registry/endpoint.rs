@@ -261,13 +261,11 @@ impl Registry {
             self.freed_addresses.as_map(),
             new.now,
         )
-        .ok_or(
-            RegistryError::EndpointAddressesExhausted {
-                node_id: new.node_id,
-                cidr: pod_cidr.to_string(),
-                capacity: ipam::capacity(pod_cidr),
-            },
-        )?;
+        .ok_or(RegistryError::EndpointAddressesExhausted {
+            node_id: new.node_id,
+            cidr: pod_cidr.to_string(),
+            capacity: ipam::capacity(pod_cidr),
+        })?;
         // Last fallible step; it changes nothing when it fails.
         let (identity, _) = self.identities.allocate(new.labels.clone())?;
         let rec = EndpointRecord {

@@ -126,7 +126,11 @@ mod tests {
             "one second before the end of the grace"
         );
         assert_eq!(t(1_000 + ADDRESS_REUSE_GRACE_SECS), Some(ip("10.128.0.2")));
-        assert_eq!(t(999), Some(ip("10.128.0.4")), "a clock behind: still resting");
+        assert_eq!(
+            t(999),
+            Some(ip("10.128.0.4")),
+            "a clock behind: still resting"
+        );
     }
 
     #[test]

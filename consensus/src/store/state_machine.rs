@@ -560,7 +560,10 @@ mod tests {
                 now: 4,
             },
         });
-        assert!(matches!(added, crate::registry::Response::Endpoint { .. }), "{added:?}");
+        assert!(
+            matches!(added, crate::registry::Response::Endpoint { .. }),
+            "{added:?}"
+        );
         resting.apply(Command::RemoveEndpointAt {
             node_id: 1,
             container_id: "c".into(),

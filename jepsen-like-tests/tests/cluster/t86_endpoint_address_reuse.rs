@@ -80,7 +80,11 @@ fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<Ct>> {
                         .map_err(|err| anyhow!("key byte {b}: {err}"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            anyhow::ensure!(bytes.len() == 16, "a conntrack key of {} bytes", bytes.len());
+            anyhow::ensure!(
+                bytes.len() == 16,
+                "a conntrack key of {} bytes",
+                bytes.len()
+            );
             Ok(Ct {
                 saddr: Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]),
                 daddr: Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]),
@@ -146,6 +150,10 @@ fn t86_a_reused_address_inherits_no_flow() -> anyhow::Result<()> {
     require_root()?;
     let c = Cluster::start_with("t86", 2, &["--node-cidr-size", "30"])?;
     c.policy_apply(POLICY)?;
+    // Other holders keep identity X alive after A goes (as other pods of A's kind would).
+    // Otherwise X is released with A, B's policy no longer selects it, and the policy
+    // sync cuts h2's entry of the old flow for that reason alone.
+    c.cli(1, &["identity", "allocate", "app=x"])?;
     let a = c.add_endpoint(1, "a", &["app=x"])?;
     let b = c.add_endpoint(2, "b", &["app=server"])?;
     c.wait_endpoints_listed(&[&a, &b], Duration::from_secs(20))?;
@@ -161,7 +169,13 @@ fn t86_a_reused_address_inherits_no_flow() -> anyhow::Result<()> {
             Ok(got.iter().any(|(peer, _)| *peer == client))
         })
         .map_err(|e| anyhow!("A never reached B: {e:#}\nh2: {}", c.log_tail(2)))?;
-        let got = send_for(&b_sock, client, &a_sock, b"reply", Duration::from_millis(600))?;
+        let got = send_for(
+            &b_sock,
+            client,
+            &a_sock,
+            b"reply",
+            Duration::from_millis(600),
+        )?;
         anyhow::ensure!(
             got.iter().any(|(peer, m)| *peer == server && m == b"reply"),
             "B's replies did not reach A: {got:?}"
@@ -169,8 +183,7 @@ fn t86_a_reused_address_inherits_no_flow() -> anyhow::Result<()> {
     }
     let old_flow = |k: &Ct| {
         k.proto == 17
-            && ((k.saddr, k.sport, k.daddr, k.dport)
-                == (a.ip, CLIENT_PORT, b.ip, SERVER_PORT)
+            && ((k.saddr, k.sport, k.daddr, k.dport) == (a.ip, CLIENT_PORT, b.ip, SERVER_PORT)
                 || (k.saddr, k.sport, k.daddr, k.dport) == (b.ip, SERVER_PORT, a.ip, CLIENT_PORT))
     };
     // The flow is tracked on both nodes (A's egress on h1, B's ingress on h2), so their
@@ -189,7 +202,10 @@ fn t86_a_reused_address_inherits_no_flow() -> anyhow::Result<()> {
     c.del_endpoint(&a)?;
     c.lab().delete_endpoint_netns(&a.netns)?;
     let a2 = c.add_endpoint(1, "a2", &["app=y"])?;
-    assert_eq!(a2.ip, a.ip, "a /30 pool must hand out the freed address again");
+    assert_eq!(
+        a2.ip, a.ip,
+        "a /30 pool must hand out the freed address again"
+    );
     c.wait_endpoints_listed(&[&a2, &b], Duration::from_secs(20))?;
     wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         let id = ipcache_identity(&c, 2, a.ip)?;
@@ -213,11 +229,23 @@ fn t86_a_reused_address_inherits_no_flow() -> anyhow::Result<()> {
 
     let a2_sock = socket(&a2.netns, Ipv4Addr::UNSPECIFIED, CLIENT_PORT)?;
     // B "answers" on the old tuple first: its egress (app=x only) and no reply entry stop it.
-    let got = send_for(&b_sock, client, &a2_sock, b"stale reply", Duration::from_secs(2))?;
-    anyhow::ensure!(got.is_empty(), "A' got B's datagrams on the old flow: {got:?}");
+    let got = send_for(
+        &b_sock,
+        client,
+        &a2_sock,
+        b"stale reply",
+        Duration::from_secs(2),
+    )?;
+    anyhow::ensure!(
+        got.is_empty(),
+        "A' got B's datagrams on the old flow: {got:?}"
+    );
     // A' sends on the old tuple: B's ingress (app=x only) drops it, nothing is established.
     let got = send_for(&a2_sock, server, &b_sock, b"y", Duration::from_secs(2))?;
-    anyhow::ensure!(got.is_empty(), "B got A''s datagrams on the old flow: {got:?}");
+    anyhow::ensure!(
+        got.is_empty(),
+        "B got A''s datagrams on the old flow: {got:?}"
+    );
     // A' opened an egress entry of its own on h1; h2 made none for it (denied packets make
     // no entry), so B's side of the old flow stays gone.
     let h2 = naming(&c, 2, a.ip)?;

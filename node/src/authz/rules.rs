@@ -71,9 +71,7 @@ fn rule<B>(cmd: &Command<B>) -> (&'static str, Rule) {
         }
         Command::AddEndpoint { endpoint } => ("AddEndpoint", Rule::OwnNode(endpoint.node_id)),
         Command::RemoveEndpoint { node_id, .. } => ("RemoveEndpoint", Rule::OwnNode(*node_id)),
-        Command::RemoveEndpointAt { node_id, .. } => {
-            ("RemoveEndpointAt", Rule::OwnNode(*node_id))
-        }
+        Command::RemoveEndpointAt { node_id, .. } => ("RemoveEndpointAt", Rule::OwnNode(*node_id)),
         Command::AllocateIdentityFor { node_id, .. } => {
             ("AllocateIdentityFor", Rule::OwnNode(*node_id))
         }

@@ -128,8 +128,17 @@ mod tests {
         assert_eq!(n, 4);
         assert_eq!(
             m.keys().copied().collect::<Vec<_>>(),
-            vec![key("10.128.1.3", "10.128.1.2", 5000, 80, Direction::Ingress)]
+            vec![key(
+                "10.128.1.3",
+                "10.128.1.2",
+                5000,
+                80,
+                Direction::Ingress
+            )]
         );
-        assert_eq!(flush_addresses(&mut m, &[ip("10.128.0.2")].into()).unwrap(), 0);
+        assert_eq!(
+            flush_addresses(&mut m, &[ip("10.128.0.2")].into()).unwrap(),
+            0
+        );
     }
 }

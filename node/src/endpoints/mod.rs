@@ -390,8 +390,8 @@ impl EndpointManager {
     /// Removes this node's conntrack entries naming `ip` (as source or destination).
     fn flush_conntrack(&self, ip: Ipv4Addr) -> Result<usize, EndpointError> {
         let addrs = [ip].into();
-        let removed = conntrack_flush::flush_addresses(&mut *self.datapath.bpf(), &addrs)
-            .map_err(|e| {
+        let removed =
+            conntrack_flush::flush_addresses(&mut *self.datapath.bpf(), &addrs).map_err(|e| {
                 EndpointError::Internal(format!(
                     "cannot remove the conntrack entries of {ip}: {e}; retry the delete"
                 ))
