@@ -41,6 +41,7 @@ mod t82_policy_cidr_entities;
 mod t83_policy_established_connections;
 mod t84_policy_revision_wait_and_bad_input;
 mod t85_policy_drop_observed;
+mod t86_endpoint_address_reuse;
 mod t87_fail_closed_l3;
 mod t88_overlay_spoofing;
 mod t89_control_ports;
