@@ -1,34 +1,15 @@
 //! The client commands: each asks the local agent over its socket and prints the answer.
 //! One function per command group, so each reads as request, then print.
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use membrane_proto::v1 as pb;
-use membrane_proto::v1::agent_client::AgentClient;
-use tonic::transport::Channel;
 
 use super::args::{
     BpfCmd, BpfListCmd, CaCmd, Command, EndpointCmd, GossipCmd, IdentityCmd, MonitorArgs,
     MonitorKind, NodeCmd, PolicyCmd, TokenCmd,
 };
+use super::conn::{connect, status_err, Client};
 use super::output::Output;
-
-pub(super) type Client = AgentClient<Channel>;
-
-async fn connect(socket: &std::path::Path) -> anyhow::Result<Client> {
-    let channel = crate::transport::unix_channel(socket)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the agent at {}; is `membrane agent` running (or pass --socket)?",
-                socket.display()
-            )
-        })?;
-    Ok(AgentClient::new(channel))
-}
-
-pub(super) fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{}", s.message())
-}
 
 /// Reads a policy file, or stdin for "-".
 pub(super) fn read_source(file: &std::path::Path) -> anyhow::Result<(String, String)> {

@@ -3,11 +3,10 @@
 use std::time::{Duration, Instant};
 
 use membrane_proto::v1 as pb;
-use serde_json::{json, Value};
 
 use super::args::EncryptCmd;
-use super::client::{status_err, Client};
-use super::output::{table, time, Output};
+use super::conn::{status_err, Client};
+use super::output::Output;
 
 pub(super) async fn run(c: &mut Client, cmd: EncryptCmd, out: &Output) -> anyhow::Result<()> {
     let status = match cmd {
@@ -84,105 +83,4 @@ async fn wait(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn epoch_or_none(e: u32) -> String {
-    if e == 0 {
-        "-".into()
-    } else {
-        e.to_string()
-    }
-}
-
-pub(super) fn status_json(r: &pb::EncryptionStatusResponse) -> Value {
-    let epochs: Vec<Value> = r
-        .epochs
-        .iter()
-        .map(|e| {
-            json!({"epoch": e.epoch, "state": e.state, "keys": e.keys,
-                   "waiting_for": e.waiting_for, "begun_at": time(e.begun_at_unix),
-                   "activated_at": (e.activated_at_unix != 0).then(|| time(e.activated_at_unix))})
-        })
-        .collect();
-    let peers: Vec<Value> = r
-        .peers
-        .iter()
-        .map(|p| {
-            json!({"node_id": p.node_id, "name": p.name, "underlay": p.underlay,
-                   "send_epoch": (p.send_epoch != 0).then_some(p.send_epoch),
-                   "accepted_epochs": p.accepted_epochs,
-                   "sealed_packets": p.sealed_packets, "sealed_bytes": p.sealed_bytes,
-                   "opened_packets": p.opened_packets, "opened_bytes": p.opened_bytes})
-        })
-        .collect();
-    let drops: serde_json::Map<String, Value> = r
-        .drops
-        .iter()
-        .map(|d| (d.reason.clone(), json!(d.count)))
-        .collect();
-    json!({"enabled": r.enabled, "node_id": r.node_id, "device": r.device,
-           "device_up": r.device_up, "boot": r.boot,
-           "active_epoch": (r.active_epoch != 0).then_some(r.active_epoch),
-           "pending_epoch": (r.pending_epoch != 0).then_some(r.pending_epoch),
-           "epochs": epochs, "peers": peers, "drops": drops})
-}
-
-pub(super) fn status_text(r: &pb::EncryptionStatusResponse) -> String {
-    let mut o = format!(
-        "encryption: {}; device {} {}; active epoch {}, pending {}\n",
-        if r.enabled { "enabled" } else { "disabled" },
-        r.device,
-        if r.device_up { "up" } else { "down" },
-        epoch_or_none(r.active_epoch),
-        epoch_or_none(r.pending_epoch),
-    );
-    if !r.epochs.is_empty() {
-        let rows = r
-            .epochs
-            .iter()
-            .map(|e| {
-                vec![
-                    e.epoch.to_string(),
-                    e.state.clone(),
-                    format!("{:?}", e.keys),
-                    format!("{:?}", e.waiting_for),
-                ]
-            })
-            .collect();
-        o.push_str(&table(&["EPOCH", "STATE", "KEYS", "WAITING FOR"], rows));
-    }
-    let rows = r
-        .peers
-        .iter()
-        .map(|p| {
-            vec![
-                p.node_id.to_string(),
-                p.name.clone(),
-                p.underlay.clone(),
-                epoch_or_none(p.send_epoch),
-                format!("{:?}", p.accepted_epochs),
-                format!("{}/{}", p.sealed_packets, p.sealed_bytes),
-                format!("{}/{}", p.opened_packets, p.opened_bytes),
-            ]
-        })
-        .collect();
-    o.push_str(&table(
-        &[
-            "PEER",
-            "NAME",
-            "UNDERLAY",
-            "SEND EPOCH",
-            "ACCEPTED",
-            "SEALED PKTS/BYTES",
-            "OPENED PKTS/BYTES",
-        ],
-        rows,
-    ));
-    let drops: Vec<String> = r
-        .drops
-        .iter()
-        .map(|d| format!("{} {}", d.reason, d.count))
-        .collect();
-    o.push_str(&format!("drops: {}\n", drops.join(", ")));
-    o
 }

@@ -5,6 +5,7 @@ mod agent;
 mod args;
 mod bench;
 mod client;
+mod conn;
 mod encrypt;
 mod flow;
 mod output;
