@@ -298,27 +298,29 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     write_file(path, &bytes)
 }
 
-/// Writes through a temporary file, fsyncs and renames, so a crash leaves the old or the new
-/// file, never half of one. Mode 0600: these files hold secrets (bootstrap.json has the CA key).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
+    write_private_atomic(path, bytes).map_err(|source| StateError::Write {
         path: path.into(),
         source,
-    };
+    })
+}
+
+/// Writes through a temporary file, fsyncs and renames, so a crash leaves the old or the new
+/// file, never half of one. Mode 0600: these files hold secrets (bootstrap.json has the CA
+/// key; the tunnel keystore its epoch secrets).
+pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)?;
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
     // The rename itself is durable only once the directory is synced.
-    sync_parent(path).map_err(err)?;
-    Ok(())
+    sync_parent(path)
 }
 
 fn sync_parent(path: &Path) -> std::io::Result<()> {

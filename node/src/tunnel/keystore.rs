@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -139,25 +139,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeystoreError> {
-    let io = |source| KeystoreError::Io {
+    crate::state::write_private_atomic(path, bytes).map_err(|source| KeystoreError::Io {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    match path.parent() {
-        Some(dir) => sync_dir(dir).map_err(io),
-        None => Ok(()),
-    }
+    })
 }
 
 #[cfg(test)]
